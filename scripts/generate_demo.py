@@ -1,0 +1,175 @@
+"""Write train / test1 / test2 CSVs in the exact schema of the real EVA-02 feature files.
+
+What is mimicked (DESIGN.md, Demo data): header `,path,label,0,…,D-1` with a pandas index column;
+rows sorted by class; ImageNet-like 732–1300 train rows per class (scaled); balanced test sets;
+real-looking paths; float32 values printed as shortest repr; features that come out of a
+LayerNorm with per-feature affine offset and scale. Test set 2 is harder in three known, planted
+ways, written to `truth.json` so that tests can check the analyses find them:
+  * more noise everywhere (`test2_noise`),
+  * a set of features shifted by `shift_size` feature-stds (`shift_features`),
+  * a set of classes with extra noise (`hard_classes`).
+Generation is streamed class block by class block: memory stays small at any size.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import polars as pl
+from tqdm import tqdm
+
+from scripts.featio import atomic_path, run_cli, write_json
+
+# ImageNet-1k: most classes have 1300 train images, the rest between 732 and 1299.
+FULL_CLASS_ROWS, MIN_CLASS_ROWS, FULL_CLASS_SHARE = 1300, 732, 0.89
+
+
+@dataclass
+class DemoSpec:
+    classes: int = 100
+    dim: int = 256
+    train_scale: float = 0.1  # train rows per class = scale × (732..1300)
+    train_rows: int | None = None  # exact total train rows (e.g. 1_281_167); overrides the sum
+    test1_per_class: int = 50
+    test2_per_class: int = 10
+    separation: float = 0.325 # distance of class means in noise units: sets the accuracy level
+    rank: int = 64  # shared low-rank noise, as real features are correlated
+    test2_noise: float = 1.12
+    shift_features: int = 16
+    shift_size: float = 0.35
+    hard_classes: int = 10
+    hard_noise: float = 1.6
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def train_counts(spec: DemoSpec, rng: np.random.Generator) -> np.ndarray:
+    full = rng.random(spec.classes) < FULL_CLASS_SHARE
+    counts = np.where(full, FULL_CLASS_ROWS, rng.integers(MIN_CLASS_ROWS, FULL_CLASS_ROWS, spec.classes))
+    counts = np.maximum(1, np.round(counts * spec.train_scale)).astype(np.int64)
+    if spec.train_rows is not None:
+        # Reach the exact total by spreading the difference over the classes, keeping order.
+        diff = spec.train_rows - int(counts.sum())
+        counts += diff // spec.classes
+        counts[: diff % spec.classes] += 1
+        if counts.min() < 1:
+            raise ValueError(f"train_rows={spec.train_rows} is too small for {spec.classes} classes")
+    return counts
+
+
+def wnids(classes: int, rng: np.random.Generator) -> list[str]:
+    """Sorted unique WordNet-style ids, so that label order = sorted folder order, as in ImageNet."""
+    ids = rng.choice(np.arange(1_000_000, 15_000_000), size=classes, replace=False)
+    return [f"n{i:08d}" for i in np.sort(ids)]
+
+
+class FeatureModel:
+    """Class means + shared low-rank noise + isotropic noise, then LayerNorm with affine."""
+
+    def __init__(self, spec: DemoSpec):
+        rng = np.random.default_rng([spec.seed, 1])
+        d = spec.dim
+        self.spec = spec
+        self.means = rng.standard_normal((spec.classes, d)) * spec.separation
+        self.basis = rng.standard_normal((spec.rank, d)) / np.sqrt(spec.rank)
+        self.class_noise = rng.uniform(0.85, 1.15, spec.classes)
+        self.gamma = rng.uniform(0.5, 2.0, d)
+        self.beta = rng.normal(0.0, 0.5, d)
+        self.shifted = np.sort(rng.choice(d, size=min(spec.shift_features, d), replace=False))
+        self.hard = np.sort(rng.choice(spec.classes, size=min(spec.hard_classes, spec.classes), replace=False))
+
+    def sample(self, label: int, n: int, rng: np.random.Generator, split: str) -> np.ndarray:
+        s = self.spec
+        noise = self.class_noise[label]
+        if split == "test2":
+            noise *= s.test2_noise * (s.hard_noise if label in self.hard else 1.0)
+        z = rng.standard_normal((n, s.dim)) + rng.standard_normal((n, s.rank)) @ self.basis
+        x = self.means[label] + noise * z
+        x = (x - x.mean(axis=1, keepdims=True)) / x.std(axis=1, keepdims=True)  # LayerNorm
+        x = x * self.gamma + self.beta
+        if split == "test2":
+            x[:, self.shifted] += s.shift_size * self.gamma[self.shifted]
+        return x.astype(np.float32)
+
+
+def split_paths(split: str, wnid: str, label: int, n: int, counter: list[int], seed: int) -> list[str]:
+    if split == "train":
+        return [f"train/{wnid}/{wnid}_{i + 1}.JPEG" for i in range(n)]
+    if split == "test1":
+        start = counter[0]
+        counter[0] += n
+        return [f"val/{wnid}/ILSVRC2012_val_{start + i + 1:08d}.JPEG" for i in range(n)]
+    return [
+        "imagenetv2-matched-frequency-format-val/"
+        f"{label}/{hashlib.sha1(f'{seed}-{label}-{i}'.encode()).hexdigest()}.jpeg"
+        for i in range(n)
+    ]
+
+
+def write_split(path: Path, split: str, counts: np.ndarray, model: FeatureModel, names: list[str]) -> int:
+    spec = model.spec
+    rng = np.random.default_rng([spec.seed, {"train": 2, "test1": 3, "test2": 4}[split]])
+    header = ",path,label," + ",".join(str(i) for i in range(spec.dim)) + "\n"
+    counter, row = [0], 0
+    with atomic_path(path) as tmp, tmp.open("wb") as handle:
+        handle.write(header.encode())
+        for label in tqdm(range(spec.classes), desc=f"generate {split}", unit="class", leave=False):
+            n = int(counts[label])
+            feats = model.sample(label, n, rng, split)
+            frame = pl.DataFrame({"": np.arange(row, row + n, dtype=np.int64)})
+            frame = frame.with_columns(
+                pl.Series("path", split_paths(split, names[label], label, n, counter, spec.seed)),
+                pl.lit(label, dtype=pl.Int64).alias("label"),
+                *[pl.Series(str(j), feats[:, j]) for j in range(spec.dim)],
+            )
+            frame.write_csv(handle, include_header=False)
+            row += n
+    return row
+
+
+def generate(out_dir: str | Path, spec: DemoSpec) -> dict:
+    """Write train.csv, test1.csv, test2.csv and truth.json into `out_dir`; return the truth."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([spec.seed, 0])
+    model = FeatureModel(spec)
+    names = wnids(spec.classes, rng)
+    counts = {
+        "train": train_counts(spec, rng),
+        "test1": np.full(spec.classes, spec.test1_per_class),
+        "test2": np.full(spec.classes, spec.test2_per_class),
+    }
+    rows = {split: write_split(out / f"{split}.csv", split, counts[split], model, names) for split in counts}
+    truth = {
+        "spec": asdict(spec),
+        "rows": rows,
+        "train_counts": counts["train"].tolist(),
+        "wnids": names,
+        "shifted_features": model.shifted.tolist(),
+        "hard_classes": model.hard.tolist(),
+    }
+    write_json(out / "truth.json", truth)
+    return truth
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out-dir", required=True)
+    defaults = DemoSpec()
+    for name, value in asdict(defaults).items():
+        if name == "extra":
+            continue
+        kind = int if name == "train_rows" else type(value)
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=value)
+    args = vars(parser.parse_args(argv))
+    out_dir = args.pop("out_dir")
+    truth = generate(out_dir, DemoSpec(**args))
+    print(f"wrote {truth['rows']} rows to {out_dir}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
