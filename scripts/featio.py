@@ -299,3 +299,9 @@ def write_shard(
             compression=compression,
             use_dictionary=["path"],  # float columns are never dictionary-encoded
         )
+
+
+def shard_folder(manifest_path: str | os.PathLike) -> Path:
+    """results/parquet/{split}.manifest.json → results/parquet/{split}/ (rules pass the manifest)."""
+    manifest_path = Path(manifest_path)
+    return manifest_path.with_name(manifest_path.name.removesuffix(".manifest.json"))

@@ -1,0 +1,22 @@
+# featgap: explain the accuracy gap between two test sets from a frozen model's features.
+# Glue only: the steps live in scripts/, the wiring in workflow/rules/.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/analysis.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        ALL_TARGETS,
+    default_target: True

@@ -1,0 +1,46 @@
+# Shared wiring: config validation, helpers every rule file uses, and the list of final targets.
+import json
+import shlex
+from pathlib import Path
+
+from snakemake.utils import validate
+
+
+validate(config, schema="../schemas/config.schema.yaml", set_default=True)
+
+SPLITS = ["train", "test1", "test2"]
+TESTS = ["test1", "test2"]
+# Each rule file appends what `rule all` must build.
+ALL_TARGETS = []
+
+# Steps run as `python -m scripts.<step>` from any working directory.
+PYRUN = f"PYTHONPATH={shlex.quote(workflow.basedir)} python -m"
+
+
+wildcard_constraints:
+    split="train|test1|test2",
+    test="test1|test2",
+    part=r"\d{5}",
+
+
+def code(*steps):
+    """The step modules a rule runs, as inputs: editing a step's code reruns it and its dependents."""
+    return [f"{workflow.basedir}/scripts/{step}.py" for step in ("featio",) + steps]
+
+
+def as_json(value):
+    """A config value as one shell-quoted JSON argument (params keep it, so a change reruns the rule)."""
+    return shlex.quote(json.dumps(value, sort_keys=True))
+
+
+def check_inputs_exist():
+    """Reject missing input CSVs before any job runs, naming the config key."""
+    if config["demo"]["enabled"]:
+        return
+    for split in SPLITS:
+        path = config["data"][split]
+        if not Path(path).is_file():
+            raise WorkflowError(f"config key data.{split}: file not found: {path}")
+
+
+check_inputs_exist()
