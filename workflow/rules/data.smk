@@ -72,9 +72,9 @@ rule convert_part:
     conda:
         "../../envs/featgap.yaml"
     shell:
-        "{PYRUN} scripts.convert part --plan {input.plan} --part {wildcards.part} --out {output}"
+        "POLARS_MAX_THREADS={threads} {PYRUN} scripts.convert part --plan {input.plan} --part {wildcards.part} --out {output}"
         " --num-classes {params.num_classes} --row-group-rows {params.row_group_rows}"
-        " --compression {params.compression} --chunk-mb {params.chunk_mb} --threads {threads}"
+        " --compression {params.compression} --chunk-mb {params.chunk_mb}"
         " > {log} 2>&1"
 
 
