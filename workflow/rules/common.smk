@@ -1,5 +1,6 @@
 # Shared wiring: config validation, helpers every rule file uses, and the list of final targets.
 import json
+import os
 import shlex
 from pathlib import Path
 
@@ -13,18 +14,19 @@ TESTS = ["test1", "test2"]
 # Each rule file appends what `rule all` must build.
 ALL_TARGETS = []
 
-# Steps run as `python -m scripts.<step>` from any working directory.
-PYRUN = f"PYTHONPATH={shlex.quote(workflow.basedir)} python -m"
+# Steps run as `python -m scripts.<step>` from any working directory (and in cluster jobs,
+# which parse this file again).
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(p for p in (workflow.basedir, os.environ.get("PYTHONPATH")) if p)
+)
 
-
-wildcard_constraints:
-    split="train|test1|test2",
-    test="test1|test2",
-    part=r"\d{5}",
+def part_ids(split):
+    """Shard ids of a split: one per configured byte-range part."""
+    return [f"{i:05d}" for i in range(config["convert"]["parts"][split])]
 
 
 def code(*steps):
-    """The step modules a rule runs, as inputs: editing a step's code reruns it and its dependents."""
+    """Step modules as inputs, so that editing a step's code reruns it and its dependents."""
     return [f"{workflow.basedir}/scripts/{step}.py" for step in ("featio",) + steps]
 
 

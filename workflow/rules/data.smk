@@ -1,10 +1,6 @@
 # Data stage: (demo generation) → CSV byte-range plan → Parquet shards per part → manifest → QC.
 
 
-def part_ids(split):
-    return [f"{i:05d}" for i in range(config["convert"]["parts"][split])]
-
-
 if config["demo"]["enabled"]:
 
     rule generate_demo:
@@ -16,7 +12,7 @@ if config["demo"]["enabled"]:
             test2=config["data"]["test2"],
             truth=f"{config['demo']['out_dir']}/truth.json",
         params:
-            out_dir=config["demo"]["out_dir"],
+            out_dir=lambda wc, output: Path(output.truth).parent,
             spec=" ".join(
                 f"--{key.replace('_', '-')} {value}"
                 for key, value in config["demo"].items()
@@ -27,7 +23,7 @@ if config["demo"]["enabled"]:
         conda:
             "../../envs/featgap.yaml"
         shell:
-            "{PYRUN} scripts.generate_demo --out-dir {params.out_dir} {params.spec} > {log} 2>&1"
+            "python -m scripts.generate_demo --out-dir {params.out_dir} {params.spec} > {log} 2>&1"
 
 
 rule plan_convert:
@@ -45,7 +41,7 @@ rule plan_convert:
     conda:
         "../../envs/featgap.yaml"
     shell:
-        "{PYRUN} scripts.convert plan --csv {input.csv} --out {output} --parts {params.parts}"
+        "python -m scripts.convert plan --csv {input.csv} --out {output} --parts {params.parts}"
         " --columns {params.columns} --dim {params.dim} > {log} 2>&1"
 
 
@@ -72,7 +68,7 @@ rule convert_part:
     conda:
         "../../envs/featgap.yaml"
     shell:
-        "POLARS_MAX_THREADS={threads} {PYRUN} scripts.convert part --plan {input.plan} --part {wildcards.part} --out {output}"
+        "POLARS_MAX_THREADS={threads} python -m scripts.convert part --plan {input.plan} --part {wildcards.part} --out {output}"
         " --num-classes {params.num_classes} --row-group-rows {params.row_group_rows}"
         " --compression {params.compression} --chunk-mb {params.chunk_mb}"
         " > {log} 2>&1"
@@ -90,7 +86,7 @@ rule manifest:
     conda:
         "../../envs/featgap.yaml"
     shell:
-        "{PYRUN} scripts.convert manifest --plan {input.plan} --out {output} {input.parts} > {log} 2>&1"
+        "python -m scripts.convert manifest --plan {input.plan} --out {output} {input.parts} > {log} 2>&1"
 
 
 rule validate_split:
@@ -114,7 +110,7 @@ rule validate_split:
     conda:
         "../../envs/featgap.yaml"
     shell:
-        "{PYRUN} scripts.validate --manifest {input.manifest} --split {wildcards.split} --out {output}"
+        "python -m scripts.validate --manifest {input.manifest} --split {wildcards.split} --out {output}"
         " --expected {params.expected} --num-classes {params.num_classes}"
         " --on-violation {params.on_violation} --layout {params.layout} > {log} 2>&1"
 
