@@ -1,0 +1,191 @@
+"""K candidate heads trained at once on the same batches (DINOv2's linear-evaluation trick).
+
+All candidates share the input, so the first layer of all K is one GEMM: x (B, D) @ W0 (D, K·H).
+That is the whole cost of a linear head, and one wide GEMM runs near the machine's matmul peak,
+whereas K separate heads would each re-read the batch and pay K times the Python overhead.
+Deeper MLP layers are per-candidate batched matmuls (K, B, H) @ (K, H, H').
+
+Candidates differ only in learning rate and weight decay, which the hand-written optimizers
+below apply per candidate (torch's optimizers take one lr per parameter tensor). They follow
+torch.optim.AdamW and torch.optim.SGD(momentum, weight_decay) exactly, per candidate. All
+candidates start from the same initial weights, so the holdout compares hyperparameters only.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Param:
+    value: torch.Tensor
+    axis: int  # the candidate axis
+    decay: bool  # weight decay applies (weights yes, biases no)
+
+
+class CandidateGrid:
+    """K heads D → hidden… → C with stacked parameters; `extract(k)` gives candidate k's
+    state_dict in the layout of scripts.heads.build_net."""
+
+    def __init__(self, dim: int, num_classes: int, hidden: list[int], k: int, dropout: float,
+                 seed: int, device: torch.device):
+        self.k, self.dropout, self.hidden = k, float(dropout), list(hidden)
+        widths = [dim] + self.hidden + [num_classes]
+        gen = torch.Generator().manual_seed(seed)
+        self.params: list[Param] = []
+        for layer, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+            if not self.hidden:
+                # A linear probe is convex: zero init is the canonical, seed-free start.
+                w = torch.zeros(fan_in, fan_out)
+                b = torch.zeros(fan_out)
+            else:  # nn.Linear's default init, drawn once and shared by all candidates
+                bound = 1.0 / math.sqrt(fan_in)
+                w = torch.empty(fan_in, fan_out).uniform_(-bound, bound, generator=gen)
+                b = torch.empty(fan_out).uniform_(-bound, bound, generator=gen)
+            if layer == 0:  # (D, K, H): viewed as (D, K·H) for the shared-input GEMM
+                w_k = w.unsqueeze(1).repeat(1, k, 1)
+                b_k = b.unsqueeze(0).repeat(k, 1)
+                self.params += [Param(w_k.to(device), 1, True), Param(b_k.to(device), 0, False)]
+            else:  # (K, H, H') for bmm, bias (K, 1, H')
+                self.params += [Param(w.unsqueeze(0).repeat(k, 1, 1).to(device), 0, True),
+                                Param(b.view(1, 1, -1).repeat(k, 1, 1).to(device), 0, False)]
+        for p in self.params:
+            p.value.requires_grad_(True)
+        self.dropout_gen = torch.Generator(device=device).manual_seed(seed + 1)
+
+    def forward(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+        """Logits (B, K, C)."""
+        w0, b0 = self.params[0].value, self.params[1].value
+        d, k, h = w0.shape
+        out = torch.addmm(b0.reshape(-1), x, w0.view(d, k * h)).view(-1, k, h)
+        if len(self.params) == 2:
+            return out
+        out = out.transpose(0, 1)  # (K, B, H)
+        for i in range(2, len(self.params), 2):
+            out = F.gelu(out)
+            if train and self.dropout > 0:
+                keep = torch.empty_like(out).bernoulli_(1.0 - self.dropout, generator=self.dropout_gen)
+                out = out * keep / (1.0 - self.dropout)
+            out = torch.baddbmm(self.params[i + 1].value, out, self.params[i].value)
+        return out.transpose(0, 1)
+
+    def extract(self, k: int) -> dict[str, torch.Tensor]:
+        state = {}
+        for layer in range(len(self.params) // 2):
+            w, b = self.params[2 * layer].value.detach(), self.params[2 * layer + 1].value.detach()
+            if layer == 0:
+                weight, bias = w[:, k, :], b[k]
+            else:
+                weight, bias = w[k], b[k, 0]
+            state[f"{3 * layer}.weight"] = weight.t().contiguous().cpu()
+            state[f"{3 * layer}.bias"] = bias.contiguous().cpu()
+        return state
+
+    def snapshot(self) -> list[torch.Tensor]:
+        return [p.value.detach().clone() for p in self.params]
+
+    def keep_best(self, best: list[torch.Tensor], improved: torch.Tensor) -> None:
+        """Copy the current weights of the improved candidates into `best`."""
+        for p, saved in zip(self.params, best):
+            mask = _along(improved, p)
+            saved.copy_(torch.where(mask, p.value.detach(), saved))
+
+    def restore(self, saved: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for p, value in zip(self.params, saved):
+                p.value.copy_(value)
+
+
+def _along(vec: torch.Tensor, p: Param) -> torch.Tensor:
+    """A (K,) vector shaped to broadcast along parameter p's candidate axis."""
+    shape = [1] * p.value.dim()
+    shape[p.axis] = -1
+    return vec.view(shape)
+
+
+class GridOptimizer:
+    """AdamW or SGD+momentum with a learning rate and weight decay per candidate."""
+
+    def __init__(self, params: list[Param], kind: str, lr: np.ndarray, weight_decay: np.ndarray,
+                 momentum: float = 0.9, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        if kind not in ("adamw", "sgd"):
+            raise ValueError(f"optimizer must be adamw or sgd, got {kind!r}")
+        device = params[0].value.device
+        self.params, self.kind = params, kind
+        self.lr = torch.as_tensor(lr, dtype=torch.float32, device=device)
+        self.wd = torch.as_tensor(weight_decay, dtype=torch.float32, device=device)
+        self.momentum, self.betas, self.eps = momentum, betas, eps
+        self.state = [[torch.zeros_like(p.value) for _ in range(2 if kind == "adamw" else 1)] for p in params]
+        self.t = 0
+
+    @torch.no_grad()
+    def step(self, scale: float) -> None:
+        """One update with learning rate lr · scale (scale from the schedule)."""
+        self.t += 1
+        for p, state in zip(self.params, self.state):
+            grad = p.value.grad
+            if grad is None:
+                continue
+            lr = _along(self.lr * scale, p)
+            if self.kind == "adamw":
+                m, v = state
+                if p.decay:
+                    p.value.mul_(1.0 - lr * _along(self.wd, p))
+                b1, b2 = self.betas
+                m.lerp_(grad, 1.0 - b1)
+                v.mul_(b2).addcmul_(grad, grad, value=1.0 - b2)
+                denom = (v.sqrt() / math.sqrt(1.0 - b2**self.t)).add_(self.eps)
+                p.value.sub_(m / denom * (lr / (1.0 - b1**self.t)))
+            else:
+                (buf,) = state
+                if p.decay:
+                    grad = grad + _along(self.wd, p) * p.value
+                if self.t == 1:
+                    buf.copy_(grad)
+                else:
+                    buf.mul_(self.momentum).add_(grad)
+                p.value.sub_(buf * lr)
+            p.value.grad = None
+
+
+def cosine_scale(step: int, total: int, warmup: int) -> float:
+    """Linear warmup to 1 over `warmup` steps, then cosine to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def grid_loss(logits: torch.Tensor, y: torch.Tensor, smoothing: float,
+              class_weight: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss to minimise, per-candidate summed loss, per-candidate correct count).
+
+    The loss is the sum over candidates of each candidate's batch mean, so every candidate gets
+    exactly the gradient it would get if trained alone."""
+    batch, k, _c = logits.shape
+    logp = logits.float().log_softmax(-1)
+    nll = -logp.gather(-1, y.view(batch, 1, 1).expand(batch, k, 1)).squeeze(-1)
+    per = nll if smoothing == 0 else (1.0 - smoothing) * nll - smoothing * logp.mean(-1)
+    if class_weight is not None:
+        per = per * class_weight[y].unsqueeze(1)
+    correct = (logits.argmax(-1) == y.unsqueeze(1)).sum(0)
+    return per.sum() / batch, per.detach().sum(0), correct
+
+
+@torch.no_grad()
+def evaluate_grid(grid: CandidateGrid, batches, autocast) -> tuple[np.ndarray, np.ndarray]:
+    """Per-candidate (mean NLL, top-1 accuracy) over (x, y) batches, without dropout."""
+    loss_sum, correct, n = None, None, 0
+    for x, y in batches:
+        with autocast():
+            logits = grid.forward(x, train=False)
+        _, per, hit = grid_loss(logits, y, 0.0, None)
+        loss_sum = per if loss_sum is None else loss_sum + per
+        correct = hit if correct is None else correct + hit
+        n += len(y)
+    if n == 0:
+        return np.full(grid.k, np.nan), np.full(grid.k, np.nan)
+    return (loss_sum / n).double().cpu().numpy(), (correct.double() / n).cpu().numpy()

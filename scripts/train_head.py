@@ -1,0 +1,305 @@
+"""Train one classification head (linear or MLP) on the train split, hyperparameters chosen on a
+stratified holdout of it; write model.pt, history.csv and selection.json (DESIGN.md: Heads).
+
+A grid of learning rate × weight decay candidates is trained at once on the same batches
+(scripts.train_grid); the winner has the best holdout top-1 (ties: lower holdout loss, then
+grid order) at its best epoch, and is optionally refit on train + holdout for that many epochs.
+The saved format and the way to apply a head are in scripts.heads (load_head, predict_logits).
+Test splits are never read here.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import io
+import itertools
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from scripts.featio import (FeatgapError, atomic_path, meta_block, parse_json_arg, run_cli,
+                            shard_folder, write_json)
+from scripts.heads import make_checkpoint, save_head
+from scripts.train_data import TrainSet, load_train, resolve_device
+from scripts.train_grid import CandidateGrid, GridOptimizer, cosine_scale, evaluate_grid, grid_loss
+
+HISTORY_COLUMNS = ["phase", "epoch", "candidate", "lr", "weight_decay", "train_loss", "train_acc",
+                   "holdout_loss", "holdout_acc", "seconds"]
+
+
+@dataclass
+class TrainSettings:
+    """The config's `train:` section: data, device and selection settings shared by all heads."""
+
+    device: str = "auto"
+    threads: int = 2
+    memory_budget_mb: float = 12000
+    holdout_fraction: float = 0.02
+    eval_batch_size: int = 8192
+
+
+@dataclass
+class HeadConfig:
+    """One entry of the config's `heads:` section."""
+
+    type: str = "linear"  # linear | mlp
+    hidden: list = field(default_factory=list)  # mlp widths, e.g. [1024]
+    dropout: float = 0.0
+    optimizer: str = "adamw"  # adamw | sgd
+    lr: list = field(default_factory=lambda: [1e-3])
+    weight_decay: list = field(default_factory=lambda: [0.0])
+    momentum: float = 0.9  # sgd only
+    epochs: int = 10
+    warmup_epochs: float = 1.0
+    batch_size: int = 1024
+    label_smoothing: float = 0.0
+    class_balanced: bool = False
+    standardize: bool = True
+    l2_normalize: bool = False
+    patience: int | None = None  # early stopping: epochs without holdout improvement
+    refit: bool = True
+
+
+def parse_config(cls, values: Mapping[str, Any] | None, where: str):
+    """A dataclass from a config dict; unknown keys and wrong kinds are errors naming the key."""
+    values = dict(values or {})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise FeatgapError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
+    config = cls(**values)
+    if isinstance(config, HeadConfig):
+        _check_head(config, where)
+    return config
+
+
+def _check_head(cfg: HeadConfig, where: str) -> None:
+    if cfg.type not in ("linear", "mlp"):
+        raise FeatgapError(f"{where}.type must be linear or mlp, got {cfg.type!r}")
+    if cfg.type == "linear" and cfg.hidden:
+        raise FeatgapError(f"{where}: a linear head has no hidden layers (got hidden={cfg.hidden})")
+    if cfg.type == "mlp" and not cfg.hidden:
+        raise FeatgapError(f"{where}: an mlp head needs hidden widths, e.g. hidden: [1024]")
+    for name in ("lr", "weight_decay"):
+        value = getattr(cfg, name)
+        if isinstance(value, (int, float)):
+            setattr(cfg, name, [float(value)])
+        if not getattr(cfg, name) or any(float(v) < 0 for v in getattr(cfg, name)):
+            raise FeatgapError(f"{where}.{name} must be a non-empty list of numbers >= 0")
+    if cfg.optimizer not in ("adamw", "sgd"):
+        raise FeatgapError(f"{where}.optimizer must be adamw or sgd, got {cfg.optimizer!r}")
+    if cfg.epochs < 1 or cfg.batch_size < 1:
+        raise FeatgapError(f"{where}: epochs and batch_size must be >= 1")
+    if not 0 <= cfg.dropout < 1 or not 0 <= cfg.label_smoothing < 1:
+        raise FeatgapError(f"{where}: dropout and label_smoothing must be in [0, 1)")
+
+
+def setup_torch(device: torch.device, threads: int, seed: int) -> None:
+    """Same seed → same bytes on the CPU: fixed threads, deterministic kernels, seeded RNGs."""
+    torch.manual_seed(seed)
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, threads))
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def autocast_for(device: torch.device):
+    """bf16 autocast on CUDA (tensor cores); a no-op context on the CPU (float32 throughout)."""
+    if device.type == "cuda":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def class_weights(counts: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Inverse-frequency weights with mean 1 over the training rows (so the loss scale is kept)."""
+    seen = counts > 0
+    weight = np.zeros(len(counts), dtype=np.float64)
+    weight[seen] = counts.sum() / (seen.sum() * counts[seen])
+    return torch.as_tensor(weight, dtype=torch.float32, device=device)
+
+
+def run_grid(data: TrainSet, cfg: HeadConfig, candidates: list[dict], rows: np.ndarray, *,
+             epochs: int, seed: int, phase: str, select: bool, desc: str,
+             eval_batch_size: int = 8192) -> dict:
+    """Train all candidates on `rows` for `epochs` (of a cfg.epochs-long schedule).
+
+    With `select`, evaluates the holdout every epoch, keeps each candidate's best weights, and
+    stops early after cfg.patience epochs without any candidate improving."""
+    device = data.device
+    k = len(candidates)
+    grid = CandidateGrid(data.dim, data.num_classes, cfg.hidden, k, cfg.dropout, seed, device)
+    opt = GridOptimizer(grid.params, cfg.optimizer, np.array([c["lr"] for c in candidates]),
+                        np.array([c["weight_decay"] for c in candidates]), momentum=cfg.momentum)
+    weight = class_weights(data.class_counts(rows), device) if cfg.class_balanced else None
+    steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
+    total, warmup = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
+    autocast = autocast_for(device)
+    rng = np.random.default_rng([seed, 1 if phase == "grid" else 2])
+    best = grid.snapshot() if select else None
+    best_acc = np.full(k, -np.inf)
+    best_loss = np.full(k, np.inf)
+    best_epoch = np.full(k, -1)
+    history, stale, step = [], 0, 0
+    bar = tqdm(range(epochs), desc=desc, unit="epoch")
+    for epoch in bar:
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros(k, dtype=torch.float64, device=device)
+        correct = torch.zeros(k, dtype=torch.int64, device=device)
+        for x, y in data.batches(rows, cfg.batch_size, rng):
+            with autocast():
+                logits = grid.forward(x, train=True)
+            loss, per, hit = grid_loss(logits, y, cfg.label_smoothing, weight)
+            loss.backward()
+            opt.step(cosine_scale(step, total, warmup))
+            step += 1
+            loss_sum += per.double()
+            correct += hit
+        train_loss = (loss_sum / len(rows)).cpu().numpy()
+        train_acc = (correct.double() / len(rows)).cpu().numpy()
+        if select:
+            h_loss, h_acc = evaluate_grid(grid, data.holdout_batches(eval_batch_size), autocast)
+            improved = (h_acc > best_acc) | ((h_acc == best_acc) & (h_loss < best_loss))
+            best_acc = np.where(improved, h_acc, best_acc)
+            best_loss = np.where(improved, h_loss, best_loss)
+            best_epoch = np.where(improved, epoch, best_epoch)
+            grid.keep_best(best, torch.as_tensor(improved, device=device))
+            stale = 0 if improved.any() else stale + 1
+        else:
+            h_loss = h_acc = np.full(k, np.nan)
+        seconds = time.perf_counter() - t0
+        for i, cand in enumerate(candidates):
+            history.append({"phase": phase, "epoch": epoch + 1, "candidate": cand["candidate"],
+                            "lr": cand["lr"], "weight_decay": cand["weight_decay"],
+                            "train_loss": train_loss[i], "train_acc": train_acc[i],
+                            "holdout_loss": h_loss[i], "holdout_acc": h_acc[i], "seconds": seconds})
+        bar.set_postfix(loss=f"{train_loss.min():.4f}",
+                        holdout=f"{np.nanmax(h_acc):.4f}" if select else "-")
+        if select and cfg.patience is not None and stale >= cfg.patience:
+            break
+    if select:
+        grid.restore(best)
+    return {"grid": grid, "history": history, "best_acc": best_acc, "best_loss": best_loss,
+            "best_epoch": best_epoch, "epochs_run": epoch + 1}
+
+
+def train_head(manifest: str | Path, out_dir: str | Path, *, name: str, head: Mapping[str, Any],
+               train: Mapping[str, Any], num_classes: int, seed: int = 0,
+               threads: int | None = None) -> dict:
+    """Train head `name` on the split of `manifest`; write model.pt, history.csv, selection.json."""
+    started = time.perf_counter()
+    cfg = parse_config(HeadConfig, head, f"heads.{name}")
+    settings = parse_config(TrainSettings, train, "train")
+    device = resolve_device(settings.device)
+    setup_torch(device, threads or settings.threads, seed)
+    data = load_train(shard_folder(manifest), num_classes=num_classes,
+                      holdout_fraction=settings.holdout_fraction, seed=seed,
+                      l2_normalize=cfg.l2_normalize, standardize=cfg.standardize,
+                      memory_budget_mb=settings.memory_budget_mb, device=device,
+                      batch_size=cfg.batch_size)
+    candidates = [{"candidate": i, "lr": float(lr), "weight_decay": float(wd)}
+                  for i, (lr, wd) in enumerate(itertools.product(cfg.lr, cfg.weight_decay))]
+    has_holdout = len(data.holdout_rows) > 0
+    if len(candidates) > 1 and not has_holdout:
+        raise FeatgapError(f"heads.{name}: {len(candidates)} candidates but the holdout is empty "
+                           f"(train.holdout_fraction={settings.holdout_fraction}); raise it or use one lr/wd")
+    t_grid = time.perf_counter()
+    result = run_grid(data, cfg, candidates, data.fit_rows, epochs=cfg.epochs, seed=seed,
+                      phase="grid", select=has_holdout, desc=f"{name} grid×{len(candidates)}",
+                      eval_batch_size=settings.eval_batch_size)
+    grid_s = time.perf_counter() - t_grid
+    # Winner: best holdout top-1, then lower holdout loss, then grid order.
+    order = sorted(range(len(candidates)), key=lambda i: (-result["best_acc"][i], result["best_loss"][i], i))
+    win = order[0] if has_holdout else 0
+    win_epochs = int(result["best_epoch"][win]) + 1 if has_holdout else cfg.epochs
+    history = result["history"]
+    state = result["grid"].extract(win)
+    refit = None
+    if cfg.refit and has_holdout:
+        all_rows = np.sort(np.concatenate([data.fit_rows, data.holdout_rows]))
+        t_refit = time.perf_counter()
+        again = run_grid(data, cfg, [candidates[win]], all_rows, epochs=win_epochs, seed=seed,
+                         phase="refit", select=False, desc=f"{name} refit")
+        state = again["grid"].extract(0)
+        history += again["history"]
+        refit = {"rows": len(all_rows), "epochs": win_epochs, "seconds": round(time.perf_counter() - t_refit, 3)}
+    hparams = {**{k: v for k, v in asdict(cfg).items() if k not in ("lr", "weight_decay")},
+               "lr": candidates[win]["lr"], "weight_decay": candidates[win]["weight_decay"],
+               "epochs_trained": win_epochs, "refit": refit is not None, "seed": seed}
+    counts = np.bincount(data.labels, minlength=num_classes)
+    checkpoint = make_checkpoint(name=name, kind=cfg.type, state_dict=state,
+                                 arch={"in_dim": data.dim, "num_classes": num_classes,
+                                       "hidden": cfg.hidden, "dropout": cfg.dropout},
+                                 mean=data.prep.mean, std=data.prep.std,
+                                 l2_normalize=cfg.l2_normalize, hparams=hparams,
+                                 classes_seen=(counts > 0).astype(np.int64))
+    out = Path(out_dir)
+    save_head(out / "model.pt", checkpoint)
+    write_history(out / "history.csv", history)
+    n_fit = len(data.fit_rows)
+    selection = {
+        "head": name,
+        "config": asdict(cfg),
+        "train": asdict(settings),
+        "grid": candidates,
+        "scores": [{"candidate": c["candidate"], "lr": c["lr"], "weight_decay": c["weight_decay"],
+                    "holdout_acc": _num(result["best_acc"][i]), "holdout_loss": _num(result["best_loss"][i]),
+                    "best_epoch": int(result["best_epoch"][i]) + 1} for i, c in enumerate(candidates)],
+        "winner": {**candidates[win], "holdout_acc": _num(result["best_acc"][win]),
+                   "holdout_loss": _num(result["best_loss"][win]), "epochs": win_epochs},
+        "refit": refit,
+        "data": data.stats,
+        "timing": {"grid_s": round(grid_s, 3), "grid_epochs": result["epochs_run"],
+                   "rows_per_s": round(n_fit * result["epochs_run"] / max(grid_s, 1e-9), 1),
+                   "candidate_rows_per_s": round(n_fit * result["epochs_run"] * len(candidates) / max(grid_s, 1e-9), 1)},
+        "meta": meta_block(seed=seed, device=str(device), started=started, inputs=[manifest]),
+    }
+    write_json(out / "selection.json", selection)
+    return selection
+
+
+def _num(value: float) -> float | None:
+    return None if not np.isfinite(value) else float(value)
+
+
+def write_history(path: Path, rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: _fmt(row[key]) for key in HISTORY_COLUMNS})
+    with atomic_path(path) as tmp:
+        tmp.write_text(buffer.getvalue())
+
+
+def _fmt(value: Any) -> Any:
+    if isinstance(value, (float, np.floating)):
+        return "" if not np.isfinite(value) else f"{float(value):.6g}"
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--manifest", required=True, help="results/parquet/train.manifest.json")
+    parser.add_argument("--out-dir", required=True, help="results/heads/{head}")
+    parser.add_argument("--name", required=True, help="the head's name in the config")
+    parser.add_argument("--head", required=True, help="JSON: the heads.{name} config section")
+    parser.add_argument("--train", default="{}", help="JSON: the train config section")
+    parser.add_argument("--num-classes", type=int, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    selection = train_head(args.manifest, args.out_dir, name=args.name,
+                           head=parse_json_arg(args.head, "head"), train=parse_json_arg(args.train, "train"),
+                           num_classes=args.num_classes, seed=args.seed, threads=args.threads)
+    win = selection["winner"]
+    print(f"{args.name}: winner lr={win['lr']} wd={win['weight_decay']} holdout top-1={win['holdout_acc']}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
