@@ -342,12 +342,12 @@ def convert_file(csv_path: str | Path, folder: str | Path, manifest: str | Path,
     folder = Path(folder)
     plan_path = Path(manifest).with_name(Path(manifest).name.replace(".manifest.json", ".plan.json"))
     write_json(plan_path, plan(csv_path, parts, columns, dim))
-    shards = []
-    for part in range(parts):
-        shard = folder / f"part-{part:05d}.parquet"
-        convert_part(plan_path, part, shard, num_classes=num_classes, **options)
-        shards.append(shard)
-    return write_manifest(plan_path, shards, manifest)
+    with atomic_path(folder) as tmp_folder:  # all shards appear together, or none
+        tmp_folder.mkdir()
+        for part in range(parts):
+            convert_part(plan_path, part, tmp_folder / f"part-{part:05d}.parquet", num_classes=num_classes,
+                         **options)
+    return write_manifest(plan_path, sorted(folder.glob("part-*.parquet")), manifest)
 
 
 # ---------------------------------------------------------------- CLI
