@@ -238,8 +238,9 @@ class PartConverter:
                     buf.extend(bytes(len(buf)))
                     carry = filled
                     continue
-                chunk = bytes(buf[:cut])
-                if chunk.strip():
+                with memoryview(buf) as view:
+                    chunk = bytes(view[:cut])  # the one copy polars needs
+                if not chunk.isspace():  # stops at the first non-blank byte: cheap
                     yield offset, chunk
                 buf[: filled - cut] = buf[cut:filled]
                 offset, carry = offset + cut, filled - cut
