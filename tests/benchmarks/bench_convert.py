@@ -1,0 +1,118 @@
+"""Benchmark: featgap convert vs polars sink_parquet vs the seeds' pandas approach, same run.
+
+Generates (once) a ~1 GB CSV in the real schema (1024 features, class-sorted), then runs each
+converter as its own process, alternating, `--rounds` times, on `--threads` cores, and reports
+MB/s, the ratio to polars and peak RSS (from wait4, per process). Not a test: no asserts.
+
+    .venv/bin/python tests/benchmarks/bench_convert.py [--gb 1.0] [--rounds 3] [--out FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BYTES_PER_ROW_1024 = 11_090  # measured: ~10.8 characters per float32 value at D=1024
+
+PEERS = {
+    "featgap": """
+import sys
+from scripts.convert import convert_file
+convert_file(sys.argv[1], sys.argv[2] + '/shards', sys.argv[2] + '/x.manifest.json', num_classes=1000,
+             dim=1024, parts=1)
+""",
+    "polars_sink": """
+import sys, polars as pl
+pl.scan_csv(sys.argv[1]).sink_parquet(sys.argv[2] + '/out.parquet')
+""",
+    "pandas_chunks": """
+import sys, pandas as pd, pyarrow as pa, pyarrow.parquet as pq
+writer = None
+for chunk in pd.read_csv(sys.argv[1], chunksize=10_000):
+    table = pa.Table.from_pandas(chunk, preserve_index=False)
+    writer = writer or pq.ParquetWriter(sys.argv[2] + '/out.parquet', table.schema)
+    writer.write_table(table)
+writer.close()
+""",
+}
+
+
+def make_csv(folder: Path, gigabytes: float) -> Path:
+    csv = folder / "train.csv"
+    if csv.exists():
+        return csv
+    sys.path.insert(0, str(ROOT))
+    from scripts.generate_demo import DemoSpec, generate
+
+    rows = int(gigabytes * 1e9 / BYTES_PER_ROW_1024)
+    generate(folder, DemoSpec(classes=1000, dim=1024, train_scale=rows / 1_281_167, test1_per_class=1,
+                              test2_per_class=1))
+    return csv
+
+
+def run_once(name: str, csv: Path, work: Path, threads: int) -> dict:
+    out = work / name
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    env = {**os.environ, "POLARS_MAX_THREADS": str(threads), "OMP_NUM_THREADS": str(threads),
+           "PYTHONPATH": str(ROOT)}
+    cmd = ["taskset", "-c", f"0-{threads - 1}", sys.executable, "-c", PEERS[name], str(csv), str(out)]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    if status != 0:
+        raise RuntimeError(f"{name} failed: {proc.stderr.read().decode()[-2000:]}")
+    size = csv.stat().st_size
+    out_bytes = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    shutil.rmtree(out, ignore_errors=True)
+    return {"seconds": seconds, "mb_s": size / seconds / 1e6, "peak_rss_mb": usage.ru_maxrss / 1024,
+            "output_mb": out_bytes / 1e6}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gb", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--work", default="/tmp/featgap-bench-convert")
+    parser.add_argument("--peers", default="featgap,polars_sink,pandas_chunks")
+    parser.add_argument("--out", default=str(ROOT / "tests/benchmarks/results/convert.json"))
+    args = parser.parse_args()
+    work = Path(args.work)
+    csv = make_csv(work / f"data-{args.gb}", args.gb)
+    peers = args.peers.split(",")
+    runs: dict[str, list[dict]] = {name: [] for name in peers}
+    for round_ in range(args.rounds):
+        for name in peers:  # alternate, so drifting machine load hits every peer alike
+            result = run_once(name, csv, work, args.threads)
+            runs[name].append(result)
+            print(f"round {round_ + 1} {name:14s} {result['mb_s']:7.1f} MB/s  peak {result['peak_rss_mb']:7.0f} MB",
+                  flush=True)
+    summary = {name: {"median_mb_s": statistics.median(r["mb_s"] for r in rs),
+                      "max_peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
+                      "output_mb": rs[0]["output_mb"], "runs": rs} for name, rs in runs.items()}
+    base = summary.get("polars_sink", {}).get("median_mb_s")
+    for name, s in summary.items():
+        s["ratio_vs_polars"] = s["median_mb_s"] / base if base else None
+    size = csv.stat().st_size
+    report = {"csv_bytes": size, "threads": args.threads, "rounds": args.rounds, "peers": summary,
+              "train_13gb_minutes_extrapolated": {n: 13.0e9 / (s["median_mb_s"] * 1e6) / 60
+                                                  for n, s in summary.items()}}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\n{size / 1e9:.2f} GB CSV, {args.threads} threads, median of {args.rounds}:")
+    for name, s in summary.items():
+        print(f"  {name:14s} {s['median_mb_s']:7.1f} MB/s  x{s['ratio_vs_polars'] or 0:.2f} vs polars  "
+              f"peak RSS {s['max_peak_rss_mb']:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
