@@ -1,0 +1,491 @@
+"""The final report: one self-contained HTML page (and a Markdown twin) that answers
+"why is test set 2 harder?" from every metric and analysis the workflow produced.
+
+    results/report/index.html   figures embedded as base64 data URIs, inline CSS, no external
+                                assets: opens offline, can be mailed as one file
+    results/report/report.md    the same content in Markdown, figures referenced relatively
+
+Inputs are the files of the report rule (see scripts.report_collect for how they are recognised),
+the benchmark folder, the config (JSON) and the Jinja2 template. Every string that comes from data
+or config is escaped: the template autoescapes, and nothing is marked safe.
+
+CLI: python -m scripts.report --config JSON --template T --benchmarks DIR --html OUT --markdown OUT FILES...
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from scripts.featio import FEATGAP_VERSION, FeatgapError, atomic_path, parse_json_arg, run_cli
+from scripts.report_collect import Analysis, ReportData, collect
+from scripts.report_evidence import HYPOTHESES, Headline, gap_interval, headline
+
+DEFAULTS: dict[str, Any] = {
+    "title": "featgap: why is test set 2 harder?",
+    "primary_head": None,  # null: the first configured head
+    "reference": [],  # rows {name, test1, test2, note}: top-1 in percent, for context
+    "top_classes": 15,  # most-dropped classes listed
+    "figures": "primary",  # primary: figures of the primary head only; all: every head's figures
+    "max_numbers": 40,  # scalars shown per analysis (the rest is in its table)
+}
+METRIC_LABELS = {"top1": "top-1", "top5": "top-5", "balanced_accuracy": "balanced accuracy",
+                 "macro_precision": "macro precision", "macro_recall": "macro recall", "macro_f1": "macro F1",
+                 "nll": "NLL", "ece": "ECE"}
+SECTION_TITLES = {**HYPOTHESES, "gap": "Most-dropped classes", "embedding": "Embedding views",
+                  "adapt": "Adaptation check: re-standardising each test set"}
+
+
+def report_options(config: dict[str, Any]) -> dict[str, Any]:
+    opts = dict(DEFAULTS)
+    section = config.get("report") or {}
+    unknown = sorted(set(section) - set(DEFAULTS))
+    if unknown:
+        raise FeatgapError(f"config report: unknown key(s) {unknown}; allowed: {sorted(DEFAULTS)}")
+    opts.update(section)
+    for i, row in enumerate(opts["reference"] or []):
+        if not isinstance(row, dict) or "name" not in row:
+            raise FeatgapError(f"config report.reference[{i}]: expected {{name, test1, test2, note}}")
+    return opts
+
+
+# ------------------------------------------------------------------ formatting (plain text)
+def pct(value: Any, digits: int = 2) -> str:
+    return f"{value * 100:.{digits}f}" if isinstance(value, (int, float)) and math.isfinite(value) else "–"
+
+
+def ci_text(ci: Any, digits: int = 2) -> str:
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(v, (int, float)) for v in ci):
+        return f"[{pct(ci[0], digits)}, {pct(ci[1], digits)}]"
+    return ""
+
+
+def fmt_value(value: Any) -> str:
+    """A number from a summary as short text (lists truncated)."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "–"
+        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
+            return f"{value:.3g}"
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        shown = ", ".join(fmt_value(v) for v in value[:8])
+        return f"[{shown}{', …' if len(value) > 8 else ''}]" + (f" ({len(value)})" if len(value) > 8 else "")
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {fmt_value(v)}" for k, v in list(value.items())[:8]) + "}"
+    return str(value)
+
+
+def scalar_numbers(numbers: dict[str, Any], limit: int) -> list[tuple[str, str]]:
+    """(key, text) for the scalar and short-list entries of a summary's numbers."""
+    rows = []
+    for key, value in numbers.items():
+        if isinstance(value, dict) or (isinstance(value, list) and value and isinstance(value[0], (dict, list))):
+            continue  # tables: shown separately or in the analysis's own table file
+        rows.append((str(key), fmt_value(value)))
+    return rows[:limit]
+
+
+def record_tables(numbers: dict[str, Any], max_rows: int = 20) -> list[dict[str, Any]]:
+    """Lists of records inside a summary's numbers as small tables {title, columns, rows}."""
+    tables = []
+    for key, value in numbers.items():
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            columns = list(dict.fromkeys(k for row in value for k in row))
+            rows = [[fmt_value(row.get(c)) for c in columns] for row in value[:max_rows]]
+            tables.append({"title": str(key), "columns": [str(c) for c in columns], "rows": rows,
+                           "more": max(0, len(value) - max_rows)})
+    return tables
+
+
+# ------------------------------------------------------------------ figures
+@dataclass
+class Figure:
+    path: str
+    src: str | None  # data URI; None when the file is missing
+    md_path: str  # relative to the Markdown file
+
+
+def embed(path: str, md_dir: Path) -> Figure:
+    file = Path(path)
+    rel = os.path.relpath(file.resolve(), md_dir.resolve()) if file.exists() else path
+    rel = Path(rel).as_posix()
+    if not file.is_file():
+        return Figure(path=path, src=None, md_path=rel)
+    kind = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}.get(
+        file.suffix.lower(), "application/octet-stream")
+    return Figure(path=path, src=f"data:{kind};base64,{base64.b64encode(file.read_bytes()).decode('ascii')}",
+                  md_path=rel)
+
+
+# ------------------------------------------------------------------ sections
+@dataclass
+class Section:
+    id: str
+    title: str
+    ran: bool
+    verdict: str = ""
+    level: str = ""
+    subject: str = ""  # which head / test the main block is about
+    numbers: list[tuple[str, str]] = field(default_factory=list)
+    tables: list[dict[str, Any]] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+    table: str | None = None
+    others: list[dict[str, Any]] = field(default_factory=list)  # other heads / tests
+    note: str = ""
+
+
+def analysis_section(sid: str, items: list[Analysis], primary: Analysis | None, opts: dict, md_dir: Path,
+                     level: str = "", note: str = "") -> Section:
+    title = SECTION_TITLES.get(sid, sid)
+    if primary is None:
+        return Section(id=sid, title=title, ran=False, level=level or "not run", note=note)
+    section = Section(id=sid, title=title, ran=True, verdict=primary.verdict, level=level,
+                      subject=primary.key or "both test sets",
+                      numbers=scalar_numbers(primary.numbers, int(opts["max_numbers"])),
+                      tables=record_tables(primary.numbers),
+                      figures=[embed(f, md_dir) for f in primary.figures], table=primary.table, note=note)
+    for other in items:
+        if other is primary:
+            continue
+        figures = [embed(f, md_dir) for f in other.figures] if opts["figures"] == "all" else []
+        section.others.append({"subject": other.key or other.kind, "verdict": other.verdict, "figures": figures,
+                               "table": other.table})
+    return section
+
+
+def pick(items: list[Analysis], *preferred: str) -> Analysis | None:
+    for key in preferred:
+        for item in items:
+            if item.key == key:
+                return item
+    return items[0] if items else None
+
+
+def build_sections(data: ReportData, head_line: Headline, opts: dict, md_dir: Path) -> list[Section]:
+    head = data.primary_head() or ""
+    levels = {e.hypothesis: e for e in head_line.ranking}
+    sections = []
+    ordered = [e.hypothesis for e in head_line.ranking]
+    for hyp in ordered:
+        items = list(data.analyses.get(hyp, {}).values())
+        prefer = (f"{head}/test2", head, "") if hyp == "misclass" else (head, "")
+        section = analysis_section(hyp, items, pick(items, *prefer), opts, md_dir, level=levels[hyp].level)
+        section.note = levels[hyp].sentence if section.ran else ""
+        if hyp == "shift":  # the adaptation check belongs with the shift hypothesis
+            adapts = list(data.analyses.get("adapt", {}).values())
+            section.others = section.others
+            sections.append(section)
+            sections.append(analysis_section("adapt", adapts, pick(adapts, head, ""), opts, md_dir))
+            continue
+        sections.append(section)
+    gaps = list(data.analyses.get("gap", {}).values())
+    sections.append(analysis_section("gap", gaps, pick(gaps, head, ""), opts, md_dir))
+    embeds = list(data.analyses.get("embedding", {}).values())
+    sections.append(analysis_section("embedding", embeds, pick(embeds, "", head), opts, md_dir))
+    known = set(HYPOTHESES) | {"adapt", "gap", "embedding"}
+    for kind in sorted(set(data.analyses) - known):  # analyses added later still show up
+        items = list(data.analyses[kind].values())
+        sections.append(analysis_section(kind, items, pick(items, head, ""), opts, md_dir))
+    return sections
+
+
+# ------------------------------------------------------------------ tables
+def summary_rows(data: ReportData) -> list[dict[str, str]]:
+    rows = []
+    baselines = set(data.baselines())
+    for model in data.models():
+        m = data.metrics[model]
+        cells: dict[str, str] = {"model": model, "kind": "baseline" if model in baselines else "head"}
+        for test in ("test1", "test2"):
+            block = m.get(test) or {}
+            values, cis = block.get("metrics") or {}, block.get("ci95") or {}
+            cells[f"{test}_top1"] = pct(values.get("top1"))
+            cells[f"{test}_top1_ci"] = ci_text(cis.get("top1"))
+            cells[f"{test}_top5"] = pct(values.get("top5"))
+            cells[f"{test}_bal"] = pct(values.get("balanced_accuracy"))
+        g = gap_interval(m["test1"], m["test2"]) if "test1" in m and "test2" in m else None
+        cells["gap"] = f"{g[0] * 100:.2f}" if g else "–"
+        cells["gap_ci"] = f"[{g[1] * 100:.2f}, {g[2] * 100:.2f}]" if g and not math.isnan(g[1]) else ""
+        rows.append(cells)
+    return rows
+
+
+def reference_rows(opts: dict) -> list[dict[str, str]]:
+    rows = []
+    for ref in opts["reference"] or []:
+        t1, t2 = ref.get("test1"), ref.get("test2")
+        gap = f"{t1 - t2:.2f}" if isinstance(t1, (int, float)) and isinstance(t2, (int, float)) else "–"
+        rows.append({"model": str(ref["name"]), "note": str(ref.get("note") or ""),
+                     "test1_top1": "–" if t1 is None else f"{float(t1):.2f}",
+                     "test2_top1": "–" if t2 is None else f"{float(t2):.2f}", "gap": gap})
+    return rows
+
+
+def model_details(data: ReportData, opts: dict, md_dir: Path) -> list[dict[str, Any]]:
+    primary = data.primary_head()
+    details = []
+    for model in data.models():
+        per_test = data.metrics[model]
+        metrics_rows = []
+        for key, label in METRIC_LABELS.items():
+            row = [label]
+            for test in ("test1", "test2"):
+                block = per_test.get(test) or {}
+                value = (block.get("metrics") or {}).get(key)
+                ci = (block.get("ci95") or {}).get(key)
+                if key in ("nll", "ece"):
+                    row.append(fmt_value(value) + (f" [{fmt_value(ci[0])}, {fmt_value(ci[1])}]" if ci else ""))
+                else:
+                    row.append(f"{pct(value)} {ci_text(ci)}".strip())
+            metrics_rows.append(row)
+        figures = []
+        if opts["figures"] == "all" or model == primary:
+            for test in ("test1", "test2"):
+                path = ((per_test.get(test) or {}).get("files") or {}).get("confused_pairs.png")
+                if path:
+                    figures.append(embed(path, md_dir))
+        selection = data.selections.get(model) or {}
+        winner = selection.get("winner") or {}
+        chosen = ", ".join(f"{k} {fmt_value(v)}" for k, v in winner.items() if k != "candidate")
+        confused = []
+        for test in ("test1", "test2"):
+            for pair in ((per_test.get(test) or {}).get("top_confused") or [])[:5]:
+                confused.append([test, str(pair.get("true_name", pair.get("true"))),
+                                 str(pair.get("pred_name", pair.get("pred"))), fmt_value(pair.get("count"))])
+        details.append({"model": model, "rows": metrics_rows, "figures": figures, "selection": chosen,
+                        "n": {t: fmt_value((per_test.get(t) or {}).get("n")) for t in ("test1", "test2")},
+                        "confused": confused})
+    return details
+
+
+# ------------------------------------------------------------------ run metadata
+def metas(data: ReportData) -> list[tuple[str, dict]]:
+    found = []
+    for split, qc in data.qc.items():
+        found.append((f"qc/{split}", qc.get("meta") or {}))
+    for head, sel in data.selections.items():
+        found.append((f"heads/{head}", sel.get("meta") or {}))
+    for head, tests in data.metrics.items():
+        for test, m in tests.items():
+            found.append((f"eval/{head}/{test}", m.get("meta") or {}))
+    for kind, items in data.analyses.items():
+        for key, a in items.items():
+            found.append((f"analysis/{kind}/{key}".rstrip("/"), a.raw.get("meta") or {}))
+    return found
+
+
+def run_metadata(data: ReportData) -> dict[str, Any]:
+    blocks = metas(data)
+    libraries: dict[str, set[str]] = {}
+    devices: dict[str, list[str]] = {}
+    seeds: set[str] = set()
+    prints: dict[str, dict] = {}
+    for name, meta in blocks:
+        for lib, version in (meta.get("libraries") or {}).items():
+            libraries.setdefault(str(lib), set()).add(str(version))
+        if meta.get("device"):
+            devices.setdefault(str(meta["device"]), []).append(name)
+        if meta.get("seed") is not None:
+            seeds.add(str(meta["seed"]))
+    for split, manifest in sorted(data.manifests.items()):
+        fp = manifest.get("source_fingerprint") or {}
+        if fp:
+            prints[str(fp.get("path", split))] = {**fp, "split": split, "rows": manifest.get("rows"),
+                                                  "dim": manifest.get("dim")}
+    stages: dict[str, dict[str, Any]] = {}
+    for b in data.benchmarks:
+        s = stages.setdefault(b.stage, {"stage": b.stage, "jobs": 0, "seconds": 0.0, "max_seconds": 0.0,
+                                        "max_rss_mb": 0.0, "cpu_time": 0.0})
+        s["jobs"] += 1
+        s["seconds"] += b.seconds or 0.0
+        s["max_seconds"] = max(s["max_seconds"], b.seconds or 0.0)
+        s["max_rss_mb"] = max(s["max_rss_mb"], b.max_rss_mb or 0.0)
+        s["cpu_time"] += b.cpu_time or 0.0
+    return {
+        "featgap_version": FEATGAP_VERSION,
+        "libraries": [(lib, ", ".join(sorted(v))) for lib, v in sorted(libraries.items())],
+        "devices": [(dev, len(names)) for dev, names in sorted(devices.items())],
+        "seeds": ", ".join(sorted(seeds)) or "–",
+        "config_seed": fmt_value(data.config.get("seed")),
+        "stages": [{**s, "seconds": fmt_value(round(s["seconds"], 2)), "max_seconds": fmt_value(round(s["max_seconds"], 2)),
+                    "max_rss_mb": fmt_value(round(s["max_rss_mb"], 1)), "cpu_time": fmt_value(round(s["cpu_time"], 2))}
+                   for s in sorted(stages.values(), key=lambda s: s["stage"])],
+        "jobs": [{"stage": b.stage, "job": b.job, "seconds": fmt_value(b.seconds), "max_rss_mb": fmt_value(b.max_rss_mb),
+                  "max_vms_mb": fmt_value(b.max_vms_mb)} for b in data.benchmarks],
+        "fingerprints": [{"path": p, "split": fp["split"], "rows": fmt_value(fp.get("rows")), "dim": fmt_value(fp.get("dim")),
+                          "size": fmt_value(fp.get("size")), "sha": str(fp.get("sha256_head_tail", ""))}
+                         for p, fp in prints.items()],
+        "wall_times": [(name, fmt_value(meta.get("wall_time_s"))) for name, meta in blocks],
+    }
+
+
+def qc_rows(data: ReportData) -> list[dict[str, str]]:
+    rows = []
+    for split in ("train", "test1", "test2"):
+        qc = data.qc.get(split)
+        if qc is None:
+            continue
+        counts = qc.get("per_class_counts") or []
+        rows.append({"split": split, "rows": fmt_value(qc.get("rows", sum(counts) if counts else None)),
+                     "dim": fmt_value(qc.get("dim")), "classes": fmt_value(qc.get("classes_present")),
+                     "per_class": f"{min(counts)}–{max(counts)}" if counts else "–",
+                     "violations": fmt_value(len(qc.get("violations") or [])),
+                     "nonfinite": fmt_value(qc.get("nonfinite_values"))})
+    return rows
+
+
+# ------------------------------------------------------------------ rendering
+def context(data: ReportData, opts: dict, md_dir: Path) -> dict[str, Any]:
+    head_line = headline(data)
+    return {
+        "title": str(opts["title"]),
+        "version": FEATGAP_VERSION,
+        "primary": data.primary_head() or "–",
+        "headline": head_line,
+        "summary": summary_rows(data),
+        "references": reference_rows(opts),
+        "sections": build_sections(data, head_line, opts, md_dir),
+        "models": model_details(data, opts, md_dir),
+        "qc": qc_rows(data),
+        "run": run_metadata(data),
+        "config_yaml": yaml.safe_dump(data.config, sort_keys=False, allow_unicode=True),
+        "missing": data.missing,
+    }
+
+
+def render_html(ctx: dict[str, Any], template: str | os.PathLike) -> str:
+    import jinja2
+
+    template = Path(template)
+    if not template.is_file():
+        raise FeatgapError(f"{template}: report template not found")
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template.parent)), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    return env.get_template(template.name).render(**ctx)
+
+
+def md(text: Any) -> str:
+    """Escape a data/config string for Markdown: HTML-escaped (so no tag can render), pipes escaped
+    for tables, newlines flattened."""
+    return html.escape(str(text)).replace("|", "\\|").replace("\n", " ")
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(md(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(md(c) for c in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def render_markdown(ctx: dict[str, Any]) -> str:
+    hl: Headline = ctx["headline"]
+    out = [f"# {md(ctx['title'])}", "", "## Why is test set 2 harder?", "", md(hl.gap_sentence), ""]
+    for i, e in enumerate(hl.ranking, 1):
+        out.append(f"{i}. **{md(e.title)}** ({md(e.level)}): {md(e.sentence)}")
+    out += ["", md(hl.conclusion), "", "## Summary", ""]
+    header = ["model", "kind", "test1 top-1", "95% CI", "test2 top-1", "95% CI", "test1 top-5", "test2 top-5",
+              "test1 bal. acc", "test2 bal. acc", "gap (points)"]
+    rows = [[r["model"], r["kind"], r["test1_top1"], r["test1_top1_ci"], r["test2_top1"], r["test2_top1_ci"],
+             r["test1_top5"], r["test2_top5"], r["test1_bal"], r["test2_bal"], f"{r['gap']} {r['gap_ci']}".strip()]
+            for r in ctx["summary"]]
+    rows += [[r["model"], "reference" + (f" ({r['note']})" if r["note"] else ""), r["test1_top1"], "", r["test2_top1"],
+              "", "", "", "", "", r["gap"]] for r in ctx["references"]]
+    out += md_table(header, rows) if rows else ["No model was evaluated.", ""]
+    for s in ctx["sections"]:
+        out += [f"## {md(s.title)}", ""]
+        if not s.ran:
+            out += ["*Not run* (not enabled in the config or its output is missing).", ""]
+            continue
+        if s.level:
+            out += [f"Evidence: **{md(s.level)}**" + (f": {md(s.note)}" if s.note else ""), ""]
+        out += [f"Verdict ({md(s.subject)}): {md(s.verdict)}", ""]
+        if s.numbers:
+            out += md_table(["number", "value"], s.numbers)
+        for t in s.tables:
+            out += [f"**{md(t['title'])}**", ""] + md_table(t["columns"], t["rows"])
+        for f in s.figures:
+            out += [f"![{md(f.path)}]({f.md_path.replace(' ', '%20').replace(')', '%29')})", ""]
+        if s.table:
+            out += [f"Table: `{md(s.table)}`", ""]
+        for o in s.others:
+            out += [f"- {md(o['subject'])}: {md(o['verdict'])}"]
+        out += [""] if s.others else []
+    out += ["## Models", ""]
+    for m in ctx["models"]:
+        out += [f"### {md(m['model'])}", ""] + md_table(["metric", "test1", "test2"], m["rows"])
+        if m["selection"]:
+            out += [f"Selected: {md(m['selection'])}", ""]
+        for f in m["figures"]:
+            out += [f"![{md(f.path)}]({f.md_path.replace(' ', '%20').replace(')', '%29')})", ""]
+    run = ctx["run"]
+    out += ["## Run metadata", "", f"featgap {md(run['featgap_version'])}; seed (config) {md(run['config_seed'])}; "
+            f"seeds in artifacts: {md(run['seeds'])}; devices: "
+            + md(", ".join(f"{d} ({n} artifacts)" for d, n in run["devices"]) or "–"), ""]
+    out += md_table(["library", "version"], run["libraries"])
+    if run["stages"]:
+        out += md_table(["stage", "jobs", "wall time s (sum)", "slowest job s", "peak RSS MB", "CPU time s"],
+                        [[s["stage"], s["jobs"], s["seconds"], s["max_seconds"], s["max_rss_mb"], s["cpu_time"]]
+                         for s in run["stages"]])
+    if run["fingerprints"]:
+        out += md_table(["input", "split", "rows", "dim", "bytes", "sha256 (first+last MB)"],
+                        [[f["path"], f["split"], f["rows"], f["dim"], f["size"], f["sha"]] for f in run["fingerprints"]])
+    out += ["### Config", "", "```yaml", ctx["config_yaml"].replace("```", "ʼʼʼ").rstrip(), "```", ""]
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------ the step
+def build_report(*, inputs: Sequence[str | os.PathLike], config: dict[str, Any], template: str | os.PathLike,
+                 out_html: str | os.PathLike, out_md: str | os.PathLike,
+                 benchmarks: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Collect every input, write index.html and report.md atomically; return the context."""
+    opts = report_options(config)
+    data = collect(inputs, config, benchmarks)
+    out_md = Path(out_md)
+    ctx = context(data, opts, out_md.parent)
+    page = render_html(ctx, template)
+    if re.search(r"<(?:link|script)[^>]+(?:src|href)\s*=\s*[\"']?(?:https?:)?//", page, re.I):
+        raise FeatgapError(f"{template}: the page would load an external asset; it must be self-contained")
+    with atomic_path(out_html) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    with atomic_path(out_md) as tmp:
+        tmp.write_text(render_markdown(ctx), encoding="utf-8")
+    return ctx
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Write the self-contained HTML report and its Markdown twin.")
+    parser.add_argument("inputs", nargs="*", help="metrics/summary/selection/qc/manifest files (the rule's inputs)")
+    parser.add_argument("--config", required=True, help="JSON: the whole config used")
+    parser.add_argument("--template", required=True, help="Jinja2 HTML template")
+    parser.add_argument("--benchmarks", default=None, help="the benchmarks/ folder (globbed for *.tsv)")
+    parser.add_argument("--html", required=True, help="results/report/index.html")
+    parser.add_argument("--markdown", required=True, help="results/report/report.md")
+    args = parser.parse_args(argv)
+    config = parse_json_arg(args.config, "config")
+    if not isinstance(config, dict):
+        raise FeatgapError("--config: expected a JSON object (the config)")
+    ctx = build_report(inputs=args.inputs, config=config, template=args.template, out_html=args.html,
+                       out_md=args.markdown, benchmarks=args.benchmarks)
+    hl: Headline = ctx["headline"]
+    print(hl.gap_sentence)
+    for e in hl.ranking:
+        print(f"  {e.level:>8}  {e.title}: {e.sentence}")
+    print(f"wrote {args.html} and {args.markdown}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

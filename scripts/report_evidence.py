@@ -1,0 +1,238 @@
+"""The answer at the top of the report: why is test set 2 harder?
+
+Each hypothesis (feature shift, class imbalance, overfitting, misclassification features) gets an
+`Evidence`: a level (strong / moderate / weak / none / unclear), a score for ranking and one
+sentence with the numbers behind it, read from the analyses' summary.json `numbers`. An analysis
+may state its own reading as `numbers.evidence` ("strong" | "moderate" | "weak" | "none") or
+`numbers.supported` (bool); otherwise the rules below read the known keys. An analysis that did
+not run is "not run" and ranks last. Plain text only: escaping happens where it is rendered.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from scripts.report_collect import Analysis, ReportData
+
+LEVELS = {"strong": 3, "moderate": 2, "weak": 1, "none": 0}
+HYPOTHESES = {
+    "shift": "Feature shift between the test sets",
+    "imbalance": "Class imbalance in the training set",
+    "overfit": "Overfitting of the head",
+    "misclass": "Features of the misclassified samples",
+}
+
+
+@dataclass
+class Evidence:
+    hypothesis: str  # shift | imbalance | overfit | misclass
+    title: str
+    level: str  # strong | moderate | weak | none | unclear | not run
+    score: float  # for ranking; higher = more support
+    sentence: str
+
+
+def num(numbers: dict[str, Any], *keys: str) -> float | None:
+    """The first of `keys` that holds a finite number."""
+    for key in keys:
+        value = numbers.get(key)
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            return float(value)
+    return None
+
+
+def interval(numbers: dict[str, Any], key: str) -> tuple[float, float] | None:
+    value = numbers.get(key)
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
+        return float(value[0]), float(value[1])
+    return None
+
+
+def stated(analysis: Analysis | None) -> str | None:
+    """The analysis's own reading of its evidence, when it states one."""
+    if analysis is None:
+        return None
+    for source in (analysis.numbers, analysis.raw):
+        level = source.get("evidence")
+        if isinstance(level, str) and level.lower() in LEVELS:
+            return level.lower()
+        if isinstance(source.get("supported"), bool):
+            return "moderate" if source["supported"] else "none"
+    return None
+
+
+def _level(score: float) -> str:
+    return "strong" if score >= 2.5 else "moderate" if score >= 1.5 else "weak" if score >= 0.5 else "none"
+
+
+# ------------------------------------------------------------------ per hypothesis
+def shift_evidence(shift: Analysis | None, adapt: Analysis | None) -> Evidence:
+    title = HYPOTHESES["shift"]
+    if shift is None and adapt is None:
+        return Evidence("shift", title, "not run", -1.0, "The shift analysis did not run.")
+    parts, score = [], 0.0
+    if shift is not None:
+        n = shift.numbers
+        auc, ci = num(n, "domain_auc"), interval(n, "domain_auc_ci95")
+        n_sig, d = num(n, "n_significant"), num(n, "n_features")
+        if auc is not None:
+            separable = ci is not None and ci[0] > 0.5
+            parts.append(f"a domain classifier tells the test sets apart with AUC {auc:.3f}"
+                         + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+                         + ("" if separable else " (not distinguishable)"))
+            score += 1.0 if separable and auc >= 0.6 else 0.5 if separable else 0.0
+        if n_sig is not None and d:
+            parts.append(f"{n_sig:.0f} of {d:.0f} features have shifted means")
+    if adapt is not None:
+        a = adapt.numbers
+        closed = num(a, "gap_closed_share_own_mean_std", "gap_closed_share_own_mean")
+        before, after = num(a, "gap_train_standardisation"), num(a, "gap_own_mean_std_test2_only")
+        if closed is not None:
+            text = f"re-standardising test set 2 with its own mean/std closes {closed:.0%} of the gap"
+            if before is not None and after is not None:
+                text += f" ({before:.1%} → {after:.1%})"
+            parts.append(text)
+            score += 2.0 if closed >= 0.5 else 1.0 if closed >= 0.2 else 0.5 if closed >= 0.05 else 0.0
+    own = stated(shift)
+    if own is not None:
+        score = float(LEVELS[own])
+    sentence = ("; ".join(parts) + ".") if parts else (shift or adapt).verdict  # type: ignore[union-attr]
+    return Evidence("shift", title, _level(score), score, sentence[:1].upper() + sentence[1:])
+
+
+def generic_evidence(hypothesis: str, analysis: Analysis | None, rules) -> Evidence:
+    title = HYPOTHESES[hypothesis]
+    if analysis is None:
+        return Evidence(hypothesis, title, "not run", -1.0, f"The {hypothesis} analysis did not run.")
+    own = stated(analysis)
+    found = rules(analysis.numbers) if rules else None
+    if own is not None:
+        score = float(LEVELS[own])
+        sentence = found[1] if found else analysis.verdict
+    elif found is not None:
+        score, sentence = found
+    else:
+        return Evidence(hypothesis, title, "unclear", 0.25, analysis.verdict)
+    return Evidence(hypothesis, title, _level(score), score, sentence)
+
+
+def _correlation_rule(numbers: dict[str, Any]):
+    """Imbalance: do classes with fewer training rows drop more? (rank correlation, p-value)."""
+    rho = num(numbers, "spearman_rho_drop", "spearman_drop", "rho_drop", "spearman_rho", "rho", "spearman")
+    p = num(numbers, "spearman_p_drop", "spearman_drop_p", "rho_drop_p", "spearman_p", "p_drop", "rho_p", "p")
+    if rho is None:
+        return None
+    alpha = num(numbers, "alpha") or 0.05
+    significant = p is not None and p < alpha
+    score = (2.0 if abs(rho) >= 0.3 else 1.0) if significant else 0.0
+    text = (f"rank correlation between training rows per class and the per-class drop is {rho:+.2f}"
+            + (f" (p={p:.2g})" if p is not None else "")
+            + ("" if significant else ": no reliable link"))
+    return score, text[:1].upper() + text[1:] + "."
+
+
+def _overfit_rule(numbers: dict[str, Any]):
+    """Overfitting: a head that overfits loses accuracy from train to holdout to test 1."""
+    train = num(numbers, "train_acc", "train_top1", "acc_train", "top1_train")
+    holdout = num(numbers, "holdout_acc", "holdout_top1", "acc_holdout", "top1_holdout")
+    t1 = num(numbers, "test1_acc", "test1_top1", "acc_test1", "top1_test1")
+    t2 = num(numbers, "test2_acc", "test2_top1", "acc_test2", "top1_test2")
+    if train is None or holdout is None:
+        return None
+    generalisation = train - holdout
+    gap = (t1 - t2) if t1 is not None and t2 is not None else None
+    score = 2.0 if generalisation >= 0.1 else 1.0 if generalisation >= 0.03 else 0.0
+    if gap is not None and gap > 0 and generalisation < 0.5 * gap:
+        score = min(score, 1.0)
+    text = f"train {train:.1%} vs holdout {holdout:.1%} (generalisation gap {generalisation:.1%})"
+    if gap is not None:
+        text += f", test 1 {t1:.1%} vs test 2 {t2:.1%} (gap {gap:.1%})"
+    return score, text[:1].upper() + text[1:] + "."
+
+
+def hypotheses(data: ReportData) -> list[Evidence]:
+    """Evidence for each hypothesis for the primary head, strongest first (stable on ties)."""
+    head = data.primary_head()
+    shift = data.analysis("shift", "") or data.analysis("shift")
+    adapt = data.analysis("adapt", head or "") or data.analysis("adapt")
+    items = [
+        shift_evidence(shift, adapt),
+        generic_evidence("imbalance", data.analysis("imbalance", head or "") or data.analysis("imbalance"),
+                         _correlation_rule),
+        generic_evidence("overfit", data.analysis("overfit", head or "") or data.analysis("overfit"),
+                         _overfit_rule),
+        generic_evidence("misclass", _misclass_for(data, head), None),
+    ]
+    order = list(HYPOTHESES)
+    return sorted(items, key=lambda e: (-e.score, order.index(e.hypothesis)))
+
+
+def _misclass_for(data: ReportData, head: str | None) -> Analysis | None:
+    """The misclassification analysis of the primary head on test 2 (else any for that head)."""
+    found = data.analysis("misclass", f"{head}/test2") if head else None
+    if found is None:
+        mine = data.for_head("misclass", head)
+        found = mine[-1] if mine else data.analysis("misclass")
+    return found
+
+
+# ------------------------------------------------------------------ the headline
+@dataclass
+class Headline:
+    gap_sentence: str
+    ranking: list[Evidence]
+    conclusion: str
+
+
+def top1(metrics: dict, test: str) -> tuple[float | None, tuple[float, float] | None]:
+    block = metrics.get(test) or {}
+    value = (block.get("metrics") or {}).get("top1")
+    ci = (block.get("ci95") or {}).get("top1")
+    return value, (tuple(ci) if isinstance(ci, (list, tuple)) and len(ci) == 2 else None)
+
+
+def gap_interval(m1: dict, m2: dict) -> tuple[float, float, float] | None:
+    """Top-1 gap test1 − test2 with an approximate 95% interval (independent test sets: the
+    half-widths of the two bootstrap intervals combine in quadrature)."""
+    (a, ca), (b, cb) = top1({"t": m1}, "t"), top1({"t": m2}, "t")
+    if a is None or b is None:
+        return None
+    gap = a - b
+    if ca is None or cb is None:
+        return gap, math.nan, math.nan
+    half = math.hypot((ca[1] - ca[0]) / 2, (cb[1] - cb[0]) / 2)
+    return gap, gap - half, gap + half
+
+
+def headline(data: ReportData) -> Headline:
+    head = data.primary_head()
+    ranking = hypotheses(data)
+    metrics = data.metrics.get(head or "", {})
+    a, ca = top1(metrics, "test1")
+    b, cb = top1(metrics, "test2")
+    if a is not None and b is not None:
+        g = gap_interval(metrics["test1"], metrics["test2"])
+        gap_text = f"{(a - b) * 100:.1f} points"
+        if g and not math.isnan(g[1]):
+            gap_text += f" (≈95% interval {g[1] * 100:.1f} to {g[2] * 100:.1f})"
+        gap_sentence = (f"With the {head} head, top-1 accuracy falls from {a:.2%} on test set 1 to {b:.2%} on "
+                        f"test set 2: a gap of {gap_text}.")
+    else:
+        gap_sentence = "The evaluation did not run, so the size of the gap is unknown."
+    supported = [e for e in ranking if e.level in ("strong", "moderate")]
+    if supported:
+        names = " and ".join(e.title.lower() for e in supported[:2])
+        conclusion = f"The evidence points first to {names}."
+    elif any(e.level == "weak" for e in ranking):
+        conclusion = f"No hypothesis is strongly supported; the best candidate is {ranking[0].title.lower()}."
+    elif all(e.level == "not run" for e in ranking):
+        conclusion = "No analysis ran, so no hypothesis can be judged."
+    else:
+        conclusion = "None of the hypotheses tested is clearly supported by these analyses."
+    rejected = [e.title.lower() for e in ranking if e.level == "none"]
+    if rejected:
+        conclusion += " Little or no support for " + ", ".join(rejected) + "."
+    return Headline(gap_sentence=gap_sentence, ranking=ranking, conclusion=conclusion)
