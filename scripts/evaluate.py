@@ -259,7 +259,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--head-name")
     parser.add_argument("--test-name")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     metrics = evaluate(head_path=args.head, manifest=args.manifest, out_dir=args.out_dir,
                        num_classes=args.num_classes, options=parse_json_arg(args.options, "options"),
                        seed=args.seed, head_name=args.head_name, test_name=args.test_name)

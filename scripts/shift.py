@@ -25,7 +25,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from scripts import stats
-from scripts.analysis_common import pyplot, save_figure, write_summary, write_table
+from scripts.analysis_common import merge_options, pyplot, save_figure, write_summary, write_table
 from scripts.featio import FeatgapError, parse_json_arg, read_split, run_cli, shard_folder
 
 DEFAULTS = {
@@ -36,21 +36,6 @@ DEFAULTS = {
 ADAPT_DEFAULTS = {"bootstrap": 500, "batch_size": 8192}
 FEATURE_FILES = ("features.csv", "summary.json", "volcano.png", "top_features.png", "domain_roc.png")
 ADAPT_FILES = ("adaptation.csv", "summary.json", "adaptation.png")
-
-
-def merge_options(options: dict | None, defaults: dict, what: str) -> dict:
-    opts = {k: (dict(v) if isinstance(v, dict) else v) for k, v in defaults.items()}
-    for key, value in (options or {}).items():
-        if key not in defaults:
-            raise FeatgapError(f"{what} options: unknown key {key!r} (known: {sorted(defaults)})")
-        if isinstance(defaults[key], dict):
-            unknown = set(value) - set(defaults[key])
-            if unknown:
-                raise FeatgapError(f"{what}.{key} options: unknown keys {sorted(unknown)}")
-            opts[key].update(value)
-        else:
-            opts[key] = value
-    return opts
 
 
 # ---------------------------------------------------------------- per-feature tests

@@ -1,1 +1,255 @@
-# placeholder: filled by the analysis stage
+# Gap analyses: each its own cached rule that reads only what it needs (test features only in
+# shift, shift_adapt, misclass and embedding; train LABELS only in class_counts) and writes a
+# table, summary.json (verdict + numbers + meta) and PNG figures under results/analysis/.
+# Each rule gets only its own config subsection, so changing one analysis parameter reruns that
+# analysis alone.
+
+ANALYSIS = config.get("analysis", {})
+# Heads trained by train_head have history.csv + selection.json (the overfit analysis needs them).
+TRAINED_HEADS = list(config.get("heads", {}))
+EMBED_HEAD = ANALYSIS.get("embedding", {}).get("head") or (HEADS[0] if HEADS else None)
+
+GAP_FILES = ["per_class.csv", "summary.json", "drop_distribution.png", "top_drops.png"]
+SHIFT_FILES = ["features.csv", "summary.json", "volcano.png", "top_features.png", "domain_roc.png"]
+ADAPT_FILES = ["adaptation.csv", "summary.json", "adaptation.png"]
+IMBALANCE_FILES = ["per_class.csv", "summary.json", "scatter.png"]
+OVERFIT_FILES = ["accuracy.csv", "grid.csv", "summary.json", "accuracy.png", "grid.png", "curves.png"]
+MISCLASS_FILES = ["features.csv", "summary.json", "clusters.png"]
+EMBEDDING_FILES = ["coords.csv", "summary.json", "pca.png", "tsne.png"]
+
+
+def options(name):
+    return as_json(ANALYSIS.get(name, {}))
+
+
+rule class_counts:
+    input:
+        train="results/parquet/train.manifest.json",
+        test1="results/parquet/test1.manifest.json",
+        test2="results/parquet/test2.manifest.json",
+        names=CLASS_NAMES,
+        code=code("analysis_common"),
+    output:
+        "results/analysis/class_counts.csv",
+    params:
+        num_classes=config["num_classes"],
+        names=config["evaluate"].get("class_names") or "''",
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    log:
+        "logs/analysis/class_counts.log",
+    conda:
+        "../../envs/featgap.yaml"
+    shell:
+        "python -m scripts.analysis_common --train {input.train} --test1 {input.test1} --test2 {input.test2}"
+        " --num-classes {params.num_classes} --class-names {params.names} --out {output} > {log} 2>&1"
+
+
+rule gap:
+    input:
+        metrics1="results/eval/{head}/test1/metrics.json",
+        metrics2="results/eval/{head}/test2/metrics.json",
+        counts="results/analysis/class_counts.csv",
+        code=code("gap", "stats", "analysis_common"),
+    output:
+        expand("results/analysis/gap/{{head}}/{file}", file=GAP_FILES),
+    wildcard_constraints:
+        head=HEAD_PATTERN,
+    params:
+        out_dir=lambda wc: f"results/analysis/gap/{wc.head}",
+        options=options("gap"),
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    log:
+        "logs/analysis/gap.{head}.log",
+    conda:
+        "../../envs/featgap.yaml"
+    shell:
+        "python -m scripts.gap --metrics1 {input.metrics1} --metrics2 {input.metrics2} --class-counts {input.counts}"
+        " --out-dir {params.out_dir} --options {params.options} --head-name {wildcards.head} > {log} 2>&1"
+
+
+rule shift:
+    input:
+        test1="results/parquet/test1.manifest.json",
+        test2="results/parquet/test2.manifest.json",
+        code=code("shift", "stats", "analysis_common"),
+    output:
+        expand("results/analysis/shift/{file}", file=SHIFT_FILES),
+    params:
+        out_dir="results/analysis/shift",
+        options=options("shift"),
+        seed=config["seed"],
+    threads: 2
+    resources:
+        # Both test splits' features (60k × 1024 float32 ≈ 250 MB) + float64 blocks for KS and
+        # the domain classifier's sample.
+        mem_mb=4000,
+        runtime=30,
+    log:
+        "logs/analysis/shift.log",
+    benchmark:
+        "benchmarks/analysis/shift.tsv"
+    conda:
+        "../../envs/featgap.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} python -m scripts.shift features --test1 {input.test1} --test2 {input.test2}"
+        " --out-dir {params.out_dir} --options {params.options} --seed {params.seed} > {log} 2>&1"
+
+
+rule shift_adapt:
+    input:
+        model="results/heads/{head}/model.pt",
+        test1="results/parquet/test1.manifest.json",
+        test2="results/parquet/test2.manifest.json",
+        code=code("shift", "stats", "analysis_common", "heads"),
+    output:
+        expand("results/analysis/shift/adapt/{{head}}/{file}", file=ADAPT_FILES),
+    wildcard_constraints:
+        head=HEAD_PATTERN,
+    params:
+        out_dir=lambda wc: f"results/analysis/shift/adapt/{wc.head}",
+        options=options("shift_adapt"),
+        seed=config["seed"],
+    threads: 2
+    resources:
+        mem_mb=3000,
+        runtime=20,
+    log:
+        "logs/analysis/shift_adapt.{head}.log",
+    benchmark:
+        "benchmarks/analysis/shift_adapt.{head}.tsv"
+    conda:
+        "../../envs/featgap.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} python -m scripts.shift adapt --head {input.model} --head-name {wildcards.head}"
+        " --test1 {input.test1} --test2 {input.test2} --out-dir {params.out_dir} --options {params.options}"
+        " --seed {params.seed} > {log} 2>&1"
+
+
+rule imbalance:
+    input:
+        counts="results/analysis/class_counts.csv",
+        metrics1="results/eval/{head}/test1/metrics.json",
+        metrics2="results/eval/{head}/test2/metrics.json",
+        code=code("imbalance", "stats", "analysis_common"),
+    output:
+        expand("results/analysis/imbalance/{{head}}/{file}", file=IMBALANCE_FILES),
+    wildcard_constraints:
+        head=HEAD_PATTERN,
+    params:
+        out_dir=lambda wc: f"results/analysis/imbalance/{wc.head}",
+        options=options("imbalance"),
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    log:
+        "logs/analysis/imbalance.{head}.log",
+    conda:
+        "../../envs/featgap.yaml"
+    shell:
+        "python -m scripts.imbalance --class-counts {input.counts} --metrics1 {input.metrics1}"
+        " --metrics2 {input.metrics2} --out-dir {params.out_dir} --options {params.options}"
+        " --head-name {wildcards.head} > {log} 2>&1"
+
+
+rule overfit:
+    input:
+        selection="results/heads/{head}/selection.json",
+        history="results/heads/{head}/history.csv",
+        metrics1="results/eval/{head}/test1/metrics.json",
+        metrics2="results/eval/{head}/test2/metrics.json",
+        code=code("overfit", "analysis_common"),
+    output:
+        expand("results/analysis/overfit/{{head}}/{file}", file=OVERFIT_FILES),
+    wildcard_constraints:
+        head=HEAD_PATTERN,
+    params:
+        out_dir=lambda wc: f"results/analysis/overfit/{wc.head}",
+        options=options("overfit"),
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    log:
+        "logs/analysis/overfit.{head}.log",
+    conda:
+        "../../envs/featgap.yaml"
+    shell:
+        "python -m scripts.overfit --selection {input.selection} --history {input.history}"
+        " --metrics1 {input.metrics1} --metrics2 {input.metrics2} --out-dir {params.out_dir}"
+        " --options {params.options} --head-name {wildcards.head} > {log} 2>&1"
+
+
+rule misclass:
+    input:
+        predictions="results/eval/{head}/{test}/predictions.parquet",
+        manifest="results/parquet/{test}.manifest.json",
+        code=code("misclass", "stats", "analysis_common"),
+    output:
+        expand("results/analysis/misclass/{{head}}/{{test}}/{file}", file=MISCLASS_FILES),
+    wildcard_constraints:
+        head=HEAD_PATTERN,
+    params:
+        out_dir=lambda wc: f"results/analysis/misclass/{wc.head}/{wc.test}",
+        options=options("misclass"),
+        seed=config["seed"],
+    threads: 2
+    resources:
+        mem_mb=3000,
+        runtime=15,
+    log:
+        "logs/analysis/misclass.{head}.{test}.log",
+    conda:
+        "../../envs/featgap.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} python -m scripts.misclass --predictions {input.predictions}"
+        " --manifest {input.manifest} --out-dir {params.out_dir} --options {params.options} --seed {params.seed}"
+        " --head-name {wildcards.head} --test-name {wildcards.test} > {log} 2>&1"
+
+
+if EMBED_HEAD is not None:
+
+    rule embedding:
+        input:
+            test1="results/parquet/test1.manifest.json",
+            test2="results/parquet/test2.manifest.json",
+            predictions1=f"results/eval/{EMBED_HEAD}/test1/predictions.parquet",
+            predictions2=f"results/eval/{EMBED_HEAD}/test2/predictions.parquet",
+            code=code("embedding", "shift", "stats", "analysis_common"),
+        output:
+            expand("results/analysis/embedding/{file}", file=EMBEDDING_FILES),
+        params:
+            out_dir="results/analysis/embedding",
+            options=options("embedding"),
+            seed=config["seed"],
+            head=EMBED_HEAD,
+        threads: 2
+        resources:
+            mem_mb=3000,
+            runtime=30,
+        log:
+            "logs/analysis/embedding.log",
+        benchmark:
+            "benchmarks/analysis/embedding.tsv"
+        conda:
+            "../../envs/featgap.yaml"
+        shell:
+            "OMP_NUM_THREADS={threads} python -m scripts.embedding --test1 {input.test1} --test2 {input.test2}"
+            " --predictions1 {input.predictions1} --predictions2 {input.predictions2} --out-dir {params.out_dir}"
+            " --options {params.options} --seed {params.seed} --head-name {params.head} --threads {threads}"
+            " > {log} 2>&1"
+
+    ALL_TARGETS.extend(expand("results/analysis/embedding/{file}", file=EMBEDDING_FILES))
+
+
+ALL_TARGETS.extend(
+    ["results/analysis/class_counts.csv"]
+    + expand("results/analysis/shift/{file}", file=SHIFT_FILES)
+    + expand("results/analysis/shift/adapt/{head}/{file}", head=HEADS, file=ADAPT_FILES)
+    + expand("results/analysis/gap/{head}/{file}", head=HEADS, file=GAP_FILES)
+    + expand("results/analysis/imbalance/{head}/{file}", head=HEADS, file=IMBALANCE_FILES)
+    + expand("results/analysis/overfit/{head}/{file}", head=TRAINED_HEADS, file=OVERFIT_FILES)
+    + expand("results/analysis/misclass/{head}/{test}/{file}", head=HEADS, test=TESTS, file=MISCLASS_FILES)
+)
