@@ -33,7 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "title": "featgap: why is test set 2 harder?",
     "primary_head": None,  # null: the first configured head
     "reference": [],  # rows {name, test1, test2, note}: top-1 in percent, for context
-    "top_classes": 15,  # most-dropped classes listed
+    "table_rows": 20,  # rows shown of each table inside a summary (e.g. the most-dropped classes)
     "figures": "primary",  # primary: figures of the primary head only; all: every head's figures
     "max_numbers": 40,  # scalars shown per analysis (the rest is in its table)
 }
@@ -157,7 +157,7 @@ def analysis_section(sid: str, items: list[Analysis], primary: Analysis | None, 
     section = Section(id=sid, title=title, ran=True, verdict=primary.verdict, level=level,
                       subject=primary.key or "both test sets",
                       numbers=scalar_numbers(primary.numbers, int(opts["max_numbers"])),
-                      tables=record_tables(primary.numbers),
+                      tables=record_tables(primary.numbers, int(opts["table_rows"])),
                       figures=[embed(f, md_dir) for f in primary.figures], table=primary.table, note=note)
     for other in items:
         if other is primary:

@@ -1,1 +1,45 @@
-# placeholder: filled by the report stage
+# Report stage: everything the config enables → one self-contained HTML page + Markdown.
+# Included last, so ALL_TARGETS already lists every stage's final outputs: the report's inputs are
+# exactly what this configuration builds (an analysis that is not configured is simply absent and
+# the report says "not run"). The template is an input: editing it reruns only this rule.
+
+REPORT_TEMPLATE = f"{workflow.basedir}/scripts/report_template.html"
+
+
+# Every final target of the other stages, plus files the report reads that no stage lists as a
+# final target (manifests, QC, per-head selection).
+REPORT_ARTIFACTS = list(
+    dict.fromkeys(
+        list(ALL_TARGETS)
+        + expand("results/parquet/{split}.manifest.json", split=SPLITS)
+        + expand("results/qc/{split}.json", split=SPLITS)
+        + expand("results/heads/{head}/selection.json", head=list(config.get("heads") or {}))
+    )
+)
+
+
+rule report:
+    input:
+        artifacts=REPORT_ARTIFACTS,
+        template=REPORT_TEMPLATE,
+        code=code("report", "report_collect", "report_evidence"),
+    output:
+        html="results/report/index.html",
+        markdown="results/report/report.md",
+    params:
+        config=as_json(config),
+        benchmarks="benchmarks",
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    log:
+        "logs/report.log",
+    conda:
+        "../../envs/featgap.yaml"
+    shell:
+        "python -m scripts.report --config {params.config} --template {input.template}"
+        " --benchmarks {params.benchmarks} --html {output.html} --markdown {output.markdown}"
+        " {input.artifacts} > {log} 2>&1"
+
+
+ALL_TARGETS.extend(["results/report/index.html", "results/report/report.md"])
