@@ -385,6 +385,14 @@ def md(text: Any) -> str:
     return html.escape(str(text)).replace("|", "\\|").replace("\n", " ")
 
 
+def md_url(path: str) -> str:
+    """A relative figure path as a Markdown link target: percent-encoded, so no character of it
+    can close the link or open a tag."""
+    from urllib.parse import quote
+
+    return quote(path, safe="/._-~")
+
+
 def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     lines = ["| " + " | ".join(md(h) for h in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(md(c) for c in row) + " |" for row in rows]
@@ -418,7 +426,7 @@ def render_markdown(ctx: dict[str, Any]) -> str:
         for t in s.tables:
             out += [f"**{md(t['title'])}**", ""] + md_table(t["columns"], t["rows"])
         for f in s.figures:
-            out += [f"![{md(f.path)}]({f.md_path.replace(' ', '%20').replace(')', '%29')})", ""]
+            out += [f"![{md(f.path)}]({md_url(f.md_path)})", ""]
         if s.table:
             out += [f"Table: `{md(s.table)}`", ""]
         for o in s.others:
@@ -430,7 +438,7 @@ def render_markdown(ctx: dict[str, Any]) -> str:
         if m["selection"]:
             out += [f"Selected: {md(m['selection'])}", ""]
         for f in m["figures"]:
-            out += [f"![{md(f.path)}]({f.md_path.replace(' ', '%20').replace(')', '%29')})", ""]
+            out += [f"![{md(f.path)}]({md_url(f.md_path)})", ""]
     run = ctx["run"]
     out += ["## Run metadata", "", f"featgap {md(run['featgap_version'])}; seed (config) {md(run['config_seed'])}; "
             f"seeds in artifacts: {md(run['seeds'])}; devices: "

@@ -1,0 +1,276 @@
+"""The final report: escaping, self-containment, "not run" sections, the evidence ranking, the CLI,
+and one run on real evaluate / gap / shift / imbalance / misclass outputs (format drift guard)."""
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import pytest
+from test_analysis_fixtures import planted, planted_eval  # noqa: F401 - fixtures
+
+from scripts import report
+from scripts.featio import FeatgapError, write_json
+from scripts.report_collect import analysis_kind, classify, collect, read_benchmarks
+from scripts.report_evidence import headline, hypotheses
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE = ROOT / "scripts" / "report_template.html"
+# A valid 1×1 PNG: the browser test needs images that really decode.
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+)
+EVIL = "<script>alert('x')</script>"
+
+
+def _png(path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(PNG)
+    return str(path)
+
+
+def _meta(seed=0):
+    return {"featgap_version": "0.1.0", "libraries": {"python": "3.11", "numpy": "2"}, "device": "cpu",
+            "seed": seed, "wall_time_s": 0.5, "inputs": []}
+
+
+def _metrics(root: Path, head: str, test: str, top1: float, names: list[str]) -> Path:
+    out = root / "results" / "eval" / head / test
+    metrics = {k: top1 for k in ("top1", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1")}
+    metrics.update(top5=min(1.0, top1 + 0.15), nll=1.2, ece=0.05)
+    ci = {k: [v - 0.01, v + 0.01] for k, v in metrics.items()}
+    plot = _png(out / "confused_pairs.png")
+    write_json(out / "metrics.json", {
+        "head": head, "test": test, "n": 100, "metrics": metrics, "ci95": ci,
+        "top_confused": [{"true": 0, "pred": 1, "count": 3, "true_name": names[0], "pred_name": names[1]}],
+        "per_class": {"class": [0, 1], "name": names, "accuracy": [top1, top1]},
+        "files": {"confused_pairs.png": plot}, "meta": _meta()})
+    return out / "metrics.json"
+
+
+def _summary(root: Path, rel: str, verdict: str, numbers: dict, figures: int = 1, **extra) -> Path:
+    out = root / "results" / "analysis" / rel
+    figs = [_png(out / f"fig{i}.png") for i in range(figures)]
+    write_json(out / "summary.json", {"verdict": verdict, "figures": figs, "table": str(out / "table.csv"),
+                                      "numbers": numbers, "meta": _meta(), **extra})
+    return out / "summary.json"
+
+
+@pytest.fixture
+def artifacts(tmp_path, monkeypatch):
+    """A full set of synthetic artifacts in the real layout (paths relative to tmp_path, as in a run)."""
+    monkeypatch.chdir(tmp_path)
+    root = Path(".")
+    names = [f"tench {EVIL}", "goldfish"]
+    files = []
+    for head, (a, b) in {"linear": (0.80, 0.70), "logreg": (0.78, 0.66)}.items():
+        files += [_metrics(root, head, "test1", a, names), _metrics(root, head, "test2", b, names)]
+    files.append(_summary(root, "shift", "Features shift.", {
+        "domain_auc": 0.71, "domain_auc_ci95": [0.68, 0.74], "n_significant": 30, "n_features": 64,
+        "top_features": [{"feature": 3, "cohens_d": 0.4, "q": 1e-9}]}, figures=3))
+    files.append(_summary(root, "shift/adapt/linear", "Re-standardising closes 30%.", {
+        "gap_closed_share_own_mean_std": 0.3, "gap_train_standardisation": 0.1, "gap_own_mean_std_test2_only": 0.07}))
+    files.append(_summary(root, "gap/linear", f"Largest drop: {names[0]}.", {
+        "mean_drop": 0.1, "top_classes": [{"rank": 1, "class": 0, "name": names[0], "drop": 0.3}]}, figures=2,
+        head="linear"))
+    files.append(_summary(root, "imbalance/linear", "Imbalance does not explain it.", {
+        "alpha": 0.05, "train_rows_min": 732, "train_rows_max": 1300,
+        "spearman_drop": {"rho": 0.02, "p": 0.8}}, head="linear"))
+    files.append(_summary(root, "overfit/linear", "Little overfitting.", {
+        "train_acc": 0.83, "holdout_acc": 0.81, "test1_acc": 0.80, "test2_acc": 0.70,
+        "thresholds": {"overfit_threshold": 0.02, "shift_threshold": 0.02}}, figures=3, head="linear"))
+    for test in ("test1", "test2"):
+        files.append(_summary(root, f"misclass/linear/{test}", f"On {test}, few features differ.", {
+            "n_significant": 2, "n_features": 64, "share_significant": 2 / 64, "median_var_ratio": 1.1},
+            head="linear", test=test))
+    files.append(_summary(root, "embedding", "The sets overlap.", {"knn_same_set_share_pca": 0.52}, figures=2))
+    evil_dir = root / "results" / "analysis" / f"extra{EVIL.replace('/', '_')}"
+    files.append(_summary(root, evil_dir.relative_to(root / "results" / "analysis").as_posix(), EVIL, {"k": EVIL}))
+    write_json(root / "results" / "heads" / "linear" / "selection.json",
+               {"winner": {"candidate": 0, "lr": 0.001, "weight_decay": 0.0, "holdout_acc": 0.81}, "meta": _meta()})
+    files.append(root / "results" / "heads" / "linear" / "selection.json")
+    for split in ("train", "test1", "test2"):
+        write_json(root / f"results/parquet/{split}.manifest.json", {
+            "rows": 10, "dim": 4, "source_fingerprint": {"path": f"data/{split}{EVIL}.csv", "size": 9,
+                                                         "sha256_head_tail": "ab" * 32}})
+        write_json(root / f"results/qc/{split}.json", {"rows": 10, "dim": 4, "classes_present": 2,
+                                                       "per_class_counts": [5, 5], "violations": [], "meta": _meta()})
+        files += [root / f"results/parquet/{split}.manifest.json", root / f"results/qc/{split}.json"]
+    bench = root / "benchmarks" / "evaluate"
+    bench.mkdir(parents=True)
+    (bench / "linear.test1.tsv").write_text(
+        "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+        "2.50\t0:00:02\t512.3\t2048.0\t400\t410\t0\t1\t90\t2.2\n")
+    config = {"seed": 0, "heads": {"linear": {}}, "baselines": {"logreg": {}},
+              "report": {"title": f"Report {EVIL}", "reference": [
+                  {"name": f"Peer {EVIL}", "test1": 86.86, "test2": 76.47, "note": EVIL}]}}
+    return {"files": [str(f) for f in files], "config": config, "names": names}
+
+
+def _build(artifacts, tmp_path, files=None, config=None):
+    ctx = report.build_report(inputs=files if files is not None else artifacts["files"],
+                              config=config if config is not None else artifacts["config"], template=TEMPLATE,
+                              out_html=tmp_path / "results/report/index.html",
+                              out_md=tmp_path / "results/report/report.md", benchmarks=tmp_path / "benchmarks")
+    page = (tmp_path / "results/report/index.html").read_text()
+    md = (tmp_path / "results/report/report.md").read_text()
+    return ctx, page, md
+
+
+def test_every_string_from_data_or_config_is_escaped(artifacts, tmp_path):
+    _, page, md = _build(artifacts, tmp_path)
+    # The only <script> element is the page's own self-check at the end.
+    assert len(re.findall(r"<script\b", page)) == 1
+    assert "alert(" in page and "<script>alert" not in page
+    assert "&lt;script&gt;alert(" in page  # class names, paths, config strings render as text
+    for shown in ("Report &lt;script&gt;", "Peer &lt;script&gt;", "tench &lt;script&gt;", "data/train&lt;script&gt;"):
+        assert shown in page
+    prose = md.split("```yaml")[0]  # the config is shown verbatim in a fenced code block (rendered as text)
+    assert "<script" not in prose and "&lt;script&gt;" in prose and "%3Cscript%3E" in prose
+
+
+def test_page_is_self_contained(artifacts, tmp_path):
+    ctx, page, _ = _build(artifacts, tmp_path)
+    assert not re.search(r"(?:src|href)\s*=\s*[\"']?(?:https?:)?//", page)
+    assert "<link" not in page and "@import" not in page
+    srcs = re.findall(r"<img src=\"([^\"]+)\"", page)
+    assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert 'id="summary-table"' in page
+
+
+def test_summary_table_rows_and_references(artifacts, tmp_path):
+    ctx, page, md = _build(artifacts, tmp_path)
+    rows = {r["model"]: r for r in ctx["summary"]}
+    assert list(rows) == ["linear", "logreg"]  # heads first, then baselines
+    assert rows["linear"]["test1_top1"] == "80.00" and rows["linear"]["test2_top1"] == "70.00"
+    assert rows["linear"]["gap"] == "10.00" and rows["logreg"]["kind"] == "baseline"
+    assert rows["linear"]["test1_top1_ci"] == "[79.00, 81.00]"
+    ref = ctx["references"][0]
+    assert (ref["test1_top1"], ref["test2_top1"], ref["gap"]) == ("86.86", "76.47", "10.39")
+    assert "| linear | head | 80.00 |" in md
+
+
+def test_headline_ranks_the_hypotheses_by_evidence(artifacts, tmp_path):
+    ctx, page, _ = _build(artifacts, tmp_path)
+    ranking = [(e.hypothesis, e.level) for e in ctx["headline"].ranking]
+    assert ranking[0] == ("shift", "moderate")  # separable sets (AUC 0.71) and re-standardising closes 30%
+    assert dict(ranking)["imbalance"] == "none" and dict(ranking)["overfit"] == "none"
+    assert "80.00% on test set 1 to 70.00% on test set 2" in ctx["headline"].gap_sentence
+    assert page.index("Why is test set 2 harder?") < page.index('id="summary-table"')
+
+
+def test_imbalance_ranks_first_when_it_is_what_the_numbers_say(artifacts, tmp_path):
+    path = Path("results/analysis/imbalance/linear/summary.json")
+    summary = json.loads(path.read_text())
+    summary["numbers"]["spearman_drop"] = {"rho": -0.6, "p": 1e-6}
+    write_json(path, summary)
+    shift = Path("results/analysis/shift/adapt/linear/summary.json")
+    adapt = json.loads(shift.read_text())
+    adapt["numbers"]["gap_closed_share_own_mean_std"] = 0.0
+    write_json(shift, adapt)
+    data = collect(artifacts["files"], artifacts["config"])
+    ranking = hypotheses(data)
+    assert ranking[0].hypothesis == "imbalance" and ranking[0].level == "moderate"
+    assert "drop more" in ranking[0].sentence
+
+
+def test_missing_stages_say_not_run(artifacts, tmp_path):
+    only_eval = [f for f in artifacts["files"] if "/eval/" in f]
+    ctx, page, md = _build(artifacts, tmp_path, files=only_eval)
+    sections = {s.id: s for s in ctx["sections"]}
+    assert not sections["shift"].ran and not sections["embedding"].ran
+    assert page.count("Not run: this analysis is not enabled") == len([s for s in sections.values() if not s.ran])
+    assert all(e.level == "not run" for e in ctx["headline"].ranking)
+    assert "*Not run*" in md
+
+
+def test_declared_but_missing_inputs_are_listed_not_fatal(artifacts, tmp_path):
+    files = artifacts["files"] + ["results/analysis/overfit/mlp/summary.json"]
+    ctx, page, _ = _build(artifacts, tmp_path, files=files)
+    assert ctx["missing"] == ["results/analysis/overfit/mlp/summary.json"]
+    assert "results/analysis/overfit/mlp/summary.json" in page
+
+
+def test_run_metadata_from_benchmarks_and_meta_blocks(artifacts, tmp_path):
+    ctx, page, _ = _build(artifacts, tmp_path)
+    run = ctx["run"]
+    assert run["stages"][0]["stage"] == "evaluate" and run["stages"][0]["max_rss_mb"] == "512.3"
+    assert ("cpu", len(run["wall_times"])) in run["devices"]
+    assert [f["split"] for f in run["fingerprints"]] == ["test1", "test2", "train"]
+    assert "The config used" in page
+
+
+def test_layout_classification():
+    assert classify("results/eval/mlp/test2/metrics.json") == ("metrics", {"head": "mlp", "test": "test2"})
+    assert classify("/x/results/heads/a/selection.json") == ("selection", {"head": "a"})
+    assert classify("results/analysis/gap/a/per_class.csv") is None
+    assert analysis_kind("shift/adapt/linear") == ("adapt", "linear")
+    assert analysis_kind("misclass/linear/test2") == ("misclass", "linear/test2")
+    assert analysis_kind("shift") == ("shift", "")
+
+
+def test_benchmark_without_rows_is_tolerated(tmp_path):
+    (tmp_path / "convert").mkdir()
+    (tmp_path / "convert" / "x.tsv").write_text("s\th:m:s\tmax_rss\n")
+    (bench,) = read_benchmarks(tmp_path)
+    assert bench.stage == "convert" and bench.seconds is None
+
+
+def test_cli_rejects_unknown_report_keys(artifacts, tmp_path, capsys):
+    from scripts.featio import run_cli
+
+    args = ["--config", json.dumps({"report": {"colour": "red"}}), "--template", str(TEMPLATE),
+            "--html", str(tmp_path / "i.html"), "--markdown", str(tmp_path / "r.md")]
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(report.main, args)
+    assert exit_.value.code == 1 and "colour" in capsys.readouterr().err
+    with pytest.raises(FeatgapError, match="not found"):
+        report.render_html({}, tmp_path / "nope.html")
+
+
+def test_cli_writes_both_files(artifacts, tmp_path, capsys):
+    report.main(["--config", json.dumps(artifacts["config"]), "--template", str(TEMPLATE), "--benchmarks",
+                 "benchmarks", "--html", "out/index.html", "--markdown", "out/report.md", *artifacts["files"]])
+    assert Path("out/index.html").stat().st_size > 1000 and Path("out/report.md").is_file()
+    assert "top-1 accuracy falls" in capsys.readouterr().out
+
+
+def test_report_on_real_analysis_outputs(planted, planted_eval, tmp_path, monkeypatch):
+    """evaluate → gap / imbalance / shift / misclass as the rules run them; the report reads them all."""
+    from scripts import gap, imbalance, misclass, shift
+    from scripts.analysis_common import class_counts
+
+    monkeypatch.chdir(tmp_path)
+    spec = planted["spec"]
+    m1, m2 = planted_eval["test1"] / "metrics.json", planted_eval["test2"] / "metrics.json"
+    counts = class_counts({s: planted[s] for s in ("train", "test1", "test2")}, spec.classes, None,
+                          "results/analysis/class_counts.csv")
+    assert len(counts) == spec.classes
+    gap.gap(metrics1=m1, metrics2=m2, class_counts="results/analysis/class_counts.csv",
+            out_dir="results/analysis/gap/linear", head_name="linear")
+    imbalance.imbalance(class_counts="results/analysis/class_counts.csv", metrics1=m1, metrics2=m2,
+                        out_dir="results/analysis/imbalance/linear", head_name="linear")
+    shift.shift_features(test1=planted["test1"], test2=planted["test2"], out_dir="results/analysis/shift",
+                         options={"domain": {"bootstrap": 50, "folds": 3}})
+    shift.adapt(head_path=planted["head"], test1=planted["test1"], test2=planted["test2"],
+                out_dir="results/analysis/shift/adapt/linear", options={"bootstrap": 50}, head_name="linear")
+    misclass.misclass(predictions=planted_eval["test2"] / "predictions.parquet", manifest=planted["test2"],
+                      out_dir="results/analysis/misclass/linear/test2", head_name="linear", test_name="test2")
+    eval_dir = Path("results/eval/linear")
+    for test in ("test1", "test2"):  # as evaluate writes them under results/eval/{head}/{test}
+        (eval_dir / test).mkdir(parents=True)
+        (eval_dir / test / "metrics.json").write_text((planted_eval[test] / "metrics.json").read_text())
+    files = [str(p) for p in Path("results").rglob("summary.json")] + [str(p) for p in eval_dir.rglob("metrics.json")]
+    ctx = report.build_report(inputs=files, config={"heads": {"linear": {}}, "seed": 0}, template=TEMPLATE,
+                              out_html="results/report/index.html", out_md="results/report/report.md",
+                              benchmarks="benchmarks")
+    levels = {e.hypothesis: e.level for e in ctx["headline"].ranking}
+    assert levels["overfit"] == "not run" and all(v != "not run" for k, v in levels.items() if k != "overfit")
+    assert all(e.level != "unclear" for e in ctx["headline"].ranking)  # the evidence rules read the real keys
+    ran = {s.id for s in ctx["sections"] if s.ran}
+    assert {"shift", "adapt", "gap", "imbalance", "misclass"} <= ran
+    gap_section = next(s for s in ctx["sections"] if s.id == "gap")
+    assert gap_section.tables and gap_section.tables[0]["title"] == "top_classes"
+    page = Path("results/report/index.html").read_text()
+    assert page.count("<img ") >= 6 and "figure missing" not in page
