@@ -1,1 +1,120 @@
-# placeholder: filled by the train stage
+# Train stage: one job per configured head (train_head) and per baseline (train_baseline), each
+# reading only the train split's manifest + shards (the test splits are never inputs here) and
+# writing results/heads/{name}/model.pt, history.csv, selection.json.
+# Each job gets only its own config entry (+ the shared train: section), so changing one head's
+# settings reruns that head alone.
+import re
+
+TRAIN = config.get("train", {})
+TRAIN_HEADS = list(config.get("heads", {}))
+BASELINES = list(config.get("baselines", {}))
+# Every model evaluate scores: heads and baselines share results/heads/{name}/.
+HEADS = TRAIN_HEADS + BASELINES
+HEAD_FILES = ["model.pt", "history.csv", "selection.json"]
+
+if set(TRAIN_HEADS) & set(BASELINES):
+    raise WorkflowError(
+        f"config: names used both under heads: and baselines: {sorted(set(TRAIN_HEADS) & set(BASELINES))}"
+    )
+
+
+# Train rows for resource estimates: validate.expected, else the demo's size, else 1.3M.
+TRAIN_ROWS = (
+    config.get("validate", {}).get("expected", {}).get("train", {}).get("rows")
+    or (
+        config["demo"].get("train_rows")
+        or int(1300 * config["demo"].get("train_scale", 1.0) * config["demo"]["classes"])
+        if config["demo"].get("enabled")
+        else 1_300_000
+    )
+)
+# Memory: the in-memory matrix (or the streaming budget) + logits, optimiser state, libraries.
+TRAIN_MEM_MB = int(
+    min(TRAIN_ROWS * config["dim"] * 4 / 2**20, TRAIN.get("memory_budget_mb", 12000)) * 1.1 + 2000
+)
+# Minutes: K candidates × epochs × 4·N·D·width flops at a conservative 30 GFLOP/s (2 CPU cores),
+# doubled for the refit and the holdout passes; at least 10.
+HEAD_RUNTIME = {
+    name: 10
+    + int(
+        2
+        * 4
+        * TRAIN_ROWS
+        * config["dim"]
+        * (sum(head.get("hidden", []) or []) or config["num_classes"])
+        * len(head.get("lr", [1]))
+        * len(head.get("weight_decay", [1]))
+        * head.get("epochs", 10)
+        / 30e9
+        / 60
+    )
+    for name, head in config.get("heads", {}).items()
+}
+
+
+rule train_head:
+    input:
+        manifest="results/parquet/train.manifest.json",
+        code=code("train_head", "train_data", "train_grid", "heads"),
+    output:
+        model="results/heads/{head}/model.pt",
+        history="results/heads/{head}/history.csv",
+        selection="results/heads/{head}/selection.json",
+    wildcard_constraints:
+        head="|".join(re.escape(h) for h in TRAIN_HEADS) or "no-heads",
+    params:
+        head=lambda wc: as_json(config["heads"][wc.head]),
+        train=as_json(TRAIN),
+        num_classes=config["num_classes"],
+        seed=config["seed"],
+        out_dir=lambda wc, output: Path(output.model).parent,
+    threads: TRAIN.get("threads", 2)
+    resources:
+        mem_mb=TRAIN_MEM_MB,
+        runtime=lambda wc: HEAD_RUNTIME[wc.head],
+    log:
+        "logs/train/{head}.log",
+    benchmark:
+        "benchmarks/train/{head}.tsv"
+    conda:
+        "../../envs/featgap.yaml"
+    shell:
+        "python -m scripts.train_head --manifest {input.manifest} --out-dir {params.out_dir}"
+        " --name {wildcards.head} --head {params.head} --train {params.train}"
+        " --num-classes {params.num_classes} --seed {params.seed} --threads {threads} > {log} 2>&1"
+
+
+rule train_baseline:
+    input:
+        manifest="results/parquet/train.manifest.json",
+        code=code("baselines", "train_head", "train_data", "heads"),
+    output:
+        model="results/heads/{baseline}/model.pt",
+        history="results/heads/{baseline}/history.csv",
+        selection="results/heads/{baseline}/selection.json",
+    wildcard_constraints:
+        baseline="|".join(re.escape(b) for b in BASELINES) or "no-baselines",
+    params:
+        baseline=lambda wc: as_json(config["baselines"][wc.baseline]),
+        train=as_json(TRAIN),
+        num_classes=config["num_classes"],
+        seed=config["seed"],
+        out_dir=lambda wc, output: Path(output.model).parent,
+    threads: TRAIN.get("threads", 2)
+    resources:
+        mem_mb=TRAIN_MEM_MB,
+        # sklearn fits: ~1e8 row·dim·class per second on 2 cores (measured), at least 10 minutes.
+        runtime=10 + int(TRAIN_ROWS * config["dim"] * config["num_classes"] / 1e8 / 60),
+    log:
+        "logs/train/{baseline}.log",
+    benchmark:
+        "benchmarks/train/{baseline}.tsv"
+    conda:
+        "../../envs/featgap.yaml"
+    shell:
+        "python -m scripts.baselines --manifest {input.manifest} --out-dir {params.out_dir}"
+        " --name {wildcards.baseline} --baseline {params.baseline} --train {params.train}"
+        " --num-classes {params.num_classes} --seed {params.seed} --threads {threads} > {log} 2>&1"
+
+
+ALL_TARGETS.extend(expand("results/heads/{head}/{file}", head=HEADS, file=HEAD_FILES))
