@@ -52,12 +52,25 @@ def train_counts(spec: DemoSpec, rng: np.random.Generator) -> np.ndarray:
     counts = np.where(full, FULL_CLASS_ROWS, rng.integers(MIN_CLASS_ROWS, FULL_CLASS_ROWS, spec.classes))
     counts = np.maximum(1, np.round(counts * spec.train_scale)).astype(np.int64)
     if spec.train_rows is not None:
-        # Reach the exact total by spreading the difference over the classes, keeping order.
-        diff = spec.train_rows - int(counts.sum())
-        counts += diff // spec.classes
-        counts[: diff % spec.classes] += 1
-        if counts.min() < 1:
-            raise ValueError(f"train_rows={spec.train_rows} is too small for {spec.classes} classes")
+        counts = _reach_total(counts, spec.train_rows, spec.train_scale)
+    return counts
+
+
+def _reach_total(counts: np.ndarray, total: int, scale: float) -> np.ndarray:
+    """Add or remove rows one class at a time, staying inside the scaled 732..1300 range."""
+    low = max(1, round(MIN_CLASS_ROWS * scale))
+    high = max(low, round(FULL_CLASS_ROWS * scale))
+    if not low * len(counts) <= total <= high * len(counts):
+        raise ValueError(f"train_rows={total} cannot be spread over {len(counts)} classes of {low}..{high} rows")
+    counts = counts.copy()
+    while (diff := total - int(counts.sum())) != 0:
+        room = (high - counts) if diff > 0 else (counts - low)
+        eligible = np.flatnonzero(room > 0)
+        share = np.minimum(room[eligible], max(1, abs(diff) // len(eligible)))
+        share[np.cumsum(share) > abs(diff)] = 0
+        if share.sum() == 0:
+            share[0] = 1
+        counts[eligible] += np.sign(diff) * share
     return counts
 
 

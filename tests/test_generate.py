@@ -49,4 +49,4 @@ def test_train_counts_follow_imagenet_and_exact_total():
     counts = train_counts(DemoSpec(classes=1000, train_scale=1.0), rng)
     assert counts.min() >= 732 and counts.max() == 1300
     exact = train_counts(DemoSpec(classes=1000, train_scale=1.0, train_rows=1_281_167), np.random.default_rng(0))
-    assert exact.sum() == 1_281_167
+    assert exact.sum() == 1_281_167 and exact.min() >= 732 and exact.max() == 1300
