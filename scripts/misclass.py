@@ -140,7 +140,7 @@ def misclass(*, predictions: str | Path, manifest: str | Path, out_dir: str | Pa
     verdict = (
         f"On {test}, {numbers['n_misclassified']} misclassified samples differ from the {numbers['n_correct']} correct ones "
         f"in {n_sig} of {d} features (Welch t, BH q < {alpha})"
-        + (f"; k-means finds {len(clusters)} groups, the largest ({largest['n_features']} features) with "
+        + (f"; k-means finds {len(clusters)} group{'s' if len(clusters) != 1 else ''}, the largest ({largest['n_features']} features) with "
            f"{largest['description']}" if largest else "")
         + f"; across all features misclassified samples have {numbers['median_var_ratio']:.2f}× the variance (median)."
     )

@@ -37,16 +37,32 @@ def read_history(path: str | Path) -> pd.DataFrame:
 
 
 def grid_table(selection: dict, history: pd.DataFrame) -> pd.DataFrame:
+    """One row per grid candidate: its hyperparameters and holdout score (selection.json, with
+    lr / weight_decay filled in from history.csv where selection.json names them differently,
+    as the sklearn baselines do: C or alpha there, the equivalent L2 strength in the history)."""
+    grid_rows = history[history["phase"] == "grid"]
     if selection.get("scores"):
         frame = pd.DataFrame(selection["scores"])
     else:  # fall back to the history: best holdout epoch per candidate
-        grid = history[history["phase"] == "grid"].dropna(subset=["holdout_acc"])
-        idx = grid.groupby("candidate")["holdout_acc"].idxmax()
-        frame = grid.loc[idx, ["candidate", "lr", "weight_decay", "holdout_acc", "holdout_loss", "epoch"]]
+        scored = grid_rows.dropna(subset=["holdout_acc"])
+        idx = scored.groupby("candidate")["holdout_acc"].idxmax()
+        frame = scored.loc[idx, ["candidate", "lr", "weight_decay", "holdout_acc", "holdout_loss", "epoch"]]
         frame = frame.rename(columns={"epoch": "best_epoch"})
+    first = grid_rows.groupby("candidate")[["lr", "weight_decay"]].first()
+    for col in ("lr", "weight_decay"):
+        if col not in frame or frame[col].isna().all():
+            frame[col] = frame["candidate"].map(first[col]) if col in first else np.nan
     win = selection.get("winner", {}).get("candidate")
     frame["winner"] = frame["candidate"] == win
     return frame.reset_index(drop=True)
+
+
+def _num(value) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if np.isfinite(value) else None
 
 
 def accuracies(selection: dict, history: pd.DataFrame, m1: dict, m2: dict) -> tuple[pd.DataFrame, dict]:
@@ -58,9 +74,9 @@ def accuracies(selection: dict, history: pd.DataFrame, m1: dict, m2: dict) -> tu
     best_epoch = int(win.get("epochs", grid["epoch"].max()))
     at = grid[grid["epoch"] == best_epoch]
     at = grid.iloc[[-1]] if at.empty else at
-    train_acc = float(at["train_acc"].iloc[0])
-    holdout = win.get("holdout_acc")
-    holdout = float(at["holdout_acc"].iloc[0]) if holdout is None and pd.notna(at["holdout_acc"].iloc[0]) else holdout
+    train_acc = _num(at["train_acc"].iloc[0])  # None for baselines that do not report it
+    holdout = _num(win.get("holdout_acc"))
+    holdout = _num(at["holdout_acc"].iloc[0]) if holdout is None else holdout
     rows = [
         {"split": "train", "accuracy": train_acc, "source": f"history.csv: running train accuracy, epoch {best_epoch}"},
         {"split": "holdout", "accuracy": holdout, "source": "selection.json: winner's best holdout top-1"},
@@ -76,7 +92,7 @@ def plot_accuracy(acc: pd.DataFrame, head: str, path: Path) -> str:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     colors = ["#9bbb59", "#8064a2", "#4f81bd", "#c0504d"]
-    values = acc["accuracy"].astype(float).fillna(0).to_numpy()
+    values = acc["accuracy"].astype(float).to_numpy()  # NaN: not recorded (no bar)
     bars = ax.bar(acc["split"], values, color=colors[: len(acc)])
     if "ci_low" in acc:
         for i, row in acc.iterrows():
@@ -84,8 +100,11 @@ def plot_accuracy(acc: pd.DataFrame, head: str, path: Path) -> str:
                 ax.errorbar(i, row["accuracy"], yerr=[[row["accuracy"] - row["ci_low"]], [row["ci_high"] - row["accuracy"]]],
                             color="k", capsize=4)
     for bar, v in zip(bars, values):
-        ax.text(bar.get_x() + bar.get_width() / 2, v, f"{v:.1%}", ha="center", va="bottom", fontsize=8)
-    ax.set_ylim(max(0.0, values.min() - 0.15), min(1.0, values.max() + 0.08))
+        if np.isfinite(v):
+            ax.text(bar.get_x() + bar.get_width() / 2, v, f"{v:.1%}", ha="center", va="bottom", fontsize=8)
+        else:
+            ax.text(bar.get_x() + bar.get_width() / 2, 0, "n/a", ha="center", va="bottom", fontsize=8)
+    ax.set_ylim(max(0.0, np.nanmin(values) - 0.15), min(1.0, np.nanmax(values) + 0.08))
     ax.set_ylabel("top-1 accuracy")
     ax.set_title(f"{head}: train / holdout / test1 / test2")
     return save_figure(fig, path)
@@ -93,8 +112,8 @@ def plot_accuracy(acc: pd.DataFrame, head: str, path: Path) -> str:
 
 def plot_grid(grid: pd.DataFrame, head: str, path: Path) -> str:
     plt = pyplot()
-    lrs = sorted(grid["lr"].unique())
-    wds = sorted(grid["weight_decay"].unique())
+    lrs = sorted(grid["lr"].dropna().unique())
+    wds = sorted(grid["weight_decay"].dropna().unique())
     fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(wds) + 2), max(3.0, 0.6 * len(lrs) + 1.5)))
     if len(lrs) > 1 and len(wds) > 1:
         mat = np.full((len(lrs), len(wds)), np.nan)
@@ -113,14 +132,19 @@ def plot_grid(grid: pd.DataFrame, head: str, path: Path) -> str:
         ax.grid(False)
         fig.colorbar(im, ax=ax, label="holdout top-1")
     else:
-        axis, values = ("lr", lrs) if len(lrs) > 1 else ("weight_decay", wds)
+        if len(lrs) > 1:
+            axis, values = "lr", lrs
+        elif len(wds) > 1:
+            axis, values = "weight_decay", wds
+        else:
+            axis, values = "candidate", sorted(grid["candidate"].unique())
         sub = grid.sort_values(axis)
         ax.plot(sub[axis], sub["holdout_acc"], marker="o")
         ax.plot(sub.loc[sub["winner"], axis], sub.loc[sub["winner"], "holdout_acc"], marker="*", ms=14, ls="",
                 color="#c0504d", label="chosen")
-        if len(values) > 1 and min(values) > 0:
+        if axis != "candidate" and len(values) > 1 and min(values) > 0:
             ax.set_xscale("log")
-        ax.set_xlabel(axis.replace("_", " "))
+        ax.set_xlabel(axis.replace("_", " ") + (" (L2 strength)" if axis == "weight_decay" else ""))
         ax.set_ylabel("holdout top-1")
         ax.legend(fontsize=7)
     ax.set_title(f"{head}: holdout score across the grid")
@@ -161,13 +185,14 @@ def overfit(*, selection_path: str | Path, history_path: str | Path, metrics1: s
     figures = [plot_accuracy(acc, head, files["accuracy.png"]), plot_grid(grid, head, files["grid.png"]),
                plot_curves(history, at["candidate"], head, files["curves.png"])]
     a = dict(zip(acc["split"], acc["accuracy"]))
-    train_gap = a["train"] - a["holdout"] if a["holdout"] is not None else None
+    a = {k: _num(v) for k, v in a.items()}
+    train_gap = a["train"] - a["holdout"] if a["train"] is not None and a["holdout"] is not None else None
     holdout_test1 = a["holdout"] - a["test1"] if a["holdout"] is not None else None
     test_gap = a["test1"] - a["test2"]
     win = grid[grid["winner"]]
     edge = {}
     for axis in ("lr", "weight_decay"):
-        values = sorted(grid[axis].unique())
+        values = sorted(grid[axis].dropna().unique())
         if len(values) > 1 and len(win):
             v = win[axis].iloc[0]
             edge[axis] = "low" if v == values[0] else "high" if v == values[-1] else "inside"
@@ -185,6 +210,9 @@ def overfit(*, selection_path: str | Path, history_path: str | Path, metrics1: s
         parts.append(
             f"{'overfitting is material' if train_gap > thr else 'overfitting is small'} "
             f"(train {a['train']:.1%} vs holdout {a['holdout']:.1%}, {train_gap:+.1%})")
+    else:
+        parts.append("no training accuracy was recorded (overfitting not measurable)")
+    if holdout_test1 is not None:
         parts.append(
             f"the holdout {'predicts' if abs(holdout_test1) <= shift_thr else 'does not predict'} test set 1 "
             f"({a['holdout']:.1%} vs {a['test1']:.1%})")

@@ -30,6 +30,7 @@ from scripts.featio import FeatgapError, parse_json_arg, read_split, run_cli, sh
 
 DEFAULTS = {
     "alpha": 0.05,
+    "min_effect": 0.2,
     "top_features": 6,
     "domain": {"max_rows_per_set": 5000, "folds": 5, "C": 1.0, "bootstrap": 500},
 }
@@ -192,7 +193,11 @@ def shift_features(*, test1: str | Path, test2: str | Path, out_dir: str | Path,
     if x1.shape[1] != x2.shape[1]:
         raise FeatgapError(f"{test1} has {x1.shape[1]} features but {test2} has {x2.shape[1]}")
     table = feature_tests(x1, x2)
+    min_effect = float(opts["min_effect"])
     table["significant"] = table["q"] < alpha
+    # Statistically significant AND at least a small effect: at 50k/10k rows even |d| = 0.03
+    # is significant; min_effect separates a material shift from a detectable one.
+    table["shifted"] = table["significant"] & (table["cohens_d"].abs() >= min_effect)
     domain = domain_classifier(x1, x2, s1.label.astype(np.int64), s2.label.astype(np.int64), opts["domain"], seed)
     table["domain_coef"] = domain["coef"]
     files = {name: out / name for name in FEATURE_FILES}
@@ -204,6 +209,7 @@ def shift_features(*, test1: str | Path, test2: str | Path, out_dir: str | Path,
     ]
     sig = table[table["significant"]].sort_values(["q", "feature"])
     n_sig, d = int(len(sig)), table.shape[0]
+    shifted = sig[sig["shifted"]]
     ks_sig = int((table["ks_q"] < alpha).sum())
     var_ratio_gmean = float(np.exp(np.mean(np.log(table["var_ratio"].dropna()))))
     lo, hi = domain["auc_ci95"]
@@ -212,6 +218,8 @@ def shift_features(*, test1: str | Path, test2: str | Path, out_dir: str | Path,
         "alpha": alpha, "n_features": d, "n_test1": int(len(x1)), "n_test2": int(len(x2)),
         "n_significant": n_sig, "share_significant": n_sig / d,
         "significant_features": sig["feature"].head(200).tolist(),
+        "min_effect": min_effect, "n_shifted": int(len(shifted)),
+        "shifted_features": shifted["feature"].head(200).tolist(),
         "max_abs_cohens_d": float(table["cohens_d"].abs().max()),
         "median_abs_cohens_d": float(table["cohens_d"].abs().median()),
         "mean_abs_cohens_d_significant": float(sig["cohens_d"].abs().mean()) if n_sig else None,
@@ -223,7 +231,8 @@ def shift_features(*, test1: str | Path, test2: str | Path, out_dir: str | Path,
         "top_features": sig.head(10)[["feature", "cohens_d", "q"]].to_dict(orient="records"),
     }
     mean_part = (f"{n_sig} of {d} features have shifted means (Welch t, BH q < {alpha}"
-                 + (f"; largest |d| = {numbers['max_abs_cohens_d']:.2f})" if n_sig else ")"))
+                 + (f"; {len(shifted)} of them with |Cohen's d| ≥ {min_effect:g}, largest {numbers['max_abs_cohens_d']:.2f})"
+                    if n_sig else ")"))
     verdict = (
         f"{'Test set 2 features differ from test set 1' if (n_sig or distinguishable) else 'No feature shift detected between the test sets'}: "
         f"{mean_part}, {ks_sig} differ in distribution (KS q < {alpha}), variances are "

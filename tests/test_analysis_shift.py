@@ -28,6 +28,7 @@ def test_planted_shift_found_exactly(planted, shift_summary):
     assert sorted(table.loc[table["q"] < 0.05, "feature"]) == planted["shifted_features"]
     assert sorted(summary["numbers"]["significant_features"]) == planted["shifted_features"]
     assert summary["numbers"]["n_significant"] == len(planted["shifted_features"])
+    assert sorted(summary["numbers"]["shifted_features"]) == planted["shifted_features"]  # also |d| ≥ 0.2
     assert (table.loc[table["feature"].isin(planted["shifted_features"]), "cohens_d"] > 0.3).all()
     assert summary["numbers"]["domain_auc"] > 0.6 and summary["numbers"]["domain_auc_ci95"][0] > 0.5
     assert "Test set 2 features differ" in summary["verdict"]

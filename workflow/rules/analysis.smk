@@ -5,8 +5,6 @@
 # analysis alone.
 
 ANALYSIS = config.get("analysis", {})
-# Heads trained by train_head have history.csv + selection.json (the overfit analysis needs them).
-TRAINED_HEADS = list(config.get("heads", {}))
 EMBED_HEAD = ANALYSIS.get("embedding", {}).get("head") or (HEADS[0] if HEADS else None)
 
 GAP_FILES = ["per_class.csv", "summary.json", "drop_distribution.png", "top_drops.png"]
@@ -18,7 +16,7 @@ MISCLASS_FILES = ["features.csv", "summary.json", "clusters.png"]
 EMBEDDING_FILES = ["coords.csv", "summary.json", "pca.png", "tsne.png"]
 
 
-def options(name):
+def analysis_options(name):
     return as_json(ANALYSIS.get(name, {}))
 
 
@@ -58,7 +56,7 @@ rule gap:
         head=HEAD_PATTERN,
     params:
         out_dir=lambda wc: f"results/analysis/gap/{wc.head}",
-        options=options("gap"),
+        options=analysis_options("gap"),
     resources:
         mem_mb=1000,
         runtime=10,
@@ -80,7 +78,7 @@ rule shift:
         expand("results/analysis/shift/{file}", file=SHIFT_FILES),
     params:
         out_dir="results/analysis/shift",
-        options=options("shift"),
+        options=analysis_options("shift"),
         seed=config["seed"],
     threads: 2
     resources:
@@ -111,7 +109,7 @@ rule shift_adapt:
         head=HEAD_PATTERN,
     params:
         out_dir=lambda wc: f"results/analysis/shift/adapt/{wc.head}",
-        options=options("shift_adapt"),
+        options=analysis_options("shift_adapt"),
         seed=config["seed"],
     threads: 2
     resources:
@@ -141,7 +139,7 @@ rule imbalance:
         head=HEAD_PATTERN,
     params:
         out_dir=lambda wc: f"results/analysis/imbalance/{wc.head}",
-        options=options("imbalance"),
+        options=analysis_options("imbalance"),
     resources:
         mem_mb=1000,
         runtime=10,
@@ -168,7 +166,7 @@ rule overfit:
         head=HEAD_PATTERN,
     params:
         out_dir=lambda wc: f"results/analysis/overfit/{wc.head}",
-        options=options("overfit"),
+        options=analysis_options("overfit"),
     resources:
         mem_mb=1000,
         runtime=10,
@@ -193,7 +191,7 @@ rule misclass:
         head=HEAD_PATTERN,
     params:
         out_dir=lambda wc: f"results/analysis/misclass/{wc.head}/{wc.test}",
-        options=options("misclass"),
+        options=analysis_options("misclass"),
         seed=config["seed"],
     threads: 2
     resources:
@@ -222,7 +220,7 @@ if EMBED_HEAD is not None:
             expand("results/analysis/embedding/{file}", file=EMBEDDING_FILES),
         params:
             out_dir="results/analysis/embedding",
-            options=options("embedding"),
+            options=analysis_options("embedding"),
             seed=config["seed"],
             head=EMBED_HEAD,
         threads: 2
@@ -250,6 +248,6 @@ ALL_TARGETS.extend(
     + expand("results/analysis/shift/adapt/{head}/{file}", head=HEADS, file=ADAPT_FILES)
     + expand("results/analysis/gap/{head}/{file}", head=HEADS, file=GAP_FILES)
     + expand("results/analysis/imbalance/{head}/{file}", head=HEADS, file=IMBALANCE_FILES)
-    + expand("results/analysis/overfit/{head}/{file}", head=TRAINED_HEADS, file=OVERFIT_FILES)
+    + expand("results/analysis/overfit/{head}/{file}", head=HEADS, file=OVERFIT_FILES)
     + expand("results/analysis/misclass/{head}/{test}/{file}", head=HEADS, test=TESTS, file=MISCLASS_FILES)
 )
