@@ -1,0 +1,66 @@
+"""Workflow wiring of evaluate + analyses: only they read the test splits; every output is a target."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+READS_TESTS = {"evaluate", "shift", "shift_adapt", "misclass", "embedding", "class_counts", "validate_split",
+               "report"}  # report: the manifests' row counts (metadata) only, never the shards
+
+
+def _snakemake(*args: str) -> str:
+    exe = shutil.which("snakemake") or str(Path(sys.executable).with_name("snakemake"))
+    if not Path(exe).exists():
+        pytest.skip("snakemake not installed")
+    res = subprocess.run([exe, *args, "--cores", "1", "--quiet", "all"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res.stdout
+
+
+@pytest.fixture(scope="module")
+def dag():
+    out = _snakemake("--dag", "--forceall")
+    nodes = {int(i): label for i, label in re.findall(r'^\s*(\d+)\[label = "([^"]*)"', out, re.M)}
+    edges = [(int(a), int(b)) for a, b in re.findall(r"^\s*(\d+) -> (\d+)", out, re.M)]
+    return nodes, edges
+
+
+def test_only_evaluate_and_analyses_read_test_splits(dag):
+    nodes, edges = dag
+    rule = {i: label.split("\\n")[0] for i, label in nodes.items()}
+    parents: dict[int, set[int]] = {}
+    for a, b in edges:
+        parents.setdefault(b, set()).add(a)
+    # The jobs that produce a test split: plan_convert of test1/test2 and everything downstream of
+    # it within the data stage (convert_part, manifest).
+    test_jobs = {i for i, label in nodes.items() if rule[i] == "plan_convert" and re.search(r"split: test[12]", label)}
+    changed = True
+    while changed:
+        changed = False
+        for a, b in edges:
+            if a in test_jobs and rule[b] in ("convert_part", "manifest") and b not in test_jobs:
+                test_jobs.add(b)
+                changed = True
+    consumers = {rule[b] for a, b in edges if a in test_jobs} - {"convert_part", "manifest", "all"}
+    assert consumers, "no consumers of the test splits found in the DAG"
+    assert consumers <= READS_TESTS, f"rules reading a test split: {sorted(consumers - READS_TESTS)}"
+    assert {"evaluate", "shift"} <= consumers
+    # Training reads only the train split.
+    for i, r in rule.items():
+        if r.startswith("train_"):
+            assert not (parents.get(i, set()) & test_jobs), nodes[i]
+
+
+def test_all_analysis_outputs_are_targets(dag):
+    nodes, _ = dag
+    rules = {label.split("\\n")[0] for label in nodes.values()}
+    for name in ("evaluate", "class_counts", "gap", "shift", "shift_adapt", "imbalance", "overfit", "misclass",
+                 "embedding"):
+        assert name in rules, f"rule {name} is not in the DAG of `all`"
