@@ -138,8 +138,11 @@ class GridOptimizer:
                 b1, b2 = self.betas
                 m.lerp_(grad, 1.0 - b1)
                 v.mul_(b2).addcmul_(grad, grad, value=1.0 - b2)
-                denom = (v.sqrt() / math.sqrt(1.0 - b2**self.t)).add_(self.eps)
-                p.value.sub_(m / denom * (lr / (1.0 - b1**self.t)))
+                # lr/bc1 · m / (sqrt(v)/sqrt(bc2) + eps), with the per-candidate factors folded
+                # into the denominator: 3 fewer passes over the (D, K·C) weights than written out.
+                bc1, root_bc2 = 1.0 - b1**self.t, math.sqrt(1.0 - b2**self.t)
+                denom = v.sqrt().add_(self.eps * root_bc2).mul_(bc1 / (root_bc2 * lr))
+                p.value.addcdiv_(m, denom, value=-1.0)
             else:
                 (buf,) = state
                 if p.decay:

@@ -1,0 +1,286 @@
+"""Benchmark: the train stage on the CPU, in one run (issue 3, section 4). Not a test: no asserts.
+
+On a generated 100k × 1024 × 1000 train split (class-sorted shards, written once into --work):
+  load      load_train (shards → preprocessed in-memory matrix) in a child process: MB/s, peak RSS;
+  speed     rounds that alternate (the machine may be shared, so each ratio uses the same round):
+              float32 matmul rate (torch.mm at the training GEMM's shape, and square 2048³),
+              one epoch of the linear head with K=1 and K=4 candidates (4·N·D·C·K flops),
+            then SGDClassifier(log_loss).partial_fit rows/s over the same shuffled chunks;
+  accuracy  the linear head with the real-data config (config/eva02.yaml heads.linear, via the CLI in
+            a child process: wall time, peak RSS) vs LogisticRegression(lbfgs) to convergence with C
+            chosen on the same stratified holdout, both on the same 10k test rows.
+Writes --out (JSON) and the same path with .md (a table for the README).
+
+    .venv/bin/python tests/benchmarks/bench_train.py [--rounds 3] [--skip-accuracy] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from scripts.generate_demo import DemoSpec  # noqa: E402
+from scripts.train_data import load_train, stratified_holdout  # noqa: E402
+from scripts.train_head import HeadConfig, run_grid, setup_torch  # noqa: E402
+from tests.test_train_helpers import make_dataset  # noqa: E402
+
+CLASSES, DIM, TRAIN_PER_CLASS, TEST_PER_CLASS = 1000, 1024, 100, 10
+FULL_ROWS = 1_281_167
+
+
+def dataset(work: Path) -> dict:
+    """The 100k-row class-sorted split as 4 shards + 10k test rows (regenerated: ~10 s, deterministic)."""
+    return make_dataset(work, DemoSpec(classes=CLASSES, dim=DIM, seed=0), TRAIN_PER_CLASS, TEST_PER_CLASS,
+                        shards=4, row_group_rows=8192)
+
+
+def child(code: str, *args: str) -> tuple[float, float, str]:
+    """Run python code in a fresh process: (seconds, peak RSS MB, stdout)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    out = proc.stdout.read().decode()
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise SystemExit(f"child failed ({status}): {code[:80]}…")
+    return time.perf_counter() - start, usage.ru_maxrss / 1024, out
+
+
+LOAD = """
+import json, sys, time, torch
+torch.set_num_threads(int(sys.argv[2]))
+from scripts.train_data import load_train
+t = time.perf_counter()
+data = load_train(sys.argv[1], num_classes=1000, holdout_fraction=0.02, seed=0, memory_budget_mb=1e9)
+print(json.dumps({**data.stats, "total_s": time.perf_counter() - t}))
+"""
+
+
+def bench_load(folder: Path, threads: int, rounds: int) -> dict:
+    runs = []
+    for _ in range(rounds):
+        seconds, rss, out = child(LOAD, str(folder), str(threads))
+        stats = json.loads(out.strip().splitlines()[-1])
+        runs.append({"read_s": stats["load_s"], "read_mb_s": stats["load_mb_per_s"],
+                     "with_preprocessing_s": round(stats["total_s"], 3), "peak_rss_mb": round(rss, 1),
+                     "matrix_mb": stats["matrix_mb"], "process_s": round(seconds, 2)})
+    best = max(runs, key=lambda r: r["read_mb_s"])
+    return {"runs": runs, "read_mb_s": best["read_mb_s"], "matrix_mb": best["matrix_mb"],
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+            "peak_rss_over_matrix_mb": round(max(r["peak_rss_mb"] for r in runs) - best["matrix_mb"], 1),
+            "note": "page cache warm (the shards were just written or read)"}
+
+
+def matmul_rate(m: int, k: int, n: int, repeats: int = 5) -> float:
+    """Median float32 GFLOP/s of torch.mm (m×k)@(k×n) into a preallocated output."""
+    a, b, out = torch.randn(m, k), torch.randn(k, n), torch.empty(m, n)
+    torch.mm(a, b, out=out)
+    rates = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b, out=out)
+        rates.append(2 * m * k * n / (time.perf_counter() - t) / 1e9)
+    return statistics.median(rates)
+
+
+def epoch_rate(data, k: int, batch: int, seed: int) -> dict:
+    """One training epoch of K linear candidates over the fit rows (no holdout pass)."""
+    cfg = HeadConfig(lr=[1e-3] * k, batch_size=batch, epochs=1, warmup_epochs=0, label_smoothing=0.1)
+    cands = [{"candidate": i, "lr": 1e-3 * (i + 1), "weight_decay": 0.1} for i in range(k)]
+    t = time.perf_counter()
+    run_grid(data, cfg, cands, data.fit_rows, epochs=1, seed=seed, phase="grid", select=False, desc=f"epoch K={k}")
+    seconds = time.perf_counter() - t
+    n = len(data.fit_rows)
+    return {"seconds": round(seconds, 3), "rows_per_s": round(n / seconds, 1),
+            "gflops": round(4 * n * DIM * CLASSES * k / seconds / 1e9, 1)}
+
+
+def bench_sgd(data, chunks: int, chunk_rows: int) -> dict:
+    from sklearn.linear_model import SGDClassifier
+
+    model = SGDClassifier(loss="log_loss", alpha=1e-4, random_state=0)
+    classes = np.arange(CLASSES)
+    batches = data.batches(data.fit_rows, chunk_rows, np.random.default_rng(0))
+    x, y = next(batches)
+    model.partial_fit(x.numpy(), y.numpy(), classes=classes)  # first call sets up; not timed
+    rows, t = 0, time.perf_counter()
+    for _ in range(chunks):
+        x, y = next(batches)
+        model.partial_fit(x.numpy(), y.numpy())
+        rows += len(y)
+    seconds = time.perf_counter() - t
+    return {"rows": rows, "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds, 1)}
+
+
+def bench_speed(folder: Path, threads: int, rounds: int, batch: int, sgd_chunks: int) -> dict:
+    setup_torch(torch.device("cpu"), threads, 0)
+    data = load_train(folder, num_classes=CLASSES, holdout_fraction=0.02, seed=0, memory_budget_mb=1e9)
+    per_round = []
+    for r in range(rounds):
+        row = {"matmul_train_shape_k1_gflops": round(matmul_rate(batch, DIM, CLASSES), 1),
+               "matmul_train_shape_k4_gflops": round(matmul_rate(batch, DIM, 4 * CLASSES), 1),
+               "matmul_2048_gflops": round(matmul_rate(2048, 2048, 2048), 1)}
+        row["epoch_k1"] = epoch_rate(data, 1, batch, r)
+        row["epoch_k4"] = epoch_rate(data, 4, batch, r)
+        row["matmul_rate_gflops"] = max(row["matmul_train_shape_k1_gflops"], row["matmul_train_shape_k4_gflops"],
+                                        row["matmul_2048_gflops"])
+        row["k1_vs_matmul"] = round(row["epoch_k1"]["gflops"] / row["matmul_rate_gflops"], 3)
+        row["k4_vs_matmul"] = round(row["epoch_k4"]["gflops"] / row["matmul_rate_gflops"], 3)
+        per_round.append(row)
+        print(json.dumps(row), flush=True)
+    sgd = bench_sgd(data, sgd_chunks, 8192)
+    med = lambda key, sub=None: statistics.median(  # noqa: E731
+        (r[key][sub] if sub else r[key]) for r in per_round)
+    k1_rows = med("epoch_k1", "rows_per_s")
+    return {
+        "batch_size": batch, "fit_rows": len(data.fit_rows), "rounds": per_round,
+        "median_matmul_rate_gflops": med("matmul_rate_gflops"),
+        "median_epoch_k1_gflops": med("epoch_k1", "gflops"), "median_epoch_k4_gflops": med("epoch_k4", "gflops"),
+        "median_k1_vs_matmul": med("k1_vs_matmul"), "median_k4_vs_matmul": med("k4_vs_matmul"),
+        "median_epoch_k1_rows_per_s": k1_rows, "median_epoch_k4_candidate_rows_per_s": 4 * med("epoch_k4", "rows_per_s"),
+        "sgd_partial_fit": sgd, "head_k1_vs_sgd_rows_per_s": round(k1_rows / sgd["rows_per_s"], 1),
+    }
+
+
+def logreg_accuracy(data: dict, fit_x, threads: int, c_grid: list[float], holdout_fraction: float) -> dict:
+    """LogisticRegression(lbfgs) on the head's preprocessing, C by holdout top-1, refit on all train."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
+
+    y = data["train_labels"]
+    mean, std = fit_x.mean(0), fit_x.std(0)
+    fit_x -= mean
+    fit_x /= std  # in place: one copy of the train matrix
+    test_x = (data["test_features"] - mean) / std
+    fit, hold = stratified_holdout(y, holdout_fraction, np.random.default_rng([0, 0]))
+    scores, t0 = [], time.perf_counter()
+    with threadpool_limits(threads), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        for c in c_grid:
+            t = time.perf_counter()
+            model = LogisticRegression(C=c, max_iter=1000).fit(fit_x[fit], y[fit])
+            scores.append({"C": c, "holdout_acc": float(model.score(fit_x[hold], y[hold])),
+                           "iterations": int(model.n_iter_.max()), "seconds": round(time.perf_counter() - t, 1)})
+            print(json.dumps(scores[-1]), flush=True)
+        best = max(scores, key=lambda s: (s["holdout_acc"], -c_grid.index(s["C"])))
+        model = LogisticRegression(C=best["C"], max_iter=1000).fit(fit_x, y)
+    return {"scores": scores, "C": best["C"], "test_acc": float((model.predict(test_x) == data["test_labels"]).mean()),
+            "converged": not caught, "iterations": int(model.n_iter_.max()),
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+HEAD = """
+import sys
+from scripts.featio import run_cli
+from scripts.train_head import main
+run_cli(main, sys.argv[1:])
+"""
+
+
+def bench_accuracy(data: dict, work: Path, threads: int, c_grid: list[float]) -> dict:
+    from scripts.heads import predict_logits
+
+    eva02 = yaml.safe_load((ROOT / "config/eva02.yaml").read_text())
+    head, settings = eva02["heads"]["linear"], {"holdout_fraction": eva02["train"]["holdout_fraction"],
+                                                   "device": "cpu", "threads": threads}
+    seconds, rss, _ = child(HEAD, "--manifest", str(data["manifest"]), "--out-dir", str(work / "linear"),
+                            "--name", "linear", "--head", json.dumps(head), "--train", json.dumps(settings),
+                            "--num-classes", str(CLASSES), "--seed", "0", "--threads", str(threads))
+    selection = json.loads((work / "linear/selection.json").read_text())
+    acc = float((predict_logits(work / "linear/model.pt", data["test_features"]).argmax(1)
+                 == data["test_labels"]).mean())
+    from scripts.featio import read_split, shard_folder
+
+    train_x = read_split(shard_folder(data["manifest"]), columns=()).features
+    logreg = logreg_accuracy(data, train_x, threads, c_grid, settings["holdout_fraction"])
+    return {"head_config": head, "head": {"test_acc": acc, "winner": selection["winner"], "seconds": round(seconds, 1),
+                                          "peak_rss_mb": round(rss, 1), "timing": selection["timing"],
+                                          "refit": selection["refit"]},
+            "logreg": logreg, "head_minus_logreg_points": round(100 * (acc - logreg["test_acc"]), 2),
+            "test_rows": len(data["test_labels"])}
+
+
+def markdown(result: dict) -> str:
+    s, lines = result.get("speed"), [f"# Train benchmark ({result['machine']})", ""]
+    if "load" in result:
+        ld = result["load"]
+        lines += [f"- train matrix load ({ld['matrix_mb']} MB, 100k × 1024): **{ld['read_mb_s']} MB/s**, "
+                  f"peak RSS {ld['peak_rss_mb']} MB (matrix + {ld['peak_rss_over_matrix_mb']} MB)"]
+    if s:
+        lines += [f"- float32 matmul rate (median of rounds): **{s['median_matmul_rate_gflops']} GFLOP/s**",
+                  f"- linear head epoch, K=1: {s['median_epoch_k1_gflops']} GFLOP/s = "
+                  f"**{100 * s['median_k1_vs_matmul']:.0f}%** of matmul ({s['median_epoch_k1_rows_per_s']:.0f} rows/s)",
+                  f"- linear head epoch, K=4 candidates: {s['median_epoch_k4_gflops']} GFLOP/s = "
+                  f"**{100 * s['median_k4_vs_matmul']:.0f}%** of matmul",
+                  f"- SGDClassifier.partial_fit: {s['sgd_partial_fit']['rows_per_s']} rows/s → head K=1 is "
+                  f"**{s['head_k1_vs_sgd_rows_per_s']}×** faster"]
+    if "accuracy" in result:
+        a = result["accuracy"]
+        lines += [f"- accuracy on {a['test_rows']} test rows: linear head **{100 * a['head']['test_acc']:.2f}%** "
+                  f"(eva02 config, {a['head']['seconds']} s, peak RSS {a['head']['peak_rss_mb']} MB) vs "
+                  f"LogisticRegression(C={a['logreg']['C']}) **{100 * a['logreg']['test_acc']:.2f}%** "
+                  f"({a['logreg']['seconds']} s, converged: {a['logreg']['converged']}) → "
+                  f"{a['head_minus_logreg_points']:+.2f} points"]
+    if "full_size_estimate" in result:
+        e = result["full_size_estimate"]
+        lines += [f"- expected full 1.28M-row linear head (eva02 config) on this CPU: **{e['cpu_minutes']} min**"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", default="/tmp/featgap_bench_train")
+    parser.add_argument("--out", default=str(ROOT / "tests/benchmarks/results/train.json"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--sgd-chunks", type=int, default=2)
+    parser.add_argument("--c-grid", default="0.03,0.3")
+    parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--skip-speed", action="store_true")
+    args = parser.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    data = dataset(work)
+    folder = data["manifest"].with_name("train")
+    result = {"machine": f"{os.cpu_count()} CPUs visible, {args.threads} threads, torch {torch.__version__}",
+              "rows": TRAIN_PER_CLASS * CLASSES, "dim": DIM, "classes": CLASSES}
+    result["load"] = bench_load(folder, args.threads, 2)
+    print(json.dumps(result["load"]), flush=True)
+    if not args.skip_speed:
+        result["speed"] = bench_speed(folder, args.threads, args.rounds, args.batch_size, args.sgd_chunks)
+        eva02 = yaml.safe_load((ROOT / "config/eva02.yaml").read_text())["heads"]["linear"]
+        k = len(eva02["lr"]) * len(eva02["weight_decay"])
+        cand_rows = result["speed"]["median_epoch_k4_candidate_rows_per_s"]
+        # grid: K candidates × epochs, plus the refit (one candidate × epochs), at the K=4 rate.
+        minutes = FULL_ROWS * eva02["epochs"] * (k + 1) / cand_rows / 60
+        result["full_size_estimate"] = {"cpu_minutes": round(minutes, 1), "candidates": k, "epochs": eva02["epochs"],
+                                        "load_s": round(FULL_ROWS * DIM * 4 / 2**20 / result["load"]["read_mb_s"], 1)}
+    if not args.skip_accuracy:
+        result["accuracy"] = bench_accuracy(data, work, args.threads, [float(c) for c in args.c_grid.split(",")])
+    result["total_s"] = round(time.perf_counter() - t0, 1)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
