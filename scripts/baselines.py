@@ -96,12 +96,13 @@ def holdout_scores(state: dict[str, torch.Tensor], x: np.ndarray, y: np.ndarray)
     return nll, float((logits.argmax(1).numpy() == y).mean())
 
 
-def fit_sgd(data: TrainSet, cfg: BaselineConfig, hold_x, hold_y, seed: int) -> list[dict]:
+def fit_sgd(data: TrainSet, cfg: BaselineConfig, hold_x, hold_y, seed: int, threads: int = 1) -> list[dict]:
     from sklearn.linear_model import SGDClassifier
 
     runs, classes = [], np.arange(data.num_classes)
     for i, alpha in enumerate(cfg.alpha):
-        model = SGDClassifier(loss="log_loss", alpha=float(alpha), random_state=seed)
+        # n_jobs: the one-vs-rest binary problems run in parallel threads.
+        model = SGDClassifier(loss="log_loss", alpha=float(alpha), random_state=seed, n_jobs=threads)
         rng = np.random.default_rng([seed, 3, i])
         history = []
         for epoch in tqdm(range(cfg.epochs), desc=f"sgd alpha={alpha}", unit="epoch"):
@@ -118,7 +119,7 @@ def fit_sgd(data: TrainSet, cfg: BaselineConfig, hold_x, hold_y, seed: int) -> l
     return runs
 
 
-def fit_logreg(data: TrainSet, cfg: BaselineConfig, hold_x, hold_y, seed: int) -> list[dict]:
+def fit_logreg(data: TrainSet, cfg: BaselineConfig, hold_x, hold_y, seed: int, threads: int = 1) -> list[dict]:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
@@ -174,7 +175,7 @@ def train_baseline(manifest: str | Path, out_dir: str | Path, *, name: str, base
     hold_y = data.labels[data.holdout_rows]
     t_fit = time.perf_counter()
     with threadpool_limits(limits=threads):
-        runs = (fit_sgd if cfg.type == "sgd" else fit_logreg)(data, cfg, hold_x, hold_y, seed)
+        runs = (fit_sgd if cfg.type == "sgd" else fit_logreg)(data, cfg, hold_x, hold_y, seed, threads)
     fit_s = time.perf_counter() - t_fit
     key = lambda r: (-np.nan_to_num(r["holdout_acc"], nan=-1.0), np.nan_to_num(r["holdout_loss"], nan=np.inf),  # noqa: E731
                      r["candidate"])
