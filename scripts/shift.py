@@ -282,11 +282,16 @@ def adapt(*, head_path: str | Path, test1: str | Path, test2: str | Path, out_di
         }
         for variant, (mean, std) in variants.items():
             head = load_head({**ckpt, "mean": mean, "std": std})
-            logits = predict_logits(head, split.features, batch_size=int(opts["batch_size"]))
-            hit = logits.argmax(1) == y
+            hit, nll = np.empty(len(y), bool), np.empty(len(y))
+            step = int(opts["batch_size"])
+            for start in range(0, len(y), step):  # one batch of logits in memory at a time
+                sl = slice(start, start + step)
+                logits = predict_logits(head, split.features[sl], batch_size=step)
+                hit[sl] = logits.argmax(1) == y[sl]
+                nll[sl] = -stats.log_softmax(logits)[np.arange(len(logits)), y[sl]]
             correct[(test, variant)] = hit
             rows.append({"test": test, "standardisation": variant, "n": int(len(y)), "top1": float(hit.mean()),
-                         "nll": float(-stats.log_softmax(logits)[np.arange(len(y)), y].mean())})
+                         "nll": float(nll.mean())})
     table = pd.DataFrame(rows)
     acc = {(r["test"], r["standardisation"]): r["top1"] for r in rows}
 
@@ -323,7 +328,9 @@ def adapt(*, head_path: str | Path, test1: str | Path, test2: str | Path, out_di
         f"({acc[('test2', 'train')]:.2%} → {acc[('test2', 'own_mean_std')]:.2%}; re-centring only: "
         f"{numbers['test2_own_mean_change']:+.2%}); the gap to test set 1 goes from {gap_before:.2%} to "
         f"{numbers['gap_own_mean_std_test2_only']:.2%}"
-        + (f", so matching the first moments closes {closed:.0%} of the gap." if closed is not None else ".")
+        + ("." if closed is None else
+           f", so matching the first moments closes {closed:.0%} of the gap." if closed >= 0.005 else
+           f", so matching the first moments does not close the gap ({closed:+.0%}).")
     )
     return write_summary(files["summary.json"], verdict=verdict, figures=[figure], table=files["adaptation.csv"],
                          numbers=numbers, started=started, seed=seed, inputs=[head_path, test1, test2])
