@@ -16,10 +16,6 @@ MISCLASS_FILES = ["features.csv", "summary.json", "clusters.png"]
 EMBEDDING_FILES = ["coords.csv", "summary.json", "pca.png", "tsne.png"]
 
 
-def analysis_options(name):
-    return as_json(ANALYSIS.get(name, {}))
-
-
 rule class_counts:
     input:
         train="results/parquet/train.manifest.json",
@@ -55,8 +51,8 @@ rule gap:
     wildcard_constraints:
         head=HEAD_PATTERN,
     params:
-        out_dir=lambda wc: f"results/analysis/gap/{wc.head}",
-        options=analysis_options("gap"),
+        out_dir=lambda wc, output: Path(output[0]).parent,
+        options=as_json(ANALYSIS.get("gap", {})),
     resources:
         mem_mb=1000,
         runtime=10,
@@ -77,8 +73,8 @@ rule shift:
     output:
         expand("results/analysis/shift/{file}", file=SHIFT_FILES),
     params:
-        out_dir="results/analysis/shift",
-        options=analysis_options("shift"),
+        out_dir=lambda wc, output: Path(output[0]).parent,
+        options=as_json(ANALYSIS.get("shift", {})),
         seed=config["seed"],
     threads: 2
     resources:
@@ -108,8 +104,8 @@ rule shift_adapt:
     wildcard_constraints:
         head=HEAD_PATTERN,
     params:
-        out_dir=lambda wc: f"results/analysis/shift/adapt/{wc.head}",
-        options=analysis_options("shift_adapt"),
+        out_dir=lambda wc, output: Path(output[0]).parent,
+        options=as_json(ANALYSIS.get("shift_adapt", {})),
         seed=config["seed"],
     threads: 2
     resources:
@@ -139,8 +135,8 @@ rule imbalance:
     wildcard_constraints:
         head=HEAD_PATTERN,
     params:
-        out_dir=lambda wc: f"results/analysis/imbalance/{wc.head}",
-        options=analysis_options("imbalance"),
+        out_dir=lambda wc, output: Path(output[0]).parent,
+        options=as_json(ANALYSIS.get("imbalance", {})),
     resources:
         mem_mb=1000,
         runtime=10,
@@ -166,8 +162,8 @@ rule overfit:
     wildcard_constraints:
         head=HEAD_PATTERN,
     params:
-        out_dir=lambda wc: f"results/analysis/overfit/{wc.head}",
-        options=analysis_options("overfit"),
+        out_dir=lambda wc, output: Path(output[0]).parent,
+        options=as_json(ANALYSIS.get("overfit", {})),
     resources:
         mem_mb=1000,
         runtime=10,
@@ -191,8 +187,8 @@ rule misclass:
     wildcard_constraints:
         head=HEAD_PATTERN,
     params:
-        out_dir=lambda wc: f"results/analysis/misclass/{wc.head}/{wc.test}",
-        options=analysis_options("misclass"),
+        out_dir=lambda wc, output: Path(output[0]).parent,
+        options=as_json(ANALYSIS.get("misclass", {})),
         seed=config["seed"],
     threads: 2
     resources:
@@ -220,8 +216,8 @@ if EMBED_HEAD is not None:
         output:
             expand("results/analysis/embedding/{file}", file=EMBEDDING_FILES),
         params:
-            out_dir="results/analysis/embedding",
-            options=analysis_options("embedding"),
+            out_dir=lambda wc, output: Path(output[0]).parent,
+            options=as_json(ANALYSIS.get("embedding", {})),
             seed=config["seed"],
             head=EMBED_HEAD,
         threads: 2
