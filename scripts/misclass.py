@@ -120,8 +120,12 @@ def misclass(*, predictions: str | Path, manifest: str | Path, out_dir: str | Pa
     if len(pred_row) != len(split.row) or not np.array_equal(pred_row, split.row):
         raise FeatgapError(f"{predictions}: rows do not match {manifest} (re-run evaluate for this split)")
     correct = pred.column("correct").to_numpy(zero_copy_only=False).astype(bool)
-    table, clusters = cluster(correct_vs_misclassified(split.features, correct), alpha, int(opts["clusters"]), seed)
     files = {name: out / name for name in FILES}
+    if min(correct.sum(), (~correct).sum()) < 2:
+        # A (near-)perfect or useless head: nothing to compare; say so instead of failing the run.
+        return _degenerate(files, correct, split.features.shape[1], head, test, alpha, started, seed,
+                           [predictions, manifest])
+    table, clusters = cluster(correct_vs_misclassified(split.features, correct), alpha, int(opts["clusters"]), seed)
     write_table(table, files["features.csv"])
     figure = plot_clusters(table, clusters, f"{head} on {test}: correct vs misclassified samples",
                            files["clusters.png"])
@@ -147,6 +151,28 @@ def misclass(*, predictions: str | Path, manifest: str | Path, out_dir: str | Pa
     return write_summary(files["summary.json"], verdict=verdict, figures=[figure], table=files["features.csv"],
                          numbers=numbers, started=started, seed=seed, inputs=[predictions, manifest],
                          extra={"head": head, "test": test})
+
+
+def _degenerate(files, correct, dim, head, test, alpha, started, seed, inputs) -> dict[str, Any]:
+    plt = pyplot()
+    table = pd.DataFrame({"feature": np.arange(dim)})
+    for col in ("mean_correct", "mean_misclassified", "mean_diff", "var_correct", "var_misclassified", "var_diff",
+                "cohens_d", "var_diff_std", "t", "df", "p", "q"):
+        table[col] = np.nan
+    table["significant"], table["cluster"] = False, -1
+    write_table(table, files["features.csv"])
+    fig, ax = plt.subplots(figsize=(5, 2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, f"{int((~correct).sum())} misclassified, {int(correct.sum())} correct: nothing to compare",
+            ha="center", va="center")
+    figure = save_figure(fig, files["clusters.png"])
+    numbers = {"alpha": alpha, "n_features": dim, "n_correct": int(correct.sum()),
+               "n_misclassified": int((~correct).sum()), "n_significant": 0, "share_significant": 0.0,
+               "clusters": [], "top_features": []}
+    verdict = (f"On {test}, {head} has {numbers['n_misclassified']} misclassified and {numbers['n_correct']} correct "
+               "samples: too few in one group (< 2) to compare their features.")
+    return write_summary(files["summary.json"], verdict=verdict, figures=[figure], table=files["features.csv"],
+                         numbers=numbers, started=started, seed=seed, inputs=inputs, extra={"head": head, "test": test})
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -153,3 +153,16 @@ def test_embedding(planted, planted_eval, tmp_path):
     assert {"pc1", "pc2", "tsne1", "tsne2", "correct"} <= set(coords.columns)
     n = summary["numbers"]
     assert 0 <= n["knn_same_set_share_pca"] <= 1 and n["explained_variance_pc1"] > 0
+
+
+def test_misclass_perfect_head_does_not_fail(planted, planted_eval, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(planted_eval["test2"] / "predictions.parquet")
+    table = table.set_column(table.schema.get_field_index("correct"), "correct",
+                             pa.array(np.ones(table.num_rows, bool)))
+    pq.write_table(table, tmp_path / "predictions.parquet")
+    summary = misclass(predictions=tmp_path / "predictions.parquet", manifest=planted["test2"], out_dir=tmp_path / "o")
+    assert "too few" in summary["verdict"] and summary["numbers"]["n_significant"] == 0
+    assert (tmp_path / "o" / "clusters.png").is_file()
