@@ -65,3 +65,17 @@ def test_cosine_schedule():
     scales = [cosine_scale(s, 100, 10) for s in range(100)]
     assert scales[0] == pytest.approx(0.1) and scales[9] == pytest.approx(1.0) and max(scales) == 1.0
     assert all(a >= b for a, b in zip(scales[9:], scales[10:])) and 0 < scales[-1] < 0.01
+
+
+@pytest.mark.parametrize("smoothing,weighted", [(0.0, False), (0.1, True)])
+def test_loss_gradient_matches_autograd(smoothing, weighted):
+    logits = torch.randn(10, 3, 5, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 5, (10,))
+    weight = torch.rand(5, dtype=torch.float64) + 0.5 if weighted else None
+    loss, _, _ = grid_loss(logits, y, smoothing, weight)
+    (grad,) = torch.autograd.grad(loss, logits)
+    ref = sum((F.cross_entropy(logits[:, k], y, label_smoothing=smoothing, reduction="none")
+               * (weight[y] if weighted else 1.0)).sum() for k in range(3)) / 10
+    (ref_grad,) = torch.autograd.grad(ref, logits)
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(grad, ref_grad)
