@@ -6,7 +6,8 @@ real-looking paths; float32 values printed as shortest repr; features that come 
 LayerNorm with per-feature affine offset and scale. Test set 2 is harder in three known, planted
 ways, written to `truth.json` so that tests can check the analyses find them:
   * more noise everywhere (`test2_noise`),
-  * a set of features shifted by `shift_size` feature-stds (`shift_features`),
+  * a set of features shifted by about `shift_size` feature-stds (`shift_features`), before the
+    LayerNorm by default (`shift_stage`),
   * a set of classes with extra noise (`hard_classes`).
 Generation is streamed class block by class block: memory stays small at any size.
 """
@@ -41,6 +42,7 @@ class DemoSpec:
     test2_noise: float = 1.12
     shift_features: int = 16
     shift_size: float = 0.35
+    shift_stage: str = "pre_layernorm"  # or post_layernorm: exactly shift_features move (tests)
     hard_classes: int = 10
     hard_noise: float = 1.6
     seed: int = 0
@@ -102,9 +104,15 @@ class FeatureModel:
             noise *= s.test2_noise * (s.hard_noise if label in self.hard else 1.0)
         z = rng.standard_normal((n, s.dim)) + rng.standard_normal((n, s.rank)) @ self.basis
         x = self.means[label] + noise * z
+        shift = split == "test2" and s.shift_features > 0
+        if shift and s.shift_stage == "pre_layernorm":
+            # As a real input shift would act. The LayerNorm then moves every feature a little.
+            x[:, self.shifted] += s.shift_size * np.sqrt(s.separation**2 + 2.0)
         x = (x - x.mean(axis=1, keepdims=True)) / x.std(axis=1, keepdims=True)  # LayerNorm
         x = x * self.gamma + self.beta
-        if split == "test2":
+        if shift and s.shift_stage == "post_layernorm":
+            # Exactly these features move (for tests), but rows leave the LayerNorm's exact
+            # per-row constraint, so a domain classifier separates the sets perfectly.
             x[:, self.shifted] += s.shift_size * self.gamma[self.shifted]
         return x.astype(np.float32)
 

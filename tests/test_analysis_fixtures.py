@@ -17,7 +17,7 @@ from scripts.featio import write_json, write_shard
 from scripts.generate_demo import DemoSpec, FeatureModel, train_counts
 
 SPEC = dict(classes=20, dim=48, rank=8, test1_per_class=60, test2_per_class=40, train_scale=0.05,
-            shift_features=5, shift_size=0.5, hard_classes=4, hard_noise=2.0, separation=0.6, seed=3)
+            shift_features=5, shift_size=0.5, shift_stage="post_layernorm", hard_classes=4, hard_noise=2.0, separation=0.6, seed=3)
 
 
 def sample_split(model: FeatureModel, counts: np.ndarray, split: str, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,42 +1,16 @@
 """The workflow end to end through Snakemake, in a temporary directory, on tiny generated data."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+from workflow_helpers import TINY_CONFIG, snakemake, write_config
 
-TINY_CONFIG = {
-    "demo": {"enabled": True, "out_dir": "results/demo", "classes": 12, "dim": 32, "train_scale": 0.05,
-             "test1_per_class": 20, "test2_per_class": 10, "seed": 0},
-    "num_classes": 12,
-    "dim": 32,
-    "convert": {"parts": {"train": 3, "test1": 1, "test2": 1}},
-    "validate": {"expected": {"test1": {"rows": 240, "per_class_min": 20, "per_class_max": 20},
-                              "test2": {"rows": 120, "per_class_min": 10, "per_class_max": 10}}},
-}
 DATA_TARGETS = [f"results/qc/{split}.json" for split in ("train", "test1", "test2")]
-
-
-def snakemake(workdir, *args, check=True):
-    cmd = SNAKEMAKE + ["-s", str(ROOT / "Snakefile"), "--directory", str(workdir), "--configfile",
-                       str(workdir / "config.yaml"), "--cores", "2", *args]
-    # Rules call `python`: make it this interpreter, as an activated virtual environment would.
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
-    return result
 
 
 @pytest.fixture
 def workdir(tmp_path):
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(TINY_CONFIG))
+    write_config(tmp_path, TINY_CONFIG)
     return tmp_path
 
 
@@ -55,7 +29,7 @@ def test_data_stage_runs_and_second_run_does_nothing(workdir):
 
 def test_bad_config_key_is_rejected_before_any_job(workdir):
     config = dict(TINY_CONFIG, convert={"parts": {"train": 1, "test1": 1, "test2": 1}, "chunk_megabytes": 4})
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    write_config(workdir, config)
     result = snakemake(workdir, *DATA_TARGETS, check=False)
     assert result.returncode != 0
     assert "chunk_megabytes" in result.stdout + result.stderr
@@ -65,7 +39,7 @@ def test_bad_config_key_is_rejected_before_any_job(workdir):
 def test_missing_input_file_names_the_config_key(workdir):
     config = dict(TINY_CONFIG, demo={"enabled": False},
                   data={"train": "nope/train.csv", "test1": "nope/t1.csv", "test2": "nope/t2.csv"})
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    write_config(workdir, config)
     result = snakemake(workdir, "-n", check=False)
     assert result.returncode != 0
     assert "data.train" in result.stdout + result.stderr and "nope/train.csv" in result.stdout + result.stderr
@@ -81,7 +55,7 @@ def test_bad_csv_fails_the_convert_job_with_the_line(workdir):
     (data / "test2.csv").write_text("".join(lines))
     config = dict(TINY_CONFIG, demo={"enabled": False},
                   data={s: str(data / f"{s}.csv") for s in ("train", "test1", "test2")})
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    write_config(workdir, config)
     result = snakemake(workdir, "results/parquet/test2.manifest.json", check=False)
     assert result.returncode != 0
     log = (workdir / "logs/convert/test2.00000.log").read_text()
