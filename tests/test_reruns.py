@@ -160,5 +160,7 @@ def test_sigkill_then_rerun_gives_identical_outputs(uninterrupted, tmp_path, sta
         started = lambda: log.exists() and "epoch" in log.read_text(errors="replace")  # noqa: E731
     assert run_and_kill(tmp_path, TARGETS, started), f"the workflow finished before {stage} could be killed"
     assert not (tmp_path / "results/heads/linear/model.pt").exists()
+    # What a user does after a crash: release Snakemake's lock, then finish the incomplete jobs.
+    snakemake(tmp_path, "--unlock")
     snakemake(tmp_path, "--rerun-incomplete", *TARGETS)
     same_outputs(uninterrupted, tmp_path)
