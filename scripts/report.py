@@ -40,6 +40,9 @@ DEFAULTS: dict[str, Any] = {
 METRIC_LABELS = {"top1": "top-1", "top5": "top-5", "balanced_accuracy": "balanced accuracy",
                  "macro_precision": "macro precision", "macro_recall": "macro recall", "macro_f1": "macro F1",
                  "nll": "NLL", "ece": "ECE"}
+# Summaries are written with sorted keys; tables read better with identifiers first.
+LEADING_COLUMNS = ["rank", "class", "name", "feature", "cluster", "train_rows", "n_features", "acc_test1",
+                   "acc_test2", "drop"]
 SECTION_TITLES = {**HYPOTHESES, "gap": "Most-dropped classes", "embedding": "Embedding views",
                   "adapt": "Adaptation check: re-standardising each test set"}
 
@@ -106,6 +109,7 @@ def record_tables(numbers: dict[str, Any], max_rows: int = 20) -> list[dict[str,
     for key, value in numbers.items():
         if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             columns = list(dict.fromkeys(k for row in value for k in row))
+            columns.sort(key=lambda c: LEADING_COLUMNS.index(c) if c in LEADING_COLUMNS else len(LEADING_COLUMNS))
             rows = [[fmt_value(row.get(c)) for c in columns] for row in value[:max_rows]]
             tables.append({"title": str(key), "columns": [str(c) for c in columns], "rows": rows,
                            "more": max(0, len(value) - max_rows)})
@@ -462,6 +466,10 @@ def build_report(*, inputs: Sequence[str | os.PathLike], config: dict[str, Any],
     """Collect every input, write index.html and report.md atomically; return the context."""
     opts = report_options(config)
     data = collect(inputs, config, benchmarks)
+    wanted = opts["primary_head"]
+    if wanted and wanted not in data.heads() + data.baselines() + list(data.metrics):
+        raise FeatgapError(f"config report.primary_head: {wanted!r} is not a configured head or baseline "
+                           f"(known: {data.heads() + data.baselines()})")
     out_md = Path(out_md)
     ctx = context(data, opts, out_md.parent)
     page = render_html(ctx, template)

@@ -83,7 +83,7 @@ def shift_evidence(shift: Analysis | None, adapt: Analysis | None) -> Evidence:
             parts.append(f"a domain classifier tells the test sets apart with AUC {auc:.3f}"
                          + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
                          + ("" if separable else " (not distinguishable)"))
-            score += 1.0 if separable and auc >= 0.6 else 0.5 if separable else 0.0
+            score += (1.5 if auc >= 0.8 else 1.0 if auc >= 0.6 else 0.5) if separable else 0.0
         if n_sig is not None and d:
             parts.append(f"{n_sig:.0f} of {d:.0f} features have shifted means")
     if adapt is not None:
@@ -93,9 +93,12 @@ def shift_evidence(shift: Analysis | None, adapt: Analysis | None) -> Evidence:
         if closed is not None:
             text = f"re-standardising test set 2 with its own mean/std closes {closed:.0%} of the gap"
             if before is not None and after is not None:
-                text += f" ({before:.1%} → {after:.1%})"
+                text += f" ({before * 100:.1f} → {after * 100:.1f} points)"
             parts.append(text)
-            score += 2.0 if closed >= 0.5 else 1.0 if closed >= 0.2 else 0.5 if closed >= 0.05 else 0.0
+            if closed < 0.2:
+                text += ": the shift is not a simple change of feature means and scales"
+            parts[-1] = text
+            score += 1.5 if closed >= 0.5 else 1.0 if closed >= 0.2 else 0.5 if closed >= 0.05 else 0.0
     own = stated(shift)
     if own is not None:
         score = float(LEVELS[own])

@@ -225,6 +225,9 @@ def test_cli_rejects_unknown_report_keys(artifacts, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         run_cli(report.main, args)
     assert exit_.value.code == 1 and "colour" in capsys.readouterr().err
+    config = {**artifacts["config"], "report": {"primary_head": "nope"}}
+    with pytest.raises(FeatgapError, match="report.primary_head"):
+        _build(artifacts, tmp_path, config=config)
     with pytest.raises(FeatgapError, match="not found"):
         report.render_html({}, tmp_path / "nope.html")
 
