@@ -47,7 +47,7 @@ rule gap:
         counts="results/analysis/class_counts.csv",
         code=code("gap", "stats", "analysis_common"),
     output:
-        expand("results/analysis/gap/{{head}}/{file}", file=GAP_FILES),
+        [report(f, caption="../report/gap.rst", category="2. Per-class drop", subcategory="{head}") if f.endswith(".png") else f for f in expand("results/analysis/gap/{{head}}/{file}", file=GAP_FILES)],
     wildcard_constraints:
         head=HEAD_PATTERN,
     params:
@@ -71,7 +71,7 @@ rule shift:
         test2="results/parquet/test2.manifest.json",
         code=code("shift", "stats", "analysis_common"),
     output:
-        expand("results/analysis/shift/{file}", file=SHIFT_FILES),
+        [report(f, caption="../report/shift.rst", category="3. Feature shift", subcategory="test sets") if f.endswith(".png") else f for f in expand("results/analysis/shift/{file}", file=SHIFT_FILES)],
     params:
         out_dir=lambda wc, output: Path(output[0]).parent,
         options=as_json(ANALYSIS.get("shift", {})),
@@ -100,7 +100,7 @@ rule shift_adapt:
         test2="results/parquet/test2.manifest.json",
         code=code("shift", "stats", "analysis_common", "heads"),
     output:
-        expand("results/analysis/shift/adapt/{{head}}/{file}", file=ADAPT_FILES),
+        [report(f, caption="../report/adapt.rst", category="3. Feature shift", subcategory="adaptation {head}") if f.endswith(".png") else f for f in expand("results/analysis/shift/adapt/{{head}}/{file}", file=ADAPT_FILES)],
     wildcard_constraints:
         head=HEAD_PATTERN,
     params:
@@ -131,7 +131,7 @@ rule imbalance:
         metrics2="results/eval/{head}/test2/metrics.json",
         code=code("imbalance", "stats", "analysis_common"),
     output:
-        expand("results/analysis/imbalance/{{head}}/{file}", file=IMBALANCE_FILES),
+        [report(f, caption="../report/imbalance.rst", category="4. Class imbalance", subcategory="{head}") if f.endswith(".png") else f for f in expand("results/analysis/imbalance/{{head}}/{file}", file=IMBALANCE_FILES)],
     wildcard_constraints:
         head=HEAD_PATTERN,
     params:
@@ -158,7 +158,7 @@ rule overfit:
         metrics2="results/eval/{head}/test2/metrics.json",
         code=code("overfit", "analysis_common"),
     output:
-        expand("results/analysis/overfit/{{head}}/{file}", file=OVERFIT_FILES),
+        [report(f, caption="../report/overfit.rst", category="5. Overfitting", subcategory="{head}") if f.endswith(".png") else f for f in expand("results/analysis/overfit/{{head}}/{file}", file=OVERFIT_FILES)],
     wildcard_constraints:
         head=HEAD_PATTERN,
     params:
@@ -183,7 +183,7 @@ rule misclass:
         manifest="results/parquet/{test}.manifest.json",
         code=code("misclass", "stats", "analysis_common"),
     output:
-        expand("results/analysis/misclass/{{head}}/{{test}}/{file}", file=MISCLASS_FILES),
+        [report(f, caption="../report/misclass.rst", category="6. Misclassified samples", subcategory="{head} {test}") if f.endswith(".png") else f for f in expand("results/analysis/misclass/{{head}}/{{test}}/{file}", file=MISCLASS_FILES)],
     wildcard_constraints:
         head=HEAD_PATTERN,
     params:
@@ -214,7 +214,7 @@ if EMBED_HEAD is not None:
             predictions2=f"results/eval/{EMBED_HEAD}/test2/predictions.parquet",
             code=code("embedding", "shift", "stats", "analysis_common"),
         output:
-            expand("results/analysis/embedding/{file}", file=EMBEDDING_FILES),
+            [report(f, caption="../report/embedding.rst", category="7. Embedding") if f.endswith(".png") else f for f in expand("results/analysis/embedding/{file}", file=EMBEDDING_FILES)],
         params:
             out_dir=lambda wc, output: Path(output[0]).parent,
             options=as_json(ANALYSIS.get("embedding", {})),

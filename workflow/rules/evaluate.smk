@@ -21,7 +21,8 @@ rule evaluate:
         predictions="results/eval/{head}/{test}/predictions.parquet",
         metrics="results/eval/{head}/{test}/metrics.json",
         confusions="results/eval/{head}/{test}/confusions.csv",
-        plot="results/eval/{head}/{test}/confused_pairs.png",
+        plot=report("results/eval/{head}/{test}/confused_pairs.png", caption="../report/evaluate.rst",
+                    category="1. Evaluation", subcategory="{head}", labels={"head": "{head}", "test": "{test}"}),
     wildcard_constraints:
         head=HEAD_PATTERN,
     params:

@@ -24,7 +24,7 @@ rule report:
         template=REPORT_TEMPLATE,
         code=code("report", "report_collect", "report_evidence"),
     output:
-        html="results/report/index.html",
+        html=report("results/report/index.html", caption="../report/final_report.rst", category="0. Final report"),
         markdown="results/report/report.md",
     params:
         config=as_json(config),

@@ -58,7 +58,8 @@ rule train_head:
         code=code("train_head", "train_data", "train_grid", "heads"),
     output:
         model="results/heads/{head}/model.pt",
-        history="results/heads/{head}/history.csv",
+        history=report("results/heads/{head}/history.csv", caption="../report/train.rst", category="8. Training",
+                       subcategory="{head}"),
         selection="results/heads/{head}/selection.json",
     wildcard_constraints:
         head="|".join(re.escape(h) for h in TRAIN_HEADS) or "no-heads",
@@ -90,7 +91,8 @@ rule train_baseline:
         code=code("baselines", "train_head", "train_data", "heads"),
     output:
         model="results/heads/{baseline}/model.pt",
-        history="results/heads/{baseline}/history.csv",
+        history=report("results/heads/{baseline}/history.csv", caption="../report/train.rst", category="8. Training",
+                       subcategory="{baseline}"),
         selection="results/heads/{baseline}/selection.json",
     wildcard_constraints:
         baseline="|".join(re.escape(b) for b in BASELINES) or "no-baselines",
