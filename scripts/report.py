@@ -192,7 +192,6 @@ def build_sections(data: ReportData, head_line: Headline, opts: dict, md_dir: Pa
         section.note = levels[hyp].sentence if section.ran else ""
         if hyp == "shift":  # the adaptation check belongs with the shift hypothesis
             adapts = list(data.analyses.get("adapt", {}).values())
-            section.others = section.others
             sections.append(section)
             sections.append(analysis_section("adapt", adapts, pick(adapts, head, ""), opts, md_dir))
             continue
