@@ -91,7 +91,8 @@ def shift_evidence(shift: Analysis | None, adapt: Analysis | None) -> Evidence:
         closed = num(a, "gap_closed_share_own_mean_std", "gap_closed_share_own_mean")
         before, after = num(a, "gap_train_standardisation"), num(a, "gap_own_mean_std_test2_only")
         if closed is not None:
-            text = f"re-standardising test set 2 with its own mean/std closes {closed:.0%} of the gap"
+            text = ("re-standardising test set 2 with its own mean/std "
+                    + (f"closes {closed:.0%} of the gap" if closed > 0.005 else "does not close the gap"))
             if before is not None and after is not None:
                 text += f" ({before * 100:.1f} → {after * 100:.1f} points)"
             parts.append(text)
