@@ -164,3 +164,13 @@ def test_sigkill_then_rerun_gives_identical_outputs(uninterrupted, tmp_path, sta
     snakemake(tmp_path, "--unlock")
     snakemake(tmp_path, "--rerun-incomplete", *TARGETS)
     same_outputs(uninterrupted, tmp_path)
+
+
+def test_snakemake_report_zip(finished, tmp_path):
+    snakemake(finished, "--report", str(tmp_path / "report.zip"))
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "report.zip") as archive:
+        names = archive.namelist()
+    assert any(name.endswith("report.html") for name in names)
+    assert any(name.endswith("volcano.png") for name in names)
