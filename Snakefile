@@ -25,6 +25,14 @@ include: "workflow/rules/analysis.smk"
 include: "workflow/rules/report.smk"
 
 
+# Seconds of bookkeeping: on a cluster they run beside Snakemake instead of waiting in the queue.
+localrules:
+    all,
+    plan_convert,
+    manifest,
+    class_counts,
+
+
 rule all:
     input:
         ALL_TARGETS,
