@@ -53,16 +53,26 @@ def dataset(work: Path) -> dict:
                         shards=4, row_group_rows=8192)
 
 
+PEAK = """
+import atexit
+def _peak():  # VmHWM: this process's own peak RSS (wait4's ru_maxrss would include the forking parent's)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            print("PEAK_RSS_KB", int(line.split()[1]), flush=True)
+atexit.register(_peak)
+"""
+
+
 def child(code: str, *args: str) -> tuple[float, float, str]:
-    """Run python code in a fresh process: (seconds, peak RSS MB, stdout)."""
+    """Run python code in a fresh process: (seconds, its own peak RSS in MB, stdout)."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    out = proc.stdout.read().decode()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
-        raise SystemExit(f"child failed ({status}): {code[:80]}…")
-    return time.perf_counter() - start, usage.ru_maxrss / 1024, out
+    proc = subprocess.run([sys.executable, "-c", PEAK + code, *args], cwd=ROOT, stdout=subprocess.PIPE,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"child failed ({proc.returncode}): {code[:80]}…")
+    out = proc.stdout.decode()
+    peak = [int(line.split()[1]) for line in out.splitlines() if line.startswith("PEAK_RSS_KB")]
+    return time.perf_counter() - start, peak[-1] / 1024, out
 
 
 LOAD = """
@@ -79,7 +89,7 @@ def bench_load(folder: Path, threads: int, rounds: int) -> dict:
     runs = []
     for _ in range(rounds):
         seconds, rss, out = child(LOAD, str(folder), str(threads))
-        stats = json.loads(out.strip().splitlines()[-1])
+        stats = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
         runs.append({"read_s": stats["load_s"], "read_mb_s": stats["load_mb_per_s"],
                      "with_preprocessing_s": round(stats["total_s"], 3), "peak_rss_mb": round(rss, 1),
                      "matrix_mb": stats["matrix_mb"], "process_s": round(seconds, 2)})
