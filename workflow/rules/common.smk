@@ -9,6 +9,10 @@ from snakemake.utils import validate
 
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 
+# `heads: {mlp: null}` in a later config file (or --config) drops a head the defaults define.
+for section in ("heads", "baselines"):
+    config[section] = {name: spec for name, spec in config.get(section, {}).items() if spec is not None}
+
 SPLITS = ["train", "test1", "test2"]
 TESTS = ["test1", "test2"]
 # Each rule file appends what `rule all` must build.
