@@ -9,6 +9,12 @@ from snakemake.utils import validate
 
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 
+# Files the workflow ships (resources/imagenet_classes.txt) are found beside the Snakefile when
+# the run's working directory is elsewhere (--directory).
+_names = config.get("evaluate", {}).get("class_names")
+if _names and not Path(_names).exists() and Path(workflow.basedir, _names).is_file():
+    config["evaluate"]["class_names"] = str(Path(workflow.basedir, _names))
+
 # `heads: {mlp: null}` in a later config file (or --config) drops a head the defaults define.
 for section in ("heads", "baselines"):
     config[section] = {name: spec for name, spec in config.get(section, {}).items() if spec is not None}
