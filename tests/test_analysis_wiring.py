@@ -1,4 +1,5 @@
-"""Workflow wiring of evaluate + analyses: only they read the test splits; every output is a target."""
+"""Workflow wiring of evaluate + analyses: only they read the test splits; every output is a target.
+(The end-to-end run and its rerun checks are in tests/test_reruns.py.)"""
 from __future__ import annotations
 
 import re
@@ -64,62 +65,3 @@ def test_all_analysis_outputs_are_targets(dag):
     for name in ("evaluate", "class_counts", "gap", "shift", "shift_adapt", "imbalance", "overfit", "misclass",
                  "embedding"):
         assert name in rules, f"rule {name} is not in the DAG of `all`"
-
-
-# ---------------------------------------------------------------- end to end on tiny data
-TINY = {
-    "demo": {"enabled": True, "out_dir": "results/demo", "classes": 8, "dim": 16, "train_scale": 0.04,
-             "test1_per_class": 20, "test2_per_class": 10, "seed": 0},
-    "num_classes": 8,
-    "dim": 16,
-    "convert": {"parts": {"train": 1, "test1": 1, "test2": 1}},
-    "validate": {"expected": {"test1": {"rows": 160, "per_class_min": 20, "per_class_max": 20},
-                              "test2": {"rows": 80, "per_class_min": 10, "per_class_max": 10}}},
-    "train": {"threads": 1},
-    "heads": {"lin": {"type": "linear", "lr": [0.01], "weight_decay": [0.0], "epochs": 2, "batch_size": 64}},
-    "baselines": {},
-    "evaluate": {"bootstrap": 20},
-    "analysis": {"shift": {"domain": {"folds": 3, "bootstrap": 20}}, "shift_adapt": {"bootstrap": 20},
-                 "embedding": {"per_set": 40, "tsne_iter": 250, "pca_components": 8}},
-}
-# A representative subset (each rule kind once; the DAG test above covers the rest of the wiring)
-# to keep this end-to-end run short.
-MY_TARGETS = (
-    [f"results/eval/lin/{t}/metrics.json" for t in ("test1", "test2")]
-    + [f"results/analysis/{a}/summary.json" for a in ("shift", "embedding")]
-    + [f"results/analysis/{a}/lin/summary.json" for a in ("gap", "overfit")]
-    + ["results/analysis/misclass/lin/test2/summary.json"]
-)
-
-
-def test_end_to_end_and_one_parameter_reruns_one_analysis(tmp_path):
-    import json
-    import os
-
-    import yaml
-
-    exe = shutil.which("snakemake") or str(Path(sys.executable).with_name("snakemake"))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-
-    def run(config, *args):
-        (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-        cmd = [exe, "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--configfile",
-               str(tmp_path / "config.yaml"), "--cores", "2", *args, *MY_TARGETS]
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
-        return res.stdout + res.stderr
-
-    run(TINY)
-    for target in MY_TARGETS:
-        data = json.loads((tmp_path / target).read_text())
-        assert "meta" in data
-        if target.endswith("summary.json"):
-            assert data["verdict"] and data["figures"] and data["table"]
-            for fig in data["figures"]:
-                assert (tmp_path / fig).is_file(), fig  # paths are relative to the workdir
-            assert (tmp_path / data["table"]).is_file()
-    changed = json.loads(json.dumps(TINY))
-    changed["analysis"]["gap"] = {"top_k": 3}
-    plan = run(changed, "-n")
-    jobs = set(re.findall(r"^rule (\w+):", plan, re.M))
-    assert jobs == {"gap"}, jobs

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import filecmp
+import json
 import os
 import shutil
 import signal
@@ -53,6 +54,21 @@ def jobs(base: Path, config: dict | None = None) -> dict[str, int]:
 
 def test_second_run_does_nothing(finished):
     assert jobs(finished) == {}
+
+
+def test_every_analysis_summary_is_complete(finished):
+    summaries = sorted((finished / "results/analysis").rglob("summary.json"))
+    assert len(summaries) >= 1 + 2 * len(HEADS) + 3 * len(HEADS)  # shift, embedding; per head and test
+    for path in summaries:
+        data = json.loads(path.read_text())
+        assert data["verdict"] and data["figures"] and "meta" in data, path
+        for figure in data["figures"]:
+            assert (finished / figure).is_file(), figure  # paths are relative to the working directory
+        assert (finished / data["table"]).is_file(), path
+    for head in HEADS:
+        for test in ("test1", "test2"):
+            metrics = json.loads((finished / f"results/eval/{head}/{test}/metrics.json").read_text())
+            assert 0 < metrics["metrics"]["top1"] <= 1 and "ci95" in metrics and "meta" in metrics
 
 
 def test_analysis_parameter_reruns_only_that_analysis_and_the_report(finished):
