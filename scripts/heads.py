@@ -17,6 +17,8 @@ baseline from `baselines` — is a `torch.save` dict of tensors and plain values
     num_classes   C
     hparams       the chosen hyperparameters (plain values)
     classes_seen  int64 (C,) tensor: 1 where the class had training rows
+    temperature   float > 0: logits are divided by it (fitted on the train holdout for
+                  calibrated probabilities; argmax unchanged). Absent in old files: 1.0
 
 Preprocessing lives in the checkpoint (not in the caller) so that a head can never be applied
 to features scaled differently from those it was trained on. `evaluate` and the analyses use
@@ -58,6 +60,7 @@ class Head(nn.Module):
         self.hparams = dict(checkpoint.get("hparams", {}))
         self.num_classes = int(checkpoint["num_classes"])
         self.l2_normalize = bool(checkpoint.get("l2_normalize", False))
+        self.temperature = float(checkpoint.get("temperature", 1.0))
         self.register_buffer("mean", torch.as_tensor(checkpoint["mean"], dtype=torch.float32).clone())
         self.register_buffer("std", torch.as_tensor(checkpoint["std"], dtype=torch.float32).clone())
         self.net = build_net(self.arch)
@@ -71,7 +74,8 @@ class Head(nn.Module):
         return (x - self.mean) / self.std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(self.preprocess(x))
+        logits = self.net(self.preprocess(x))
+        return logits if self.temperature == 1.0 else logits / self.temperature
 
 
 def make_checkpoint(
@@ -85,6 +89,7 @@ def make_checkpoint(
     l2_normalize: bool,
     hparams: Mapping[str, Any],
     classes_seen: np.ndarray | torch.Tensor | None = None,
+    temperature: float = 1.0,
 ) -> dict[str, Any]:
     """Assemble the checkpoint dict (CPU, contiguous float32 tensors, plain-value metadata)."""
     if kind not in KINDS:
@@ -109,6 +114,7 @@ def make_checkpoint(
         "num_classes": c,
         "hparams": dict(hparams),
         "classes_seen": seen.contiguous(),
+        "temperature": float(temperature),
     }
 
 

@@ -22,6 +22,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from scipy.optimize import minimize_scalar
 from tqdm import tqdm
 
 from scripts.featio import (FeatgapError, atomic_path, meta_block, parse_json_arg, run_cli,
@@ -65,6 +67,7 @@ class HeadConfig:
     l2_normalize: bool = False
     patience: int | None = None  # early stopping: epochs without holdout improvement
     refit: bool = True
+    calibrate: bool = True  # fit a softmax temperature on the holdout (NLL/ECE; top-1 unchanged)
 
 
 def parse_config(cls, values: Mapping[str, Any] | None, where: str):
@@ -188,6 +191,28 @@ def run_grid(data: TrainSet, cfg: HeadConfig, candidates: list[dict], rows: np.n
             "best_epoch": best_epoch, "epochs_run": epoch + 1}
 
 
+@torch.no_grad()
+def fit_temperature(grid, candidate: int, data: TrainSet, batch_size: int) -> dict:
+    """Temperature T minimising the holdout NLL of softmax(logits / T) for the selected candidate.
+
+    Selection by top-1 often picks strongly regularised, under-confident heads; one scalar fixes
+    their probabilities without touching the ranking. It is fitted before any refit on train +
+    holdout (the holdout must stay unseen) and kept for the refit head, whose logit scale matches."""
+    logits, labels = [], []
+    for x, y in data.holdout_batches(batch_size):
+        logits.append(grid.forward(x, train=False)[:, candidate, :].float().cpu())
+        labels.append(y.cpu())
+    z, y = torch.cat(logits).double(), torch.cat(labels)
+
+    def nll(log_t: float) -> float:
+        return float(F.cross_entropy(z / math.exp(log_t), y))
+
+    best = minimize_scalar(nll, bounds=(math.log(0.05), math.log(20.0)), method="bounded",
+                           options={"xatol": 1e-4})
+    return {"temperature": round(math.exp(best.x), 6), "holdout_nll_before": nll(0.0),
+            "holdout_nll_after": nll(float(best.x)), "holdout_rows": len(y)}
+
+
 def train_head(manifest: str | Path, out_dir: str | Path, *, name: str, head: Mapping[str, Any],
                train: Mapping[str, Any], num_classes: int, seed: int = 0,
                threads: int | None = None) -> dict:
@@ -219,6 +244,8 @@ def train_head(manifest: str | Path, out_dir: str | Path, *, name: str, head: Ma
     win_epochs = int(result["best_epoch"][win]) + 1 if has_holdout else cfg.epochs
     history = result["history"]
     state = result["grid"].extract(win)
+    calibration = fit_temperature(result["grid"], win, data, settings.eval_batch_size) \
+        if cfg.calibrate and has_holdout else None
     refit = None
     if cfg.refit and has_holdout:
         all_rows = np.sort(np.concatenate([data.fit_rows, data.holdout_rows]))
@@ -237,7 +264,8 @@ def train_head(manifest: str | Path, out_dir: str | Path, *, name: str, head: Ma
                                        "hidden": cfg.hidden, "dropout": cfg.dropout},
                                  mean=data.prep.mean, std=data.prep.std,
                                  l2_normalize=cfg.l2_normalize, hparams=hparams,
-                                 classes_seen=(counts > 0).astype(np.int64))
+                                 classes_seen=(counts > 0).astype(np.int64),
+                                 temperature=calibration["temperature"] if calibration else 1.0)
     out = Path(out_dir)
     save_head(out / "model.pt", checkpoint)
     write_history(out / "history.csv", history)
@@ -253,6 +281,7 @@ def train_head(manifest: str | Path, out_dir: str | Path, *, name: str, head: Ma
         "winner": {**candidates[win], "holdout_acc": _num(result["best_acc"][win]),
                    "holdout_loss": _num(result["best_loss"][win]), "epochs": win_epochs},
         "refit": refit,
+        "calibration": calibration,
         "data": data.stats,
         "timing": {"grid_s": round(grid_s, 3), "grid_epochs": result["epochs_run"],
                    "rows_per_s": round(n_fit * result["epochs_run"] / max(grid_s, 1e-9), 1),

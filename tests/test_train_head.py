@@ -141,3 +141,20 @@ def test_cuda_request_without_gpu_fails_clearly(small, tmp_path):
     with pytest.raises(FeatgapError, match="no CUDA device"):
         train_head(small["manifest"], tmp_path, name="x", head=FAST, train={**SETTINGS, "device": "cuda"},
                    num_classes=12)
+
+
+def test_temperature_calibration_lowers_holdout_nll_and_keeps_predictions(small, tmp_path):
+    head = {**FAST, "refit": False}
+    plain = train_head(small["manifest"], tmp_path / "plain", name="h", head={**head, "calibrate": False},
+                       train=SETTINGS, num_classes=12, seed=0)
+    calibrated = train_head(small["manifest"], tmp_path / "cal", name="h", head=head, train=SETTINGS,
+                            num_classes=12, seed=0)
+    assert plain["calibration"] is None
+    cal = calibrated["calibration"]
+    assert cal["holdout_nll_after"] <= cal["holdout_nll_before"] and cal["temperature"] != 1.0
+    assert torch.load(tmp_path / "cal/model.pt", weights_only=True)["temperature"] == cal["temperature"]
+    features = small["train_features"][:200]
+    a = predict_logits(tmp_path / "plain/model.pt", features)
+    b = predict_logits(tmp_path / "cal/model.pt", features)
+    assert np.array_equal(a.argmax(1), b.argmax(1))
+    np.testing.assert_allclose(b, a / cal["temperature"], rtol=1e-5, atol=1e-6)
