@@ -1,20 +1,29 @@
 """Training data for the heads and baselines: one preprocessed float32 matrix, or a stream.
 
-The train split is read once, row group by row group, into a preallocated float32 matrix
-(pinned on CUDA); L2 normalisation and standardisation are applied in place, so the matrix is
-never held twice. When the matrix exceeds `memory_budget_mb`, rows are streamed instead.
+Where the matrix lives is decided *before* anything is allocated (`choose_placement`):
 
-Shuffling is global in both modes, because the real file is sorted by class (a per-shard or
-per-row-group shuffle would give one-class batches). Each epoch draws one permutation of all
-training rows and cuts it into batches; the streaming mode cuts the same permutation into pools
-of `pool_rows` (a multiple of the batch size), reads each pool's rows with `read_split(rows=...)`
-and serves its batches in permutation order. The batch sequence, and hence the trained model,
-is therefore identical in both modes; streaming costs one scan of the shards per pool.
+* ``device``: CUDA and the matrix fits on the GPU. Row groups are read through one small pinned
+  staging block straight into a preallocated GPU matrix, so the host never holds the matrix
+  (nor 8 GiB of pinned memory: torch's pinned allocator rounds a 5.25 GB request up to a power
+  of two and keeps it cached). Batches are gathered on the GPU from a permutation uploaded once
+  per epoch: no host→device copy and no host synchronisation per step.
+* ``host``: the matrix fits the host memory budget. It is ordinary (pageable) memory; on CUDA
+  each batch is gathered into one of two small pinned buffers and copied asynchronously.
+* ``stream``: larger than `memory_budget_mb`. Rows are read in pools; the previous pool is
+  released before the next is read, so at most one pool is held.
+
+Shuffling is global in every placement, because the real file is sorted by class (a per-shard
+or per-row-group shuffle would give one-class batches). Each epoch draws one permutation of all
+training rows and cuts it into batches (rows sorted within a batch, for memory locality; the
+batch gradient is a sum anyway); streaming cuts the same permutation into pools of `pool_rows`
+(a multiple of the batch size). The batch sequence, and hence the trained model, is the same
+in every placement.
 """
 from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -22,20 +31,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from scripts.featio import FeatgapError, list_shards, read_split, split_shape
+from scripts.featio import (FeatgapError, features_to_numpy, iter_row_groups, list_shards, read_split,
+                            split_shape)
 
 MB = 1 << 20
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` → CUDA when present, else CPU; an explicit `cuda` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise FeatgapError(f"train.device={name!r} but no CUDA device is available (use auto or cpu)")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise FeatgapError(f"train.device must be auto, cpu or cuda[:N], got {name!r}")
-    return torch.device(name)
+PLACEMENTS = ("device", "host", "stream")
 
 
 def row_group_sizes(folder: str | os.PathLike) -> list[int]:
@@ -68,7 +68,10 @@ def stratified_holdout(labels: np.ndarray, fraction: float, rng: np.random.Gener
 
 
 class Preprocess:
-    """Row L2 normalisation (optional) then (x - mean) / std, in place on float32 blocks."""
+    """Row L2 normalisation (optional) then (x - mean) / std, in place on float32 blocks.
+
+    Blocks may be numpy arrays or torch tensors (on the GPU when the matrix lives there); the
+    sums are float64 either way."""
 
     def __init__(self, dim: int, l2_normalize: bool, standardize: bool):
         self.l2_normalize, self.standardize = l2_normalize, standardize
@@ -78,15 +81,23 @@ class Preprocess:
         self.mean = np.zeros(dim, dtype=np.float32)
         self.std = np.ones(dim, dtype=np.float32)
 
-    def normalise_rows(self, block: np.ndarray) -> None:
-        if self.l2_normalize:
-            norms = np.linalg.norm(block, axis=1, keepdims=True)
-            block /= np.maximum(norms, 1e-12)
+    def normalise_rows(self, block) -> None:
+        if not self.l2_normalize:
+            return
+        if isinstance(block, torch.Tensor):
+            block /= torch.linalg.vector_norm(block, dim=1, keepdim=True).clamp_min_(1e-12)
+        else:
+            block /= np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
 
-    def accumulate(self, block: np.ndarray) -> None:
-        wide = block.astype(np.float64)
-        self.sum += wide.sum(axis=0)
-        self.sumsq += np.square(wide).sum(axis=0)
+    def accumulate(self, block) -> None:
+        if isinstance(block, torch.Tensor):
+            wide = block.double()
+            self.sum += wide.sum(0).cpu().numpy()
+            self.sumsq += wide.square_().sum(0).cpu().numpy()
+        else:
+            wide = block.astype(np.float64)
+            self.sum += wide.sum(axis=0)
+            self.sumsq += np.square(wide).sum(axis=0)
         self.count += len(block)
 
     def finish(self) -> None:
@@ -99,12 +110,33 @@ class Preprocess:
         std[std < 1e-6] = 1.0
         self.mean, self.std = mean.astype(np.float32), std.astype(np.float32)
 
-    def apply(self, block: np.ndarray) -> None:
-        """In place, on rows that have not been L2-normalised yet."""
-        self.normalise_rows(block)
-        if self.standardize:
+    def standardise(self, block) -> None:
+        """In place, on rows already L2-normalised (when configured)."""
+        if not self.standardize:
+            return
+        if isinstance(block, torch.Tensor):
+            block.sub_(torch.from_numpy(self.mean).to(block.device)).div_(torch.from_numpy(self.std).to(block.device))
+        else:
             block -= self.mean
             block /= self.std
+
+    def apply(self, block) -> None:
+        """Both steps, in place, on raw rows."""
+        self.normalise_rows(block)
+        self.standardise(block)
+
+
+def choose_placement(nbytes: int, device: torch.device, memory_budget_mb: float) -> str:
+    """Where the preprocessed matrix lives; decided before any allocation (see the module doc)."""
+    if device.type == "cuda" and _fits_on_device(nbytes, device):
+        return "device"
+    return "host" if nbytes <= memory_budget_mb * MB else "stream"
+
+
+def _fits_on_device(nbytes: int, device: torch.device) -> bool:
+    """Keep the matrix on the GPU when it leaves at least half the free memory for training."""
+    free, _total = torch.cuda.mem_get_info(device)
+    return nbytes < 0.5 * free
 
 
 @dataclass
@@ -119,11 +151,15 @@ class TrainSet:
     dim: int
     prep: Preprocess
     device: torch.device
-    streaming: bool
+    placement: str  # device | host | stream
     pool_rows: int = 0
-    matrix: torch.Tensor | None = None  # preprocessed (N, D), CPU (pinned on CUDA) or on device
-    holdout_x: torch.Tensor | None = None  # streaming mode only
+    matrix: torch.Tensor | None = None  # preprocessed (N, D), on the GPU or in host memory
+    holdout_x: torch.Tensor | None = None  # stream placement only (host)
     stats: dict = field(default_factory=dict)
+
+    @property
+    def streaming(self) -> bool:
+        return self.placement == "stream"
 
     @property
     def labels_t(self) -> torch.Tensor:
@@ -138,43 +174,49 @@ class TrainSet:
     def batches(self, rows: np.ndarray, batch_size: int, rng: np.random.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch over `rows` in a fresh global permutation: (x, y) on the device."""
         order = rows[rng.permutation(len(rows))]
-        if not self.streaming:
-            yield from self._gather_batches(self.matrix, order, order, batch_size)
+        if self.placement == "device":
+            yield from self._device_batches(order, batch_size)
+            return
+        staging = _Staging(self.device, batch_size, self.dim)
+        if self.placement == "host":
+            yield from self._host_batches(self.matrix, order, order, batch_size, staging)
             return
         pool = self.pool_rows
         for start in range(0, len(order), pool):
             chunk = order[start : start + pool]
             wanted = np.sort(chunk)
+            # Release the previous pool before reading the next: never two pools at once.
+            block = None  # noqa: F841
             block = read_split(self.folder, columns=(), rows=wanted).features
             self.prep.apply(block)
             local = np.searchsorted(wanted, chunk)  # positions of the chunk's rows inside block
-            yield from self._gather_batches(torch.from_numpy(block), local, chunk, batch_size)
+            yield from self._host_batches(torch.from_numpy(block), local, chunk, batch_size, staging)
 
-    def _gather_batches(self, source: torch.Tensor, local: np.ndarray, global_rows: np.ndarray, batch_size: int):
-        on_device = source.device == self.device
-        staging = _Staging(self.device) if not on_device else None
+    def _device_batches(self, order: np.ndarray, batch_size: int):
+        """Matrix on the GPU: the permutation goes up once, batches are gathered there."""
+        perm = _upload(order, self.device)
+        for start in range(0, len(order), batch_size):
+            idx = torch.sort(perm[start : start + batch_size]).values
+            yield self.matrix.index_select(0, idx), self.labels_t.index_select(0, idx)
+
+    def _host_batches(self, source: torch.Tensor, local: np.ndarray, global_rows: np.ndarray, batch_size: int,
+                      staging: "_Staging"):
         for start in range(0, len(local), batch_size):
-            # Sorted within the batch: better memory locality; the batch's gradient is a sum anyway.
             sel = np.argsort(local[start : start + batch_size], kind="stable")
-            idx = local[start : start + batch_size][sel]
-            rows = global_rows[start : start + batch_size][sel]
-            index = torch.from_numpy(idx)
-            if on_device:
-                x = source.index_select(0, index.to(self.device))
-            else:
-                x = staging.copy(source, index)
-            yield x, self.labels_t[torch.from_numpy(rows).to(self.device)]
+            idx = torch.from_numpy(local[start : start + batch_size][sel])
+            y = torch.from_numpy(self.labels[global_rows[start : start + batch_size][sel]])
+            yield staging.copy(source, idx, y)
 
     def holdout_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The holdout rows in file order, preprocessed, on the device."""
+        """The holdout rows in file order, preprocessed, float32, on the device."""
         rows = self.holdout_rows
         for start in range(0, len(rows), batch_size):
-            sl = rows[start : start + batch_size]
+            sl = torch.from_numpy(rows[start : start + batch_size])
             if self.streaming:
                 x = self.holdout_x[start : start + batch_size]
             else:
-                x = self.matrix.index_select(0, torch.from_numpy(sl).to(self.matrix.device))
-            yield x.to(self.device, non_blocking=True), self.labels_t[torch.from_numpy(sl).to(self.device)]
+                x = self.matrix.index_select(0, sl.to(self.matrix.device))
+            yield x.to(self.device), self.labels_t[sl.to(self.device)]
 
     def features(self, rows: np.ndarray) -> np.ndarray:
         """Preprocessed features of `rows` as a host array (for the sklearn baselines)."""
@@ -188,36 +230,44 @@ class TrainSet:
         return out
 
 
+def _upload(values: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array on the device; on CUDA through pinned memory, asynchronously (no host sync)."""
+    tensor = torch.from_numpy(values)
+    if device.type != "cuda":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 class _Staging:
-    """Host → CUDA batch transfer through two pinned buffers (overlaps copy and compute).
+    """Host → CUDA batch transfer through two pinned buffers (copy of one overlaps compute on the
+    other). On the CPU the gathered batch is returned directly."""
 
-    On the CPU the gathered batch is returned directly."""
-
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, batch_size: int, dim: int):
         self.device = device
         self.cuda = device.type == "cuda"
-        self.buffers: list[torch.Tensor] = []
-        self.events: list = []
+        if self.cuda:
+            self.x = [torch.empty((batch_size, dim), dtype=torch.float32, pin_memory=True) for _ in range(2)]
+            self.y = [torch.empty(batch_size, dtype=torch.int64, pin_memory=True) for _ in range(2)]
+            self.events: list = [None, None]
         self.turn = 0
 
-    def copy(self, source: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    def copy(self, source: torch.Tensor, index: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.cuda:
-            return source.index_select(0, index)
-        shape = (len(index), source.shape[1])
-        if len(self.buffers) < 2:
-            self.buffers.append(torch.empty(shape, dtype=source.dtype, pin_memory=True))
-            self.events.append(None)
+            return source.index_select(0, index), y
         slot = self.turn % 2
         self.turn += 1
         if self.events[slot] is not None:
-            self.events[slot].synchronize()  # the previous copy from this buffer has finished
-        buf = self.buffers[slot][: len(index)]
-        torch.index_select(source, 0, index, out=buf)
-        x = buf.to(self.device, non_blocking=True)
+            self.events[slot].synchronize()  # the copy that last read this buffer has finished
+        n = len(index)
+        x_buf, y_buf = self.x[slot][:n], self.y[slot][:n]
+        torch.index_select(source, 0, index, out=x_buf)
+        y_buf.copy_(y)
+        x = x_buf.to(self.device, non_blocking=True)
+        y_dev = y_buf.to(self.device, non_blocking=True)
         event = torch.cuda.Event()
         event.record()
         self.events[slot] = event
-        return x
+        return x, y_dev
 
 
 def load_train(
@@ -232,9 +282,7 @@ def load_train(
     device: torch.device | str = "cpu",
     batch_size: int = 1024,
 ) -> TrainSet:
-    """Read labels, choose the holdout, compute the preprocessing, and load or plan streaming."""
-    import time
-
+    """Read labels, choose the holdout, decide the placement, then load (or plan streaming)."""
     folder = str(folder)
     device = torch.device(device)
     t0 = time.perf_counter()
@@ -249,54 +297,88 @@ def load_train(
         )
     fit_rows, holdout_rows = stratified_holdout(labels, holdout_fraction, np.random.default_rng([seed, 0]))
     prep = Preprocess(dim, l2_normalize, standardize)
-    sizes = row_group_sizes(folder)
     nbytes = n * dim * 4
-    streaming = nbytes > memory_budget_mb * MB
-    ts = TrainSet(folder, labels, fit_rows, holdout_rows, num_classes, dim, prep, device, streaming)
-    if not streaming:
-        pin = device.type == "cuda"
-        matrix = torch.empty((n, dim), dtype=torch.float32, pin_memory=pin)
-        read_split(folder, columns=(), out=matrix.numpy())
-        load_s = time.perf_counter() - t0
-        host = matrix.numpy()
-        for block in _blocks(host, sizes):
-            prep.normalise_rows(block)
-            prep.accumulate(block)
-        prep.finish()
-        if standardize:
-            for block in _blocks(host, sizes):
-                block -= prep.mean
-                block /= prep.std
-        if device.type == "cuda" and _fits_on_device(nbytes, device):
-            matrix = matrix.to(device)  # batches are then indexed on the device, no transfers
-        ts.matrix = matrix
+    placement = choose_placement(nbytes, device, memory_budget_mb)
+    ts = TrainSet(folder, labels, fit_rows, holdout_rows, num_classes, dim, prep, device, placement)
+    if placement == "device":
+        ts.matrix = _load_to_device(folder, n, dim, prep, device)
+    elif placement == "host":
+        ts.matrix = _load_to_host(folder, n, dim, prep)
     else:
-        from scripts.featio import iter_row_groups
-
         for table in iter_row_groups(folder, columns=("features",)):
-            from scripts.featio import features_to_numpy
-
             block = np.array(features_to_numpy(table.column("features"), dim), dtype=np.float32)
             prep.normalise_rows(block)
             prep.accumulate(block)
         prep.finish()
-        load_s = time.perf_counter() - t0
         per_pool = max(1, int(memory_budget_mb * MB // (dim * 4)) // batch_size)
         ts.pool_rows = per_pool * batch_size
         ts.holdout_x = torch.from_numpy(ts.features(holdout_rows)) if len(holdout_rows) else torch.empty(0, dim)
+    load_s = time.perf_counter() - t0
     ts.stats = {
         "rows": n,
         "dim": dim,
         "fit_rows": len(fit_rows),
         "holdout_rows": len(holdout_rows),
         "matrix_mb": round(nbytes / MB, 1),
-        "streaming": streaming,
+        "placement": placement,
+        "streaming": placement == "stream",
         "pool_rows": ts.pool_rows,
         "load_s": round(load_s, 3),
         "load_mb_per_s": round(nbytes / MB / max(load_s, 1e-9), 1),
         "classes_seen": int((np.bincount(labels, minlength=num_classes) > 0).sum()),
     }
     return ts
+
+
+def _load_to_host(folder: str, n: int, dim: int, prep: Preprocess) -> torch.Tensor:
+    """One pageable (n, dim) matrix, preprocessed in place block by block."""
+    matrix = torch.empty((n, dim), dtype=torch.float32)
+    read_split(folder, columns=(), out=matrix.numpy())
+    host = matrix.numpy()
+    sizes = row_group_sizes(folder)
+    for block in _blocks(host, sizes):
+        prep.normalise_rows(block)
+        prep.accumulate(block)
+    prep.finish()
+    for block in _blocks(host, sizes):
+        prep.standardise(block)
+    return matrix
+
+
+def _load_to_device(folder: str, n: int, dim: int, prep: Preprocess, device: torch.device) -> torch.Tensor:
+    """Row groups → one pinned staging block → the preallocated GPU matrix; the statistics and the
+    standardisation run on the GPU. Host memory: one row group, not the matrix."""
+    matrix = torch.empty((n, dim), dtype=torch.float32, device=device)
+    cuda = device.type == "cuda"
+    staging, filled = None, 0
+    for table in iter_row_groups(folder, columns=("features",)):
+        block = features_to_numpy(table.column("features"), dim)
+        rows = len(block)
+        if cuda:
+            torch.cuda.current_stream(device).synchronize()  # the previous copy has left the buffer
+        if staging is None or staging.shape[0] < rows:
+            staging = torch.empty((rows, dim), dtype=torch.float32, pin_memory=cuda)
+        staging[:rows].numpy()[:] = block
+        target = matrix[filled : filled + rows]
+        target.copy_(staging[:rows], non_blocking=True)
+        prep.normalise_rows(target)
+        prep.accumulate(target)
+        filled += rows
+    if filled != n:
+        raise FeatgapError(f"{folder}: read {filled} train rows, the shard footers say {n}")
+    prep.finish()
+    for start in range(0, n, 1 << 16):
+        prep.standardise(matrix[start : start + (1 << 16)])
+    del staging
+    release_pinned_cache()
+    return matrix
+
+
+def release_pinned_cache() -> None:
+    """Hand torch's cached pinned host blocks back to the system (they stay cached after use)."""
+    empty = getattr(torch._C, "_host_emptyCache", None)
+    if empty is not None and torch.cuda.is_available():
+        empty()
 
 
 def _blocks(matrix: np.ndarray, sizes: list[int]) -> Iterator[np.ndarray]:
@@ -306,7 +388,3 @@ def _blocks(matrix: np.ndarray, sizes: list[int]) -> Iterator[np.ndarray]:
         start += size
 
 
-def _fits_on_device(nbytes: int, device: torch.device) -> bool:
-    """Keep the matrix on the GPU when it leaves at least half the free memory for training."""
-    free, _total = torch.cuda.mem_get_info(device)
-    return nbytes < 0.5 * free

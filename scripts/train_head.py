@@ -28,8 +28,9 @@ from tqdm import tqdm
 
 from scripts.featio import (FeatgapError, atomic_path, meta_block, parse_json_arg, run_cli,
                             shard_folder, write_json)
-from scripts.heads import make_checkpoint, save_head
-from scripts.train_data import TrainSet, load_train, resolve_device
+from scripts.device import configure_determinism, resolve_device
+from scripts.heads import build_net, make_checkpoint, save_head
+from scripts.train_data import TrainSet, load_train
 from scripts.train_grid import CandidateGrid, GridOptimizer, cosine_scale, evaluate_grid, grid_loss
 
 HISTORY_COLUMNS = ["phase", "epoch", "candidate", "lr", "weight_decay", "train_loss", "train_acc",
@@ -104,16 +105,11 @@ def _check_head(cfg: HeadConfig, where: str) -> None:
         raise FeatgapError(f"{where}: dropout and label_smoothing must be in [0, 1)")
 
 
-def setup_torch(device: torch.device, threads: int, seed: int) -> None:
-    """Same seed → same bytes on the CPU: fixed threads, deterministic kernels, seeded RNGs."""
-    torch.manual_seed(seed)
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, threads))
-        torch.use_deterministic_algorithms(True, warn_only=True)
-
-
 def autocast_for(device: torch.device):
-    """bf16 autocast on CUDA (tensor cores); a no-op context on the CPU (float32 throughout)."""
+    """bf16 autocast for the training steps on CUDA (tensor cores); a no-op context on the CPU.
+
+    Holdout evaluation always runs in float32 (`contextlib.nullcontext`), so that selection scores
+    the same function as the saved float32 head."""
     if device.type == "cuda":
         return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext
@@ -142,7 +138,6 @@ def run_grid(data: TrainSet, cfg: HeadConfig, candidates: list[dict], rows: np.n
     weight = class_weights(data.class_counts(rows), device) if cfg.class_balanced else None
     steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
     total, warmup = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
-    autocast = autocast_for(device)
     rng = np.random.default_rng([seed, 1 if phase == "grid" else 2])
     best = grid.snapshot() if select else None
     best_acc = np.full(k, -np.inf)
@@ -152,21 +147,11 @@ def run_grid(data: TrainSet, cfg: HeadConfig, candidates: list[dict], rows: np.n
     bar = tqdm(range(epochs), desc=desc, unit="epoch")
     for epoch in bar:
         t0 = time.perf_counter()
-        loss_sum = torch.zeros(k, dtype=torch.float64, device=device)
-        correct = torch.zeros(k, dtype=torch.int64, device=device)
-        for x, y in data.batches(rows, cfg.batch_size, rng):
-            with autocast():
-                logits = grid.forward(x, train=True)
-            loss, per, hit = grid_loss(logits, y, cfg.label_smoothing, weight)
-            loss.backward()
-            opt.step(cosine_scale(step, total, warmup))
-            step += 1
-            loss_sum += per.double()
-            correct += hit
+        loss_sum, correct, step = train_epoch(data, grid, opt, rows, rng, cfg, weight, step, total, warmup)
         train_loss = (loss_sum / len(rows)).cpu().numpy()
         train_acc = (correct.double() / len(rows)).cpu().numpy()
         if select:
-            h_loss, h_acc = evaluate_grid(grid, data.holdout_batches(eval_batch_size), autocast)
+            h_loss, h_acc = evaluate_grid(grid, data.holdout_batches(eval_batch_size), contextlib.nullcontext)
             improved = (h_acc > best_acc) | ((h_acc == best_acc) & (h_loss < best_loss))
             best_acc = np.where(improved, h_acc, best_acc)
             best_loss = np.where(improved, h_loss, best_loss)
@@ -191,16 +176,43 @@ def run_grid(data: TrainSet, cfg: HeadConfig, candidates: list[dict], rows: np.n
             "best_epoch": best_epoch, "epochs_run": epoch + 1}
 
 
+def train_epoch(data: TrainSet, grid: CandidateGrid, opt: GridOptimizer, rows: np.ndarray,
+                rng: np.random.Generator, cfg: HeadConfig, weight: torch.Tensor | None, step: int,
+                total: int, warmup: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One pass over `rows`: (per-candidate summed loss, correct count, next step), on the device.
+
+    Nothing here waits for the GPU (tested under torch.cuda.set_sync_debug_mode("error")): the
+    sums stay on the device and are read once per epoch by the caller."""
+    k = grid.k
+    loss_sum = torch.zeros(k, dtype=torch.float64, device=data.device)
+    correct = torch.zeros(k, dtype=torch.int64, device=data.device)
+    autocast = autocast_for(data.device)
+    for x, y in data.batches(rows, cfg.batch_size, rng):
+        with autocast():
+            logits = grid.forward(x, train=True)
+        loss, per, hit = grid_loss(logits, y, cfg.label_smoothing, weight)
+        loss.backward()
+        opt.step(cosine_scale(step, total, warmup))
+        step += 1
+        loss_sum += per.double()
+        correct += hit
+    return loss_sum, correct, step
+
+
 @torch.no_grad()
-def fit_temperature(grid, candidate: int, data: TrainSet, batch_size: int) -> dict:
+def fit_temperature(state: dict[str, torch.Tensor], arch: dict, data: TrainSet, batch_size: int) -> dict:
     """Temperature T minimising the holdout NLL of softmax(logits / T) for the selected candidate.
 
     Selection by top-1 often picks strongly regularised, under-confident heads; one scalar fixes
     their probabilities without touching the ranking. It is fitted before any refit on train +
     holdout (the holdout must stay unseen) and kept for the refit head, whose logit scale matches."""
+    # The selected candidate alone, as the saved head's network (float32): not all K candidates.
+    net = build_net(arch)
+    net.load_state_dict(state)
+    net.to(data.device).eval()
     logits, labels = [], []
     for x, y in data.holdout_batches(batch_size):
-        logits.append(grid.forward(x, train=False)[:, candidate, :].float().cpu())
+        logits.append(net(x).float().cpu())
         labels.append(y.cpu())
     z, y = torch.cat(logits).double(), torch.cat(labels)
 
@@ -221,7 +233,7 @@ def train_head(manifest: str | Path, out_dir: str | Path, *, name: str, head: Ma
     cfg = parse_config(HeadConfig, head, f"heads.{name}")
     settings = parse_config(TrainSettings, train, "train")
     device = resolve_device(settings.device)
-    setup_torch(device, threads or settings.threads, seed)
+    configure_determinism(device, threads or settings.threads, seed)
     data = load_train(shard_folder(manifest), num_classes=num_classes,
                       holdout_fraction=settings.holdout_fraction, seed=seed,
                       l2_normalize=cfg.l2_normalize, standardize=cfg.standardize,
@@ -244,7 +256,8 @@ def train_head(manifest: str | Path, out_dir: str | Path, *, name: str, head: Ma
     win_epochs = int(result["best_epoch"][win]) + 1 if has_holdout else cfg.epochs
     history = result["history"]
     state = result["grid"].extract(win)
-    calibration = fit_temperature(result["grid"], win, data, settings.eval_batch_size) \
+    arch = {"in_dim": data.dim, "num_classes": num_classes, "hidden": cfg.hidden, "dropout": cfg.dropout}
+    calibration = fit_temperature(state, arch, data, settings.eval_batch_size) \
         if cfg.calibrate and has_holdout else None
     refit = None
     if cfg.refit and has_holdout:
@@ -260,8 +273,7 @@ def train_head(manifest: str | Path, out_dir: str | Path, *, name: str, head: Ma
                "epochs_trained": win_epochs, "refit": refit is not None, "seed": seed}
     counts = np.bincount(data.labels, minlength=num_classes)
     checkpoint = make_checkpoint(name=name, kind=cfg.type, state_dict=state,
-                                 arch={"in_dim": data.dim, "num_classes": num_classes,
-                                       "hidden": cfg.hidden, "dropout": cfg.dropout},
+                                 arch=arch,
                                  mean=data.prep.mean, std=data.prep.std,
                                  l2_normalize=cfg.l2_normalize, hparams=hparams,
                                  classes_seen=(counts > 0).astype(np.int64),

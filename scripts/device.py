@@ -1,0 +1,73 @@
+"""Where a step computes: the one parser of the config's `device` values, used by training and
+evaluation alike.
+
+`cuda` and `cuda:0` must name the same device: torch compares `torch.device("cuda")` (no index)
+and `torch.device("cuda:0")` as different, although a tensor moved to the former reports the
+latter. So every CUDA device is resolved to an explicit index here, made the current device (so
+that streams and events are on it), and tensors are compared with `same_device`.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from scripts.featio import FeatgapError
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` → the current CUDA device when present, else CPU; `cuda`/`cuda:N` must exist.
+
+    The result always carries an index for CUDA, and that device becomes the current one."""
+    name = str(name).strip()
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "auto":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        name = "cuda"
+    if name != "cuda" and not name.startswith("cuda:"):
+        raise FeatgapError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if not torch.cuda.is_available():
+        raise FeatgapError(f"device={name!r} but no CUDA device is available (use auto or cpu)")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise FeatgapError(f"device={name!r} is not a valid CUDA device name ({err})") from None
+    index = torch.cuda.current_device() if device.index is None else device.index
+    if not 0 <= index < torch.cuda.device_count():
+        raise FeatgapError(f"device={name!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """True when a and b are the same device, with CUDA's missing index read as the current one."""
+    a, b = torch.device(a), torch.device(b)
+    if a.type != b.type:
+        return False
+    if a.type != "cuda":
+        return True
+
+    def index(d: torch.device) -> int:
+        if d.index is not None:
+            return d.index
+        return torch.cuda.current_device() if torch.cuda.is_available() else 0
+
+    return index(a) == index(b)
+
+
+def configure_determinism(device: torch.device, threads: int, seed: int) -> None:
+    """Same seed → same bytes: fixed CPU threads, deterministic kernels, seeded RNGs.
+
+    On CUDA, cuBLAS is deterministic only with a fixed workspace (CUBLAS_WORKSPACE_CONFIG, read
+    when cuBLAS starts, so it is set before the first matmul); TF32 stays off so that float32
+    evaluation is float32."""
+    torch.manual_seed(seed)
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, threads))
+    else:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    torch.use_deterministic_algorithms(True, warn_only=True)

@@ -1,0 +1,120 @@
+"""The CUDA path's logic, checked on the CPU: device names, placement before allocation, one pool
+at a time when streaming, and holdout selection scored in float32 like the saved head."""
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+
+import scripts.train_data as train_data
+import scripts.train_head as train_head_module
+from scripts.device import resolve_device, same_device
+from scripts.featio import FeatgapError, shard_folder
+from scripts.generate_demo import DemoSpec
+from scripts.heads import predict_logits
+from scripts.train_data import choose_placement, load_train, stratified_holdout
+from scripts.train_head import train_head
+from tests.test_train_helpers import make_dataset
+
+SETTINGS = {"holdout_fraction": 0.1, "device": "cpu", "threads": 1}
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    root = tmp_path_factory.mktemp("placement")
+    return make_dataset(root, DemoSpec(classes=10, dim=24, separation=0.45), 80, 20, shards=2, row_group_rows=64)
+
+
+def test_cuda_names_compare_by_index():
+    """torch.device("cuda") != torch.device("cuda:0") in torch; a matrix moved to the former
+    reports the latter, so the code compares with same_device and resolves an explicit index."""
+    assert torch.device("cuda") != torch.device("cuda:0")  # why same_device exists
+    assert same_device(torch.device("cuda"), torch.device("cuda:0"))
+    assert same_device("cuda:1", torch.device("cuda", 1))
+    assert not same_device("cuda:1", "cuda:0")
+    assert not same_device("cpu", "cuda:0")
+    assert same_device("cpu", torch.device("cpu"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only answers")
+def test_resolve_device_without_gpu():
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    for name in ("cuda", "cuda:0", "cuda:3"):
+        with pytest.raises(FeatgapError, match="no CUDA device"):
+            resolve_device(name)
+    for name in ("gpu", "cuda0", "tpu"):
+        with pytest.raises(FeatgapError, match="auto, cpu, cuda or cuda:N"):
+            resolve_device(name)
+
+
+def test_placement_is_decided_before_allocation(monkeypatch):
+    """A matrix that fits the GPU goes there even when it exceeds the host budget (the host never
+    holds it); otherwise the host budget decides between an in-memory matrix and streaming."""
+    gb = 1 << 30
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(train_data, "_fits_on_device", lambda nbytes, device: nbytes <= 6 * gb)
+    assert choose_placement(5 * gb, cuda, memory_budget_mb=1000) == "device"
+    assert choose_placement(7 * gb, cuda, memory_budget_mb=12000) == "host"
+    assert choose_placement(13 * gb, cuda, memory_budget_mb=12000) == "stream"
+    cpu = torch.device("cpu")
+    assert choose_placement(5 * gb, cpu, memory_budget_mb=12000) == "host"
+    assert choose_placement(5 * gb, cpu, memory_budget_mb=1000) == "stream"
+
+
+def test_device_placement_never_loads_the_host_matrix(small, monkeypatch):
+    """With the matrix on the GPU, the host-matrix loader (which would pin or hold 5 GB on the
+    host) must not run; emulated on the CPU by letting the 'device' be the CPU."""
+    monkeypatch.setattr(train_data, "choose_placement", lambda *a: "device")
+    monkeypatch.setattr(train_data, "_load_to_host", lambda *a: pytest.fail("host matrix allocated"))
+    folder = shard_folder(small["manifest"])
+    on_device = load_train(folder, num_classes=10, holdout_fraction=0.1, seed=0)
+    monkeypatch.undo()
+    in_host = load_train(folder, num_classes=10, holdout_fraction=0.1, seed=0, memory_budget_mb=1000)
+    assert on_device.placement == "device" and in_host.placement == "host"
+    # Same preprocessing and the same batches, whichever loader ran.
+    np.testing.assert_allclose(on_device.prep.mean, in_host.prep.mean, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(on_device.matrix, in_host.matrix, rtol=1e-5, atol=1e-5)
+    a = list(on_device.batches(on_device.fit_rows, 32, np.random.default_rng(5)))
+    b = list(in_host.batches(in_host.fit_rows, 32, np.random.default_rng(5)))
+    assert len(a) == len(b)
+    for (xa, ya), (xb, yb) in zip(a, b):
+        assert torch.equal(ya, yb)
+        torch.testing.assert_close(xa, xb, rtol=1e-5, atol=1e-5)
+
+
+def test_streaming_holds_one_pool_at_a_time(tmp_path):
+    """Peak traced memory of a streamed epoch stays near one pool (two pools before the fix).
+    256 features, so that the per-row index arrays (~40 bytes a row) are small beside a pool row."""
+    wide = make_dataset(tmp_path, DemoSpec(classes=8, dim=256, separation=0.45), 200, 1, shards=2,
+                        row_group_rows=100)
+    folder = shard_folder(wide["manifest"])
+    data = load_train(folder, num_classes=8, holdout_fraction=0.1, seed=0, memory_budget_mb=0.5,
+                      batch_size=32)
+    assert data.placement == "stream" and 0 < data.pool_rows < len(data.fit_rows) / 1.2
+    pool_bytes = data.pool_rows * data.dim * 4
+    tracemalloc.start()
+    try:
+        n = sum(len(y) for _, y in data.batches(data.fit_rows, 32, np.random.default_rng(0)))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert n == len(data.fit_rows)
+    assert peak < 1.5 * pool_bytes, f"peak {peak} bytes for pools of {pool_bytes} bytes"
+
+
+@pytest.mark.parametrize("hidden", [[], [16]])
+def test_selection_scores_in_float32_like_the_saved_head(small, tmp_path, monkeypatch, hidden):
+    """Training under bf16 autocast (as on CUDA, emulated on the CPU): the holdout score that
+    chose the winner must be the float32 score of the saved head on the same rows."""
+    bf16 = lambda device: (lambda: torch.autocast("cpu", dtype=torch.bfloat16))  # noqa: E731
+    monkeypatch.setattr(train_head_module, "autocast_for", bf16)
+    head = {"type": "mlp" if hidden else "linear", "hidden": hidden, "lr": [3e-3, 3e-2], "weight_decay": [1e-4],
+            "epochs": 3, "batch_size": 64, "refit": False, "calibrate": False}
+    sel = train_head(small["manifest"], tmp_path, name="h", head=head, train=SETTINGS, num_classes=10, seed=0)
+    _, holdout = stratified_holdout(small["train_labels"], 0.1, np.random.default_rng([0, 0]))
+    logits = predict_logits(tmp_path / "model.pt", small["train_features"][holdout])
+    acc = float((logits.argmax(1) == small["train_labels"][holdout]).mean())
+    assert acc == pytest.approx(sel["winner"]["holdout_acc"], abs=1e-12)
