@@ -100,6 +100,13 @@ def pyplot():
     return plt
 
 
+def mpl_text(text: object) -> str:
+    """Text from data or config (class and head names) made safe for matplotlib: a `$` starts
+    mathtext, so `$\\foo{$` crashed the figure and `price $5 - $10` rendered as math. An
+    escaped `\\$` is a literal dollar; nothing else is special outside mathtext."""
+    return str(text).replace("$", r"\$")
+
+
 def save_figure(fig, path: str | os.PathLike) -> str:
     """Atomically save a figure as PNG (no timestamp metadata) and close it."""
     plt = pyplot()

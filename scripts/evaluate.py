@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from scripts import stats
-from scripts.analysis_common import load_class_names, pyplot, save_figure, write_table
+from scripts.analysis_common import load_class_names, mpl_text, pyplot, save_figure, write_table
 from scripts.featio import (
     FeatgapError,
     atomic_path,
@@ -122,19 +122,30 @@ def predictions_table(pred: dict[str, np.ndarray]) -> pa.Table:
 
 def compute_metrics(pred: dict[str, np.ndarray], num_classes: int, *, ece_bins: int, n_resamples: int,
                     ci: float, seed: int) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Point metrics and their bootstrap intervals.
+
+    The bootstrap resamples images *within each class* (the unit is the image, conditional on
+    the classes; the test sets are stratified by class), and its intervals are bias-corrected
+    so that each contains its estimate. ECE uses equal-mass bins and is debiased by its value
+    under perfect calibration at this n (stats.calibration), so test sets of 50k and 10k
+    images compare.
+    """
     label, p = pred["label"], pred["pred"]
     top5_hit = (pred["top5"] == label[:, None]).any(axis=1)
     conf = pred["confidence"]
-    bins = stats.ece_bins(conf, ece_bins)
+    bins = stats.equal_mass_bins(conf, ece_bins)
+    calib = stats.calibration(conf, label == p, ece_bins, seed=seed)
+    floor = calib["ece_calibrated_floor"]
 
     def metrics_of(idx: np.ndarray | None) -> dict[str, float]:
         sel = slice(None) if idx is None else idx
         return stats.classification_metrics(label[sel], p[sel], top5_hit[sel], pred["nll"][sel], conf[sel],
-                                            num_classes, ece_bins, conf_bins=bins[sel])
+                                            num_classes, ece_bins, conf_bins=bins[sel], ece_floor=floor)
 
     point = metrics_of(None)
     intervals = stats.bootstrap_ci(metrics_of, len(label), n_resamples=n_resamples, confidence=ci, seed=seed,
-                                   progress=True)
+                                   progress=True, strata=label, point=point)
+    point.update({k: v for k, v in calib.items() if k != "ece"})
     return point, intervals
 
 
@@ -168,7 +179,7 @@ def plot_confused_pairs(conf: pd.DataFrame, n_true: np.ndarray, top: int, title:
     off = conf[conf["true"] != conf["pred"]].head(top)
     fig, ax = plt.subplots(figsize=(7, 0.28 * max(len(off), 3) + 1.2))
     if len(off):
-        labels = [f"{t} → {p}" for t, p in zip(off["true_name"], off["pred_name"])]
+        labels = [mpl_text(f"{t} → {p}") for t, p in zip(off["true_name"], off["pred_name"])]
         share = off["count"].to_numpy() / np.maximum(n_true[off["true"].to_numpy()], 1)
         ax.barh(np.arange(len(off))[::-1], off["count"], color="#c0504d")
         ax.set_yticks(np.arange(len(off))[::-1], labels)
@@ -177,7 +188,7 @@ def plot_confused_pairs(conf: pd.DataFrame, n_true: np.ndarray, top: int, title:
         ax.set_xlabel("misclassified samples (true → predicted)")
     else:
         ax.text(0.5, 0.5, "no misclassifications", ha="center", va="center", transform=ax.transAxes)
-    ax.set_title(title)
+    ax.set_title(mpl_text(title))
     return save_figure(fig, path)
 
 
@@ -192,8 +203,13 @@ def evaluate(
     head_name: str | None = None,
     test_name: str | None = None,
     logits_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+    backbone_saw_train: bool = False,
 ) -> dict[str, Any]:
-    """Predictions, metrics, confusions and the confused-pairs plot of one head on one split."""
+    """Predictions, metrics, confusions and the confused-pairs plot of one head on one split.
+
+    `backbone_saw_train` (config key of the same name): the feature extractor was trained on the
+    training split, so the temperature fitted on its holdout calibrates on images the backbone
+    has seen; metrics.json states it next to the calibration numbers."""
     started = time.perf_counter()
     opts = {**DEFAULTS, **(options or {})}
     unknown = set(opts) - set(DEFAULTS)
@@ -203,12 +219,14 @@ def evaluate(
     head_name = head_name or Path(head_path).parent.name
     test_name = test_name or Path(manifest).name.removesuffix(".manifest.json")
     device = resolve_device(opts["device"])
+    temperature = None
     if logits_fn is None:
         from scripts.heads import load_head, predict_logits
 
         head = load_head(head_path, device=device)
         if head.num_classes != num_classes:
             raise FeatgapError(f"{head_path}: head has {head.num_classes} classes, config num_classes is {num_classes}")
+        temperature = head.temperature
 
         def logits_fn(x: np.ndarray) -> np.ndarray:
             return predict_logits(head, x, batch_size=int(opts["batch_size"]))
@@ -235,8 +253,15 @@ def evaluate(
         "metrics": point,
         "ci95": intervals,
         "bootstrap": {"resamples": int(opts["bootstrap"]), "confidence": 0.95, "seed": seed,
-                      "method": "percentile"},
+                      "method": "bias-corrected percentile", "unit": "images, resampled within each class"},
+        "ece_method": ("equal-mass bins, debiased: plug-in ECE minus its mean under perfect calibration at this n"
+                       " (ece_calibrated_floor); ece_equal_width is the textbook estimate"),
         "ece_bins": int(opts["ece_bins"]),
+        "temperature": temperature,
+        "backbone_saw_train": bool(backbone_saw_train),
+        "calibration_caveat": ("the softmax temperature was fitted on a holdout of the training split, which the "
+                               "backbone was trained on: it may be mis-set for unseen images" if backbone_saw_train
+                               else None),
         "top_confused": off[["true", "pred", "count", "true_name", "pred_name"]].to_dict(orient="records"),
         "per_class": {col: per_class[col].tolist() for col in per_class.columns},
         "files": {name: str(out / name) for name in
@@ -260,6 +285,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--head-name")
     parser.add_argument("--test-name")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    parser.add_argument("--backbone-saw-train", default="false", choices=["true", "false", "True", "False"],
+                        help="config backbone_saw_train: the backbone was trained on the train split")
     args = parser.parse_args(argv)
     if args.threads:
         import torch
@@ -267,7 +294,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     metrics = evaluate(head_path=args.head, manifest=args.manifest, out_dir=args.out_dir,
                        num_classes=args.num_classes, options=parse_json_arg(args.options, "options"),
-                       seed=args.seed, head_name=args.head_name, test_name=args.test_name)
+                       seed=args.seed, head_name=args.head_name, test_name=args.test_name,
+                       backbone_saw_train=args.backbone_saw_train.lower() == "true")
     m = metrics["metrics"]
     print(f"{metrics['head']} on {metrics['test']}: top-1 {m['top1']:.4f}, top-5 {m['top5']:.4f}, "
           f"NLL {m['nll']:.4f}, ECE {m['ece']:.4f} ({metrics['n']} rows)")
