@@ -24,15 +24,21 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from scripts.featio import (FeatgapError, features_to_numpy, iter_row_groups, list_shards, read_split,
-                            split_shape)
+from scripts.featio import (
+    FeatgapError,
+    features_to_numpy,
+    iter_row_groups,
+    list_shards,
+    read_split,
+    split_shape,
+)
 
 MB = 1 << 20
 PLACEMENTS = ("device", "host", "stream")
@@ -58,7 +64,7 @@ def stratified_holdout(labels: np.ndarray, fraction: float, rng: np.random.Gener
     held = []
     for start, end in zip(starts, ends):
         n = end - start
-        take = min(int(math.floor(fraction * n + 0.5)), n - 1)
+        take = min(math.floor(fraction * n + 0.5), n - 1)
         if take > 0:
             held.append(rng.choice(order[start:end], size=take, replace=False))
     holdout = np.sort(np.concatenate(held)) if held else np.empty(0, dtype=np.int64)
@@ -126,8 +132,14 @@ class Preprocess:
         self.standardise(block)
 
 
-def choose_placement(nbytes: int, device: torch.device, memory_budget_mb: float) -> str:
+def choose_placement(nbytes: int, device: torch.device, memory_budget_mb: float, wanted: str = "auto") -> str:
     """Where the preprocessed matrix lives; decided before any allocation (see the module doc)."""
+    if wanted not in ("auto", *PLACEMENTS):
+        raise FeatgapError(f"train.placement must be auto, device, host or stream, got {wanted!r}")
+    if wanted == "device" and device.type != "cuda":
+        raise FeatgapError(f"train.placement=device needs a CUDA device, but training runs on {device}")
+    if wanted != "auto":
+        return wanted
     if device.type == "cuda" and _fits_on_device(nbytes, device):
         return "device"
     return "host" if nbytes <= memory_budget_mb * MB else "stream"
@@ -186,7 +198,7 @@ class TrainSet:
             chunk = order[start : start + pool]
             wanted = np.sort(chunk)
             # Release the previous pool before reading the next: never two pools at once.
-            block = None  # noqa: F841
+            block = None
             block = read_split(self.folder, columns=(), rows=wanted).features
             self.prep.apply(block)
             local = np.searchsorted(wanted, chunk)  # positions of the chunk's rows inside block
@@ -200,7 +212,7 @@ class TrainSet:
             yield self.matrix.index_select(0, idx), self.labels_t.index_select(0, idx)
 
     def _host_batches(self, source: torch.Tensor, local: np.ndarray, global_rows: np.ndarray, batch_size: int,
-                      staging: "_Staging"):
+                      staging: _Staging):
         for start in range(0, len(local), batch_size):
             sel = np.argsort(local[start : start + batch_size], kind="stable")
             idx = torch.from_numpy(local[start : start + batch_size][sel])
@@ -281,6 +293,7 @@ def load_train(
     memory_budget_mb: float = 12000,
     device: torch.device | str = "cpu",
     batch_size: int = 1024,
+    placement: str = "auto",
 ) -> TrainSet:
     """Read labels, choose the holdout, decide the placement, then load (or plan streaming)."""
     folder = str(folder)
@@ -298,7 +311,7 @@ def load_train(
     fit_rows, holdout_rows = stratified_holdout(labels, holdout_fraction, np.random.default_rng([seed, 0]))
     prep = Preprocess(dim, l2_normalize, standardize)
     nbytes = n * dim * 4
-    placement = choose_placement(nbytes, device, memory_budget_mb)
+    placement = choose_placement(nbytes, device, memory_budget_mb, placement)
     ts = TrainSet(folder, labels, fit_rows, holdout_rows, num_classes, dim, prep, device, placement)
     if placement == "device":
         ts.matrix = _load_to_device(folder, n, dim, prep, device)
@@ -313,6 +326,7 @@ def load_train(
         per_pool = max(1, int(memory_budget_mb * MB // (dim * 4)) // batch_size)
         ts.pool_rows = per_pool * batch_size
         ts.holdout_x = torch.from_numpy(ts.features(holdout_rows)) if len(holdout_rows) else torch.empty(0, dim)
+    _ = ts.labels_t  # on the device now: a first use inside an epoch would be a blocking copy
     load_s = time.perf_counter() - t0
     ts.stats = {
         "rows": n,

@@ -16,9 +16,10 @@ import io
 import itertools
 import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,12 +27,25 @@ import torch.nn.functional as F
 from scipy.optimize import minimize_scalar
 from tqdm import tqdm
 
-from scripts.featio import (FeatgapError, atomic_path, meta_block, parse_json_arg, run_cli,
-                            shard_folder, write_json)
 from scripts.device import configure_determinism, resolve_device
+from scripts.featio import (
+    FeatgapError,
+    atomic_path,
+    meta_block,
+    parse_json_arg,
+    run_cli,
+    shard_folder,
+    write_json,
+)
 from scripts.heads import build_net, make_checkpoint, save_head
 from scripts.train_data import TrainSet, load_train
-from scripts.train_grid import CandidateGrid, GridOptimizer, cosine_scale, evaluate_grid, grid_loss
+from scripts.train_grid import (
+    CandidateGrid,
+    GridOptimizer,
+    cosine_scale,
+    evaluate_grid,
+    grid_loss,
+)
 
 HISTORY_COLUMNS = ["phase", "epoch", "candidate", "lr", "weight_decay", "train_loss", "train_acc",
                    "holdout_loss", "holdout_acc", "seconds"]
@@ -44,6 +58,7 @@ class TrainSettings:
     device: str = "auto"
     threads: int = 2
     memory_budget_mb: float = 12000
+    placement: str = "auto"  # auto | device | host | stream (scripts.train_data.choose_placement)
     holdout_fraction: float = 0.02
     eval_batch_size: int = 8192
 
@@ -238,7 +253,7 @@ def train_head(manifest: str | Path, out_dir: str | Path, *, name: str, head: Ma
                       holdout_fraction=settings.holdout_fraction, seed=seed,
                       l2_normalize=cfg.l2_normalize, standardize=cfg.standardize,
                       memory_budget_mb=settings.memory_budget_mb, device=device,
-                      batch_size=cfg.batch_size)
+                      batch_size=cfg.batch_size, placement=settings.placement)
     candidates = [{"candidate": i, "lr": float(lr), "weight_decay": float(wd)}
                   for i, (lr, wd) in enumerate(itertools.product(cfg.lr, cfg.weight_decay))]
     has_holdout = len(data.holdout_rows) > 0

@@ -38,10 +38,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from scripts.generate_demo import DemoSpec  # noqa: E402
-from scripts.train_data import load_train, stratified_holdout  # noqa: E402
-from scripts.train_head import HeadConfig, run_grid, setup_torch  # noqa: E402
-from tests.test_train_helpers import make_dataset  # noqa: E402
+from scripts.device import configure_determinism
+from scripts.generate_demo import DemoSpec
+from scripts.train_data import load_train, stratified_holdout
+from scripts.train_head import HeadConfig, run_grid
+from tests.test_train_helpers import make_dataset
 
 CLASSES, DIM, TRAIN_PER_CLASS, TEST_PER_CLASS = 1000, 1024, 100, 10
 FULL_ROWS = 1_281_167
@@ -189,7 +190,7 @@ def bench_sgd(data, chunks: int, chunk_rows: int, threads: int) -> dict:
 
 
 def bench_speed(folder: Path, threads: int, rounds: int, batch: int, sgd_chunks: int) -> dict:
-    setup_torch(torch.device("cpu"), threads, 0)
+    configure_determinism(torch.device("cpu"), threads, 0)
     data = load_train(folder, num_classes=CLASSES, holdout_fraction=0.02, seed=0, memory_budget_mb=1e9)
     per_round = []
     for r in range(rounds):
@@ -209,7 +210,7 @@ def bench_speed(folder: Path, threads: int, rounds: int, batch: int, sgd_chunks:
     paired = {f"k{k}": paired_steps(data, k, batch, 12) for k in (1, 4)}
     print(json.dumps(paired), flush=True)
     sgd = bench_sgd(data, sgd_chunks, 8192, threads)
-    med = lambda key, sub=None: statistics.median(  # noqa: E731
+    med = lambda key, sub=None: statistics.median(
         (r[key][sub] if sub else r[key]) for r in per_round)
     k1_rows = med("epoch_k1", "rows_per_s")
     return {

@@ -1,0 +1,119 @@
+"""The CUDA training path on a real GPU (skipped, with its reason, where there is none).
+
+Every device name × every placement of the train matrix × a linear grid of 4 candidates and an
+MLP: same winner as the float32 CPU run and holdout accuracy within 1 point; a training epoch
+with no host synchronisation; GPU memory within its bound; no pinned host memory left cached when
+the matrix lives on the GPU; same seed, same bytes.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from scripts.device import resolve_device
+from scripts.featio import shard_folder
+from scripts.generate_demo import DemoSpec
+from scripts.train_data import load_train
+from scripts.train_grid import CandidateGrid, GridOptimizer
+from scripts.train_head import HeadConfig, train_epoch, train_head
+from tests.test_train_helpers import make_dataset
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+CLASSES, DIM = 20, 64
+LINEAR = {"type": "linear", "lr": [1e-4, 3e-3], "weight_decay": [1e-4, 1.0], "epochs": 4, "batch_size": 128,
+          "label_smoothing": 0.1}
+MLP = {"type": "mlp", "hidden": [64], "dropout": 0.1, "lr": [1e-4, 3e-3], "weight_decay": [1e-2], "epochs": 4,
+       "batch_size": 128, "label_smoothing": 0.1}
+# Budgets that force each placement on this small set: the GPU, host memory, pools of ~512 rows.
+PLACEMENTS = {"device": {"placement": "device"}, "host": {"placement": "host"},
+              "stream": {"placement": "stream", "memory_budget_mb": 512 * DIM * 4 / 2**20}}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gpu")
+    return make_dataset(root, DemoSpec(classes=CLASSES, dim=DIM, separation=0.4), 150, 10, shards=3,
+                        row_group_rows=256)
+
+
+@pytest.fixture(scope="module")
+def cpu_runs(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cpu")
+    return {name: train_head(data["manifest"], out / name, name=name, head=head,
+                             train={"device": "cpu", "threads": 2, "holdout_fraction": 0.1},
+                             num_classes=CLASSES, seed=0)
+            for name, head in (("linear", LINEAR), ("mlp", MLP))}
+
+
+@pytest.mark.parametrize("device", ["auto", "cuda", "cuda:0"])
+@pytest.mark.parametrize("placement", list(PLACEMENTS))
+@pytest.mark.parametrize("head", ["linear", "mlp"])
+def test_same_winner_as_cpu(data, cpu_runs, tmp_path, device, placement, head):
+    spec = LINEAR if head == "linear" else MLP
+    sel = train_head(data["manifest"], tmp_path, name=head, head=spec,
+                     train={"device": device, "holdout_fraction": 0.1, **PLACEMENTS[placement]},
+                     num_classes=CLASSES, seed=0)
+    ref = cpu_runs[head]
+    assert sel["meta"]["device"] == "cuda:0"
+    assert sel["data"]["placement"] == placement
+    assert (sel["winner"]["lr"], sel["winner"]["weight_decay"]) == (ref["winner"]["lr"], ref["winner"]["weight_decay"])
+    assert abs(sel["winner"]["holdout_acc"] - ref["winner"]["holdout_acc"]) <= 0.01
+
+
+@pytest.mark.parametrize("placement", list(PLACEMENTS))
+@pytest.mark.parametrize("head", ["linear", "mlp"])
+def test_training_epoch_never_waits_for_the_gpu(data, placement, head):
+    cfg = HeadConfig(**(LINEAR if head == "linear" else MLP))
+    device = resolve_device("cuda")
+    budget = PLACEMENTS[placement].get("memory_budget_mb", 12000)
+    ts = load_train(shard_folder(data["manifest"]), num_classes=CLASSES, holdout_fraction=0.1, seed=0,
+                    device=device, batch_size=cfg.batch_size, placement=placement, memory_budget_mb=budget)
+    k = len(cfg.lr) * len(cfg.weight_decay)
+    grid = CandidateGrid(DIM, CLASSES, cfg.hidden, k, cfg.dropout, 0, device)
+    opt = GridOptimizer(grid.params, cfg.optimizer, np.full(k, 1e-3), np.full(k, 1e-2))
+    rng = np.random.default_rng(0)
+    train_epoch(ts, grid, opt, ts.fit_rows, rng, cfg, None, 0, 100, 10)  # warm-up: allocations, handles
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss_sum, correct, step = train_epoch(ts, grid, opt, ts.fit_rows, rng, cfg, None, 10, 100, 10)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert step > 10 and int(correct.sum()) > 0 and torch.isfinite(loss_sum).all()
+
+
+def test_gpu_memory_within_bound_and_no_pinned_cache(data, tmp_path):
+    """Peak GPU memory: the matrix, labels and permutation, 5 copies of the grid's weights
+    (weights, gradients, two AdamW moments, best snapshot) and the activations of one training
+    and one evaluation batch. Pinned host memory: nothing cached after loading to the GPU."""
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    head = {**LINEAR, "refit": False}
+    eval_batch = 4096
+    sel = train_head(data["manifest"], tmp_path, name="lin", head=head,
+                     train={"device": "cuda", "holdout_fraction": 0.1, "eval_batch_size": eval_batch},
+                     num_classes=CLASSES, seed=0)
+    peak = torch.cuda.max_memory_allocated() - base
+    n, k = sel["data"]["rows"], len(sel["grid"])
+    weights = (DIM + 1) * k * CLASSES * 4
+    logits = lambda rows: rows * k * CLASSES * 4
+    bound = (n * DIM * 4 + 2 * n * 8 + 5 * weights
+             + 4 * logits(head["batch_size"]) + head["batch_size"] * DIM * 6
+             + 3 * logits(eval_batch) + eval_batch * DIM * 4 + (8 << 20))
+    assert sel["data"]["placement"] == "device"
+    assert peak <= bound, f"peak {peak / 2**20:.1f} MiB > bound {bound / 2**20:.1f} MiB"
+    stats = torch.cuda.host_memory_stats() if hasattr(torch.cuda, "host_memory_stats") else None
+    if stats is None:
+        pytest.skip("this torch has no torch.cuda.host_memory_stats")
+    # Only the per-epoch permutations (n × 8 bytes each) may be cached, never the matrix.
+    assert stats.get("reserved_bytes.current", 0) <= 4 * n * 8 + (2 << 20), stats
+
+
+def test_same_seed_same_bytes_on_gpu(data, tmp_path):
+    for run in ("a", "b"):
+        train_head(data["manifest"], tmp_path / run, name="m", head=MLP,
+                   train={"device": "cuda", "holdout_fraction": 0.1}, num_classes=CLASSES, seed=1)
+    assert (tmp_path / "a/model.pt").read_bytes() == (tmp_path / "b/model.pt").read_bytes()
