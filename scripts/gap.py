@@ -1,13 +1,22 @@
 """Per-class accuracy drop from test set 1 to test set 2 for one head.
 
-Reads the two metrics.json files written by evaluate (per-class accuracy and mean true-class
-probability) and the class-count table (train rows per class, class names); never a feature.
-Writes per_class.csv (one row per class, ranked by drop), summary.json (paired t and Wilcoxon
-signed-rank across classes, how concentrated the drop is, the classes with the largest drop),
+Reads the two metrics.json files written by evaluate (per-class correct counts and mean
+true-class probability) and the class-count table (train rows per class, class names); never a
+feature. Writes per_class.csv (one row per class, ranked by its shrunk drop), summary.json,
 drop_distribution.png and top_drops.png.
 
-Ranking: by accuracy drop, ties broken by the drop in mean true-class probability (with 10
-test-2 images per class, accuracy moves in steps of 0.1, so ties are common).
+Statistics (scripts.stats_classes; why and how well they work: docs/statistics.md):
+  * is there a gap? the stratified permutation test on image-level counts with classes as
+    strata (Cochran–Mantel–Haenszel as a cross-check); the paired t across classes (classes as
+    the unit) as a second reading. (A Wilcoxon test on per-class accuracies from 50 vs 10
+    images rejects a true null far too often and is no longer used.)
+  * how large? the macro gap with two intervals: images resampled within class, and classes
+    resampled;
+  * is it concentrated in a few classes? every concentration number next to its value under
+    binomial noise with a uniform drop (parametric bootstrap);
+  * which classes? ranked by the drop of empirical-Bayes (shrunk) accuracies, so that a class
+    is not "largest drop" only because 10 test-2 images are noisy; ties broken by the drop in
+    mean true-class probability.
 """
 from __future__ import annotations
 
@@ -18,15 +27,21 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
-from scripts import stats
-from scripts.analysis_common import (fmt_p, load_per_class, merge_options, pyplot, read_class_counts,
+from scripts import stats, stats_classes
+from scripts.analysis_common import (fmt_p, load_per_class, merge_options, mpl_text, pyplot, read_class_counts,
                                      save_figure, write_summary, write_table)
 from scripts.featio import FeatgapError, parse_json_arg, run_cli
 
-DEFAULTS = {"alpha": 0.05, "top_k": 20}
+DEFAULTS = {"alpha": 0.05, "top_k": 20, "permutations": 10000, "bootstrap": 2000, "null_reps": 500}
 FILES = ("per_class.csv", "summary.json", "drop_distribution.png", "top_drops.png")
+
+
+def _correct_counts(m: pd.DataFrame) -> np.ndarray:
+    """Correct images per class: the integer column when evaluate wrote it, else accuracy × n."""
+    if "correct" in m:
+        return m["correct"].fillna(0).to_numpy(np.int64)
+    return np.round(m["accuracy"].fillna(0).to_numpy(float) * m["n"].to_numpy(float)).astype(np.int64)
 
 
 def per_class_gap(m1: pd.DataFrame, m2: pd.DataFrame, counts: pd.DataFrame) -> pd.DataFrame:
@@ -34,28 +49,28 @@ def per_class_gap(m1: pd.DataFrame, m2: pd.DataFrame, counts: pd.DataFrame) -> p
         raise FeatgapError(f"class counts disagree: test1 {len(m1)}, test2 {len(m2)}, class table {len(counts)}")
     frame = pd.DataFrame({
         "class": counts["class"], "name": counts["name"], "train_rows": counts["train_rows"],
-        "n_test1": m1["n"], "n_test2": m2["n"],
+        "n_test1": m1["n"].astype(np.int64), "n_test2": m2["n"].astype(np.int64),
+        "correct_test1": _correct_counts(m1), "correct_test2": _correct_counts(m2),
         "acc_test1": m1["accuracy"].astype(float), "acc_test2": m2["accuracy"].astype(float),
         "p_label_test1": m1["mean_p_label"].astype(float), "p_label_test2": m2["mean_p_label"].astype(float),
     })
     # Rounded so that equal drops tie exactly (0.75 − 0.2 vs 0.85 − 0.3) when ranked.
-    frame["drop"] = (frame["acc_test1"] - frame["acc_test2"]).round(12)
+    frame["drop"] = (frame["acc_test1"] - frame["acc_test2"]).round(stats.DIFF_DECIMALS)
     frame["p_label_drop"] = frame["p_label_test1"] - frame["p_label_test2"]
-    # Per class: is test 2 accuracy lower than test 1? Fisher exact test on the 2×2 counts.
-    fisher = []
-    for row in frame.itertuples():
-        if row.n_test1 > 0 and row.n_test2 > 0:
-            c1, c2 = round(row.acc_test1 * row.n_test1), round(row.acc_test2 * row.n_test2)
-            table = [[c1, row.n_test1 - c1], [c2, row.n_test2 - c2]]
-            fisher.append(sps.fisher_exact(table, alternative="greater").pvalue)
-        else:
-            fisher.append(np.nan)
-    frame["fisher_p"] = fisher
-    valid = frame["fisher_p"].notna()
-    frame["fisher_q"] = np.nan
-    frame.loc[valid, "fisher_q"] = stats.bh_q(frame.loc[valid, "fisher_p"].to_numpy())
-    frame = frame.sort_values(["drop", "p_label_drop", "class"], ascending=[False, False, True], kind="stable",
-                              na_position="last")
+    both = (frame["n_test1"] > 0) & (frame["n_test2"] > 0)
+    k1, n1 = frame["correct_test1"].to_numpy(), frame["n_test1"].to_numpy()
+    k2, n2 = frame["correct_test2"].to_numpy(), frame["n_test2"].to_numpy()
+    # Empirical Bayes per set: a class's accuracy from 10 images is pulled towards the other
+    # classes' more than one from 50, so the ranking is not led by noise.
+    for split, k, n in (("test1", k1, n1), ("test2", k2, n2)):
+        prior = stats_classes.fit_beta_prior(k[both], n[both])
+        frame[f"acc_{split}_shrunk"] = np.where(both, stats_classes.shrunk_accuracy(k, n, prior), np.nan)
+    frame["drop_shrunk"] = frame["acc_test1_shrunk"] - frame["acc_test2_shrunk"]
+    # Per class: is test 2 accuracy lower than test 1? One-sided Fisher exact test on the 2×2 counts.
+    frame["fisher_p"] = np.where(both, stats_classes.fisher_greater_p(k1, n1, k2, n2), np.nan)
+    frame["fisher_q"] = stats.bh_q(frame["fisher_p"].to_numpy())
+    frame = frame.sort_values(["drop_shrunk", "p_label_drop", "class"], ascending=[False, False, True],
+                              kind="stable", na_position="last")
     frame.insert(0, "rank", np.arange(1, len(frame) + 1))
     return frame.reset_index(drop=True)
 
@@ -67,16 +82,18 @@ def plot_distribution(frame: pd.DataFrame, head: str, path: Path) -> str:
     ax.hist(valid["drop"], bins=min(41, max(10, len(valid) // 5)), color="#4f81bd")
     ax.axvline(0, color="k", lw=0.8)
     ax.axvline(valid["drop"].mean(), color="#c0504d", lw=1.2, label=f"mean {valid['drop'].mean():+.3f}")
+    ax.hist(valid["drop_shrunk"], bins=min(41, max(10, len(valid) // 5)), color="#f79646", alpha=0.6,
+            label="shrunk (empirical Bayes)")
     ax.set_xlabel("per-class accuracy drop (test1 − test2)")
     ax.set_ylabel("classes")
     ax.legend(fontsize=8)
-    ax.set_title(f"{head}: distribution of per-class drops")
+    ax.set_title(mpl_text(f"{head}: distribution of per-class drops"))
     rng = np.random.default_rng(0)
     jitter = lambda n: rng.uniform(-0.006, 0.006, n)  # noqa: E731 - tied accuracies overlap otherwise
     ax2.scatter(valid["acc_test1"] + jitter(len(valid)), valid["acc_test2"] + jitter(len(valid)), s=8, alpha=0.6)
     ax2.plot([0, 1], [0, 1], color="k", lw=0.8, ls="--")
     for row in valid.head(5).itertuples():
-        ax2.annotate(str(row.name), (row.acc_test1, row.acc_test2), fontsize=7, xytext=(3, -8), textcoords="offset points")
+        ax2.annotate(mpl_text(row.name), (row.acc_test1, row.acc_test2), fontsize=7, xytext=(3, -8), textcoords="offset points")
     ax2.set_xlabel("accuracy on test1")
     ax2.set_ylabel("accuracy on test2")
     ax2.set_title("per class (below the diagonal: harder on test2)")
@@ -90,11 +107,11 @@ def plot_top(frame: pd.DataFrame, k: int, head: str, path: Path) -> str:
     y = np.arange(len(top))
     ax.barh(y + 0.2, top["acc_test1"], 0.4, label="test1", color="#4f81bd")
     ax.barh(y - 0.2, top["acc_test2"], 0.4, label="test2", color="#c0504d")
-    ax.set_yticks(y, [f"{n} ({t} train)" for n, t in zip(top["name"], top["train_rows"])], fontsize=7)
+    ax.set_yticks(y, [mpl_text(f"{n} ({t} train)") for n, t in zip(top["name"], top["train_rows"])], fontsize=7)
     ax.set_xlabel("accuracy")
     ax.set_xlim(0, 1)
     ax.legend(fontsize=7, loc="lower right")
-    ax.set_title(f"{head}: classes with the largest drop")
+    ax.set_title(mpl_text(f"{head}: classes with the largest drop (ranked on shrunk accuracies)"))
     return save_figure(fig, path)
 
 
@@ -111,36 +128,68 @@ def gap(*, metrics1: str | Path, metrics2: str | Path, class_counts: str | Path,
     figures = [plot_distribution(frame, head, files["drop_distribution.png"]),
                plot_top(frame, k, head, files["top_drops.png"])]
     valid = frame.dropna(subset=["drop"])
-    tests = stats.paired_tests(valid["acc_test1"].to_numpy(), valid["acc_test2"].to_numpy())
-    drops = valid["drop"].to_numpy()
-    positive = np.clip(drops, 0, None)
-    top_decile = max(1, int(np.ceil(0.1 * len(drops))))
-    share_top = float(np.sort(positive)[::-1][:top_decile].sum() / positive.sum()) if positive.sum() > 0 else None
-    n_sig = int((valid["fisher_q"] < alpha).sum())
+    counts = [valid[c].to_numpy() for c in ("correct_test1", "n_test1", "correct_test2", "n_test2")]
+    test = stats_classes.stratified_gap_test(*counts, n_perm=int(opts["permutations"]), seed=seed)
+    intervals = stats_classes.gap_intervals(*counts, n_boot=int(opts["bootstrap"]), seed=seed)
+    paired = stats.paired_tests(valid["acc_test1"].to_numpy(), valid["acc_test2"].to_numpy())
+    null = stats_classes.concentration_null(*counts, reps=int(opts["null_reps"]), alpha=alpha, seed=seed)
+    conc = {key: null[key] for key in ("share_of_drop_from_top_decile", "share_classes_dropping",
+                                       "share_classes_improving", "n_classes_significant_drop")}
     numbers = {
         "n_classes": int(len(valid)), "alpha": alpha,
         "mean_acc_test1": float(valid["acc_test1"].mean()), "mean_acc_test2": float(valid["acc_test2"].mean()),
-        "mean_drop": tests["mean_diff"], "median_drop": tests["median_diff"],
-        "paired_t": tests["paired_t"], "paired_t_p": tests["paired_t_p"],
-        "wilcoxon": tests["wilcoxon"], "wilcoxon_p": tests["wilcoxon_p"],
-        "share_classes_dropping": float((drops > 0).mean()), "share_classes_improving": float((drops < 0).mean()),
-        "share_of_drop_from_top_decile": share_top,
-        "n_classes_significant_drop": n_sig,
+        "mean_drop": test["gap"], "median_drop": paired["median_diff"],
+        "mean_drop_ci95_images": intervals["ci_images_within_class"],
+        "mean_drop_ci95_classes": intervals["ci_classes"],
+        "gap_test": "stratified permutation (images swap sets within class), two-sided",
+        "gap_test_p": test["p"], "gap_test_z": test["z"], "gap_test_p_normal": test["p_normal"],
+        "permutations": test["n_perm"], "cmh_statistic": test["cmh_statistic"], "cmh_p": test["cmh_p"],
+        "mh_odds_ratio": test["mh_odds_ratio"], "mh_odds_ratio_ci95": test["mh_odds_ratio_ci95"],
+        "paired_t": paired["paired_t"], "paired_t_p": paired["paired_t_p"],
+        **{key: value["observed"] for key, value in conc.items()},
+        "n_classes_significant_drop": int(conc["n_classes_significant_drop"]["observed"]),
+        **{f"{key}_null_95": value["null_95"] for key, value in conc.items()},
+        **{f"{key}_p_upper": value["p_upper"] for key, value in conc.items()},
+        "concentration_null": {key: null[key] for key in ("null_model", "reps", "logit_shift")},
+        "units": {"gap_test": "images, classes as strata (conditional on these classes)",
+                  "mean_drop_ci95_images": "images resampled within class",
+                  "mean_drop_ci95_classes": "classes resampled",
+                  "paired_t": "classes", "top_classes": "ranked by drop of shrunk (empirical-Bayes) accuracies"},
+        "verdict_rests_on": ["gap_test_p", "mean_drop_ci95_classes", "share_of_drop_from_top_decile_p_upper"],
         "top_classes": frame.head(k)[["rank", "class", "name", "train_rows", "acc_test1", "acc_test2", "drop",
-                                      "fisher_q"]].to_dict(orient="records"),
+                                      "drop_shrunk", "fisher_q"]].to_dict(orient="records"),
     }
-    names = ", ".join(f"{r.name} ({r.acc_test1:.0%}→{r.acc_test2:.0%})" for r in frame.head(3).itertuples())
-    significant = tests["wilcoxon_p"] is not None and np.isfinite(tests["wilcoxon_p"]) and tests["wilcoxon_p"] < alpha
-    verdict = (
-        f"Per class, {head} is {tests['mean_diff']:+.1%} less accurate on test set 2 on average "
-        f"(median {tests['median_diff']:+.1%}; paired t {fmt_p(tests['paired_t_p'])}, Wilcoxon {fmt_p(tests['wilcoxon_p'])}"
-        f"{'' if significant else ', not significant'}); {numbers['share_classes_dropping']:.0%} of classes drop"
-        + (f", the top 10% of classes account for {share_top:.0%} of the total drop" if share_top is not None else "")
-        + f", {n_sig} classes drop significantly on their own (Fisher q < {alpha}); largest drops: {names}."
-    )
+    verdict = _verdict(head, numbers, frame.head(3), alpha)
     return write_summary(files["summary.json"], verdict=verdict, figures=figures, table=files["per_class.csv"],
                          numbers=numbers, started=started, seed=seed, inputs=[metrics1, metrics2, class_counts],
                          extra={"head": head})
+
+
+def _verdict(head: str, n: dict[str, Any], top: pd.DataFrame, alpha: float) -> str:
+    gap, p = n["mean_drop"], n["gap_test_p"]
+    lo, hi = n["mean_drop_ci95_classes"]
+    significant = p < alpha
+    share, share_null = n["share_of_drop_from_top_decile"], n["share_of_drop_from_top_decile_null_95"]
+    conc_p = n["share_of_drop_from_top_decile_p_upper"]
+    parts = [
+        f"Per class, {head} is {gap:+.1%} less accurate on test set 2 on average (95% interval over classes "
+        f"{lo:+.1%} to {hi:+.1%}; stratified permutation test {fmt_p(p)}"
+        + ("" if significant else f", so no evidence of a change at α = {alpha:g}") + ")",
+    ]
+    improving = n["share_classes_improving"]
+    improving_null = n["share_classes_improving_null_95"]
+    if improving_null[0] is not None:
+        parts.append(f"{improving:.0%} of classes appear to improve, against {improving_null[0]:.0%}–"
+                     f"{improving_null[1]:.0%} from noise alone under a uniform drop")
+    if share is not None and share_null[0] is not None and conc_p is not None:
+        concentrated = conc_p < alpha
+        parts.append(f"the 10% of classes with the largest drop carry {share:.0%} of it (noise alone: "
+                     f"{share_null[0]:.0%}–{share_null[1]:.0%}), "
+                     + ("more concentrated than a uniform drop" if concentrated
+                        else "no evidence that the drop is concentrated in a few classes"))
+    parts.append(f"{n['n_classes_significant_drop']} classes drop significantly on their own (Fisher q < {alpha})")
+    names = ", ".join(f"{r.name} ({r.acc_test1:.0%}→{r.acc_test2:.0%})" for r in top.itertuples())
+    return "; ".join(parts) + f"; largest drops (shrunk estimates): {names}."
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -151,9 +200,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--options", default="{}")
     parser.add_argument("--head-name")
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     summary = gap(metrics1=args.metrics1, metrics2=args.metrics2, class_counts=args.class_counts,
-                  out_dir=args.out_dir, options=parse_json_arg(args.options, "options"), head_name=args.head_name)
+                  out_dir=args.out_dir, options=parse_json_arg(args.options, "options"), head_name=args.head_name,
+                  seed=args.seed)
     print(summary["verdict"])
 
 
