@@ -132,20 +132,30 @@ def _pair(numbers: dict[str, Any], key: str) -> tuple[float | None, float | None
 
 
 def _imbalance_rule(numbers: dict[str, Any]):
-    """Imbalance explains the gap if classes with fewer training rows drop more: Spearman ρ between
-    training rows per class and the per-class drop (test1 − test2) is negative and significant."""
-    rho, p = _pair(numbers, "spearman_drop")
-    if rho is None:
-        return None
+    """Imbalance explains the gap if classes with fewer training rows drop more. The imbalance
+    analysis names the test its reading rests on (`primary_test`, `primary_p`, `primary_effect`:
+    positive when fewer rows go with a larger drop): Spearman ρ of rows vs drop when a trend is
+    estimable, else full vs reduced classes. Older summaries: Spearman ρ of rows vs drop."""
     alpha = num(numbers, "alpha") or 0.05
-    supports = p is not None and p < alpha and rho < 0
-    score = (2.0 if abs(rho) >= 0.3 else 1.0) if supports else 0.0
     lo, hi = num(numbers, "train_rows_min"), num(numbers, "train_rows_max")
     rows = f"training rows per class range {lo:.0f}–{hi:.0f}; " if lo is not None and hi is not None else ""
-    text = (f"{rows}Spearman ρ between training rows and the per-class drop is {rho:+.2f}"
-            + (f" (p={p:.2g})" if p is not None else "")
-            + (": classes with fewer training rows drop more." if supports
-               else ": classes with fewer training rows do not drop more."))
+    if "primary_test" in numbers:
+        p, effect = num(numbers, "primary_p"), num(numbers, "primary_effect")
+        if p is None or effect is None:
+            return None  # not estimable: the verdict says why
+        supports = p < alpha and effect > 0
+        text = f"{rows}{numbers['primary_test']}: effect {effect:+.3f} (p={p:.2g})"
+    else:
+        rho, p = _pair(numbers, "spearman_drop")
+        if rho is None:
+            return None
+        supports = p is not None and p < alpha and rho < 0
+        effect = -rho
+        text = f"{rows}Spearman ρ between training rows and the per-class drop is {rho:+.2f}" + (
+            f" (p={p:.2g})" if p is not None else "")
+    score = (2.0 if abs(effect) >= 0.3 else 1.0) if supports else 0.0
+    text += (": classes with fewer training rows drop more." if supports
+             else ": no evidence that classes with fewer training rows drop more.")
     return score, text[:1].upper() + text[1:]
 
 
