@@ -1,27 +1,28 @@
 """CSV → Parquet shards, streamed, in byte-range parts that run as independent jobs.
 
 Three sub-steps (one rule each, so a 13 GB file converts in parallel jobs):
-  plan      read the header, find the columns by name, cut the file into `parts` line-aligned
-            byte ranges (and count rows per range when there is no index column to take row ids from);
+  plan      check the file format, read the header, find the columns by name, cut the file into
+            `parts` line-aligned byte ranges (scripts/csv_source.py);
   part      parse one byte range chunk by chunk with polars (multi-threaded) into one shard;
-  manifest  check the parts agree and write {split}.manifest.json.
+  manifest  check the parts, record each shard's rows, size and checksums in {split}.manifest.json,
+            and remove part files of an earlier conversion that the manifest no longer lists.
 
 Threads: polars reads POLARS_MAX_THREADS at import, so the rule sets it to the job's threads.
 Why polars: its CSV reader is the fastest here (see README benchmarks); we hand it line-aligned
 byte chunks so memory is bounded by `chunk_mb`, whatever the file size. The features become one
 fixed_size_list<float32>[D] column, so a row group is one contiguous float32 matrix.
-Bad input stops with one message naming the file, the line, the column and what was expected.
+Bad input stops with one message naming the file, the line, the column and what was expected
+(scripts/csv_diagnose.py finds them once polars has refused a chunk).
 """
 from __future__ import annotations
 
 import argparse
 import csv
-import io
-import os
+import math
 import time
-from pathlib import Path
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -29,110 +30,34 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from scripts.csv_diagnose import (
+    NUMBER_TEXT,
+    Layout,
+    Problem,
+    find_problem,
+    unbalanced_quote,
+)
+from scripts.csv_source import count_lines, open_source, plan
 from scripts.featio import (
+    SHARD_GLOB,
     FeatgapError,
     atomic_path,
     features_to_arrow,
     fingerprint,
     meta_block,
+    open_shard,
     parse_json_arg,
     read_json,
+    remove_dead_temporaries,
     run_cli,
+    shard_folder,
+    shard_record,
     shard_schema,
     write_json,
 )
 
-DEFAULT_COLUMNS = {"index": "", "path": "path", "label": "label"}
-COUNT_BLOCK = 16 << 20
-
-
-# ---------------------------------------------------------------- header and plan
-def parse_header(csv_path: Path, columns: dict[str, Any], dim: int | None) -> dict[str, Any]:
-    """Locate index / path / label / feature columns by name; return their positions."""
-    with csv_path.open("rb") as handle:
-        first = handle.readline()
-        header_bytes = len(first)
-        if not first.strip():
-            raise FeatgapError(f"{csv_path}: the file is empty (expected a header line `,path,label,0,1,…`)")
-    names = next(csv.reader([first.decode("utf-8-sig").rstrip("\r\n")]))
-    cols = {**DEFAULT_COLUMNS, **(columns or {})}
-    position = {name: i for i, name in enumerate(names)}
-    label_name = cols["label"]
-    if label_name not in position:
-        raise FeatgapError(f"{csv_path}: line 1 (header): missing column '{label_name}' (the class label)")
-    feature_pos = {int(n): i for i, n in enumerate(names) if n.strip().isdigit() and n != cols["index"]}
-    found = len(feature_pos)
-    if found == 0:
-        raise FeatgapError(f"{csv_path}: line 1 (header): no feature columns (expected columns named 0..D-1)")
-    if sorted(feature_pos) != list(range(found)):
-        missing = sorted(set(range(max(feature_pos) + 1)) - set(feature_pos))[:5]
-        raise FeatgapError(
-            f"{csv_path}: line 1 (header): feature columns must be named 0..{found - 1} without gaps; missing {missing}"
-        )
-    if dim is not None and found != dim:
-        raise FeatgapError(
-            f"{csv_path}: line 1 (header): found {found} feature columns (0..{found - 1}), expected {dim} (config dim)"
-        )
-    index_name, path_name = cols["index"], cols["path"]
-    return {
-        "names": names,
-        "header_bytes": header_bytes,
-        "index": position.get(index_name) if index_name is not None else None,
-        "path": position.get(path_name) if path_name is not None else None,
-        "label": position[label_name],
-        "features": [feature_pos[j] for j in range(found)],
-        "dim": found,
-    }
-
-
-def next_line_start(handle, offset: int, size: int) -> int:
-    """The first byte of the line that contains `offset`'s successor line (line-aligned cut)."""
-    if offset >= size:
-        return size
-    handle.seek(offset - 1)
-    handle.readline()  # finish the line that byte offset-1 belongs to
-    return min(handle.tell(), size)
-
-
-def count_lines(handle, start: int, end: int) -> int:
-    handle.seek(start)
-    left, lines, last = end - start, 0, b"\n"
-    while left > 0:
-        block = handle.read(min(COUNT_BLOCK, left))
-        if not block:
-            break
-        lines += block.count(b"\n")
-        last = block[-1:]
-        left -= len(block)
-    return lines + (1 if end > start and last != b"\n" else 0)
-
-
-def plan(csv_path: str | Path, parts: int, columns: dict | None = None, dim: int | None = None) -> dict:
-    """Header layout + `parts` line-aligned byte ranges of the data."""
-    csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise FeatgapError(f"{csv_path}: file not found")
-    header = parse_header(csv_path, columns or {}, dim)
-    size = csv_path.stat().st_size
-    data_start = header["header_bytes"]
-    with csv_path.open("rb") as handle:
-        handle.seek(data_start)
-        head_only = not handle.read(4096).strip() and size - data_start <= 4096
-    if head_only:
-        raise FeatgapError(f"{csv_path}: header only, no data rows (expected at least one row after line 1)")
-    with csv_path.open("rb") as handle:
-        cuts = [data_start]
-        for i in range(1, parts):
-            cuts.append(max(cuts[-1], next_line_start(handle, data_start + (size - data_start) * i // parts, size)))
-        cuts.append(size)
-        ranges = [{"start": a, "end": b} for a, b in zip(cuts[:-1], cuts[1:])]
-        if header["index"] is None:
-            # No index column: row ids are line positions, so each range needs its first row id.
-            first_row = 0
-            for rng in ranges:
-                rng["first_row"] = first_row
-                first_row += count_lines(handle, rng["start"], rng["end"])
-    return {"csv": str(csv_path), "fingerprint": fingerprint(csv_path), "size": size, "ranges": ranges, **header}
+__all__ = ["convert_file", "convert_part", "plan", "write_manifest"]
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 # ---------------------------------------------------------------- one part
@@ -142,105 +67,124 @@ class PartConverter:
     def __init__(self, plan_: dict, num_classes: int):
         self.plan = plan_
         self.csv = Path(plan_["csv"])
+        self.compression = plan_.get("compression", "none")
         self.num_classes = num_classes
+        self.layout = Layout.of(plan_)
         names = plan_["names"]
         self.dim = plan_["dim"]
         # Parse only the columns we need; every feature straight to float32.
-        wanted = [plan_["label"]] + plan_["features"]
         dtypes = {plan_["label"]: pl.Int64}
         if plan_["index"] is not None:
-            wanted.append(plan_["index"])
             dtypes[plan_["index"]] = pl.Int64
         if plan_["path"] is not None:
-            wanted.append(plan_["path"])
             dtypes[plan_["path"]] = pl.String
-        self.wanted = sorted(wanted)
+        self.wanted = list(self.layout.wanted)
         self.col_names = [f"c{i}" for i in range(len(names))]
-        self.schema = {self.col_names[i]: dtypes.get(i, pl.Float32 if i in set(plan_["features"]) else pl.String)
+        self.schema = {self.col_names[i]: dtypes.get(i, pl.Float32 if i in self.layout.features else pl.String)
                        for i in range(len(names))}
         self.feature_cols = [self.col_names[i] for i in plan_["features"]]
 
+    def check_source_unchanged(self) -> None:
+        """Byte ranges are only valid for the file they were planned on."""
+        planned, now = self.plan["fingerprint"], fingerprint(self.csv)
+        if (planned["size"], planned["sha256_head_tail"]) != (now["size"], now["sha256_head_tail"]):
+            raise FeatgapError(f"{self.csv}: changed since its conversion was planned; run snakemake again "
+                               "(it plans the new file)")
+
+    def read(self, data: bytes) -> pl.DataFrame:
+        return pl.read_csv(data, has_header=False, schema=self.schema, columns=self.wanted,
+                           raise_if_empty=False, truncate_ragged_lines=False)
+
     def parse_chunk(self, data: bytes, offset: int) -> pl.DataFrame:
+        if b'"' in data and (problem := unbalanced_quote(data, self.layout)) is not None:
+            raise self.error_at(offset, problem)
         try:
-            frame = pl.read_csv(
-                data, has_header=False, schema=self.schema, columns=self.wanted,
-                raise_if_empty=False, truncate_ragged_lines=False,
-            )
-        except Exception as err:  # polars raises several types; diagnose precisely below
-            self.diagnose(data, offset, str(err).splitlines()[0])
-            raise  # diagnose always raises
+            frame = self.read(data)
+        except (pl.exceptions.PolarsError, ValueError, OSError) as err:  # diagnose precisely
+            raise self.diagnose(data, offset, str(err).splitlines()[0]) from None
         # Fewer fields than the header, or empty values, come back as nulls.
         if frame.null_count().sum_horizontal().item() > 0:
-            self.diagnose(data, offset, "empty value")
+            raise self.diagnose(data, offset, "empty value")
         return frame
 
-    def diagnose(self, data: bytes, offset: int, fallback: str) -> None:
-        """Find the first bad line of a chunk with the slow, exact csv module, and raise."""
-        names, n_fields = self.plan["names"], len(self.plan["names"])
-        features = set(self.plan["features"])
-        ints = {self.plan["label"]} | ({self.plan["index"]} if self.plan["index"] is not None else set())
-        text = data.decode("utf-8", errors="replace")
-        for local_line, fields in enumerate(csv.reader(io.StringIO(text))):
-            if not fields:
-                raise self.error(offset, local_line, None, "an empty line (expected a data row)")
-            if len(fields) != n_fields:
-                raise self.error(offset, local_line, None, f"{len(fields)} fields, expected {n_fields} as in the header")
-            for pos in self.wanted:
-                value = fields[pos]
-                if pos in features:
-                    try:
-                        float(value)
-                    except ValueError:
-                        raise self.error(offset, local_line, names[pos], f"value {value!r}, expected a number") from None
-                elif pos in ints:
-                    try:
-                        int(value)
-                    except ValueError:
-                        raise self.error(offset, local_line, names[pos], f"value {value!r}, expected an integer") from None
-        raise FeatgapError(f"{self.csv}: bytes {offset}..{offset + len(data)}: could not parse ({fallback})")
+    def diagnose(self, data: bytes, offset: int, fallback: str) -> FeatgapError:
+        """The first bad line of a chunk, found with the slow, exact rules of csv_diagnose."""
+        problem = find_problem(data, self.layout, self.read)
+        if problem is not None:
+            return self.error_at(offset, problem)
+        first = self.line_number(offset, 0)
+        last = first + data.count(b"\n")
+        return FeatgapError(f"{self.csv}: lines {first}..{last}: could not parse ({fallback})")
 
     def line_number(self, offset: int, local_line: int) -> int:
         """1-based line number in the file (header = line 1); counted only when reporting an error."""
-        with self.csv.open("rb") as handle:
+        with open_source(self.csv, self.compression) as handle:
             return count_lines(handle, 0, offset) + local_line + 1
+
+    def raw_field(self, offset: int, local_line: int, position: int) -> str:
+        """A field's text as written in the file (error messages only)."""
+        with open_source(self.csv, self.compression) as handle:
+            handle.seek(offset)
+            for _ in range(local_line):
+                handle.readline()
+            line = handle.readline().decode("utf-8", errors="replace").rstrip("\r\n")
+        fields = next(csv.reader([line]), [])
+        return fields[position] if position < len(fields) else ""
 
     def error(self, offset: int, local_line: int, column: str | None, what: str) -> FeatgapError:
         where = f"line {self.line_number(offset, local_line)}"
         col = f", column '{column}'" if column is not None else ""
         return FeatgapError(f"{self.csv}: {where}{col}: {what}")
 
+    def error_at(self, offset: int, problem: Problem) -> FeatgapError:
+        return self.error(offset, problem.line, problem.column, problem.what)
+
     def check_values(self, frame: pl.DataFrame, matrix: np.ndarray, labels: np.ndarray, offset: int) -> None:
+        names = self.plan["names"]
         finite = np.isfinite(matrix)
         if not finite.all():
-            row, col = np.argwhere(~finite)[0]
-            raise self.error(offset, int(row), self.plan["names"][self.plan["features"][col]],
-                             f"value {matrix[row, col]}, expected a finite number (no NaN or inf)")
+            row, col = (int(i) for i in np.argwhere(~finite)[0])
+            position = self.plan["features"][col]
+            text = self.raw_field(offset, row, position)
+            overflow = bool(NUMBER_TEXT.fullmatch(text)) and math.isfinite(float(text))
+            what = (f"value {text!r} is outside the float32 range (±{FLOAT32_MAX:.4g})" if overflow
+                    else f"value {text!r}, expected a finite number (no NaN or inf)")
+            raise self.error(offset, row, names[position], what)
         bad = (labels < 0) | (labels >= self.num_classes)
         if bad.any():
             row = int(np.argmax(bad))
-            raise self.error(offset, row, self.plan["names"][self.plan["label"]],
+            raise self.error(offset, row, names[self.plan["label"]],
                              f"label {labels[row]}, expected an integer in 0..{self.num_classes - 1}")
+        if self.plan["path"] is not None:
+            empty = frame.get_column(self.col_names[self.plan["path"]]).eq("").arg_true()
+            if len(empty):
+                raise self.error(offset, int(empty[0]), names[self.plan["path"]], "empty value, expected an image path")
 
-    def chunks(self, start: int, end: int, chunk_bytes: int) -> Iterator[tuple[int, bytes]]:
-        """Yield (file offset, bytes) of line-aligned chunks of [start, end), reading into one buffer."""
+    def chunks(self, start: int, end: int | None, chunk_bytes: int) -> Iterator[tuple[int, bytes]]:
+        """Yield (offset, bytes) of line-aligned chunks of [start, end) (end None: to the end of
+        a gzip stream), reading into one buffer."""
         buf = bytearray(chunk_bytes)
         offset, carry = start, 0
-        with self.csv.open("rb") as handle:
+        with open_source(self.csv, self.compression) as handle:
             handle.seek(start)
-            while offset + carry < end or carry:
-                room = min(len(buf) - carry, end - offset - carry)
+            while True:
+                room = len(buf) - carry if end is None else min(len(buf) - carry, end - offset - carry)
                 with memoryview(buf) as view:
                     got = handle.readinto(view[carry : carry + room]) if room > 0 else 0
                 filled = carry + got
-                at_end = got == 0 or offset + filled >= end
+                at_end = got == 0 or (end is not None and offset + filled >= end)
                 cut = filled if at_end else buf.rfind(b"\n", 0, filled) + 1
+                if end is None and not at_end:
+                    cut = _after_last_content_line(buf, cut)  # blank lines may be the stream's end
                 if cut == 0:  # a line longer than the buffer: grow it and read on
                     buf.extend(bytes(len(buf)))
                     carry = filled
                     continue
                 with memoryview(buf) as view:
                     chunk = bytes(view[:cut])  # the one copy polars needs
-                if not chunk.isspace():  # stops at the first non-blank byte: cheap
+                if at_end and end is None:
+                    chunk = chunk.rstrip(b"\r\n")  # trailing blank lines of a stream are not rows
+                if chunk:
                     yield offset, chunk
                 buf[: filled - cut] = buf[cut:filled]
                 offset, carry = offset + cut, filled - cut
@@ -263,15 +207,16 @@ class PartConverter:
                 yield result
 
     def run(self, part: int, out: Path, row_group_rows: int, compression: str, chunk_mb: int) -> int:
+        self.check_source_unchanged()
         rng = self.plan["ranges"][part]
         next_row = rng.get("first_row", 0)
         schema = shard_schema(self.dim)
         rows = 0
         with atomic_path(out) as tmp:
             writer = pq.ParquetWriter(tmp, schema, compression=compression, use_dictionary=["path"],
-                                      write_statistics=["row", "label"])
+                                      write_statistics=["row", "label"], write_page_checksum=True)
             try:
-                total = rng["end"] - rng["start"]
+                total = None if rng["end"] is None else rng["end"] - rng["start"]
                 with tqdm(total=total, unit="B", unit_scale=True, desc=f"convert part {part}", mininterval=2) as bar:
                     for offset, nbytes, frame in self.parsed_chunks(rng["start"], rng["end"], chunk_mb << 20):
                         n = frame.height
@@ -296,6 +241,14 @@ class PartConverter:
         return rows
 
 
+def _after_last_content_line(buf: bytearray, cut: int) -> int:
+    """Move a cut back over a run of line ends, so that they go to the next chunk."""
+    i = cut
+    while i > 0 and buf[i - 1] in b"\r\n":
+        i -= 1
+    return cut if i == 0 else buf.find(b"\n", i, cut) + 1
+
+
 def convert_part(plan_path: str | Path, part: int, out: str | Path, *, num_classes: int,
                  row_group_rows: int = 8192, compression: str = "none", chunk_mb: int = 64) -> int:
     plan_ = read_json(plan_path)
@@ -306,25 +259,29 @@ def convert_part(plan_path: str | Path, part: int, out: str | Path, *, num_class
 
 # ---------------------------------------------------------------- manifest
 def write_manifest(plan_path: str | Path, shards: Sequence[str | Path], out: str | Path) -> dict:
+    """Record every shard (rows, size, CRC-32 of the file and of its footer) and remove part
+    files of the same folder that are not listed (left by a conversion with more parts: Snakemake
+    never deletes files that stopped being outputs)."""
     started = time.perf_counter()
     plan_ = read_json(plan_path)
+    shards = sorted(map(Path, shards))
+    if len(shards) != len(plan_["ranges"]):
+        raise FeatgapError(f"{plan_path}: {len(plan_['ranges'])} parts planned, {len(shards)} shards given")
     entries, rows, labels_seen = [], 0, set()
-    for shard in sorted(map(Path, shards)):
-        pfile = pq.ParquetFile(shard)
-        dim = pfile.schema_arrow.field("features").type.list_size
-        if dim != plan_["dim"]:
-            raise FeatgapError(f"{shard}: {dim} features, expected {plan_['dim']} as in {plan_['csv']}")
-        labels = pq.read_table(shard, columns=["label"]).column("label").to_numpy()
-        labels_seen.update(np.unique(labels).tolist())
-        entries.append({"file": shard.name, "rows": pfile.metadata.num_rows,
-                        "row_groups": pfile.num_row_groups, "bytes": shard.stat().st_size})
-        rows += pfile.metadata.num_rows
+    for shard in shards:
+        entry, labels = checked_shard(shard, plan_)
+        labels_seen.update(labels)
+        entries.append(entry)
+        rows += entry["rows"]
     if rows == 0:
         raise FeatgapError(f"{plan_['csv']}: no data rows were converted")
+    folder = shard_folder(out)
+    listed = {entry["file"] for entry in entries}
+    stale = sorted(p for p in folder.glob(SHARD_GLOB) if p.name not in listed) if folder.is_dir() else []
     manifest = {
         "source": plan_["csv"],
         "source_fingerprint": plan_["fingerprint"],
-        "folder": str(Path(out).with_name(Path(out).name.removesuffix(".manifest.json"))),
+        "folder": str(folder),
         "rows": rows,
         "dim": plan_["dim"],
         "classes_seen": len(labels_seen),
@@ -334,7 +291,30 @@ def write_manifest(plan_path: str | Path, shards: Sequence[str | Path], out: str
         "meta": meta_block(started=started, input_fingerprints=[plan_["fingerprint"]]),
     }
     write_json(out, manifest)
+    for path in stale:  # after the manifest exists: readers never see a folder without one
+        path.unlink()
+        print(f"removed {path}: not a part of this conversion")
+    if folder.is_dir():
+        for path in remove_dead_temporaries(folder):
+            print(f"removed {path}: left by a killed job")
     return manifest
+
+
+def checked_shard(shard: Path, plan_: dict) -> tuple[dict, set[int]]:
+    """A shard's manifest entry and its labels. An unreadable shard (truncated, overwritten) is
+    removed, so that the next `snakemake` run sees it missing and rebuilds it."""
+    try:
+        entry = shard_record(shard)
+        pfile = open_shard(shard)
+        labels = pfile.read(columns=["label"]).column("label").to_numpy()
+        dim = pfile.schema_arrow.field("features").type.list_size
+    except (FeatgapError, OSError, pa.ArrowException) as err:
+        shard.unlink(missing_ok=True)
+        raise FeatgapError(f"{shard}: not a complete Parquet shard ({str(err).splitlines()[0]}); removed it: run "
+                           "snakemake again to rebuild it") from None
+    if dim != plan_["dim"]:
+        raise FeatgapError(f"{shard}: {dim} features, expected {plan_['dim']} as in {plan_['csv']}")
+    return entry, set(np.unique(labels).tolist())
 
 
 def convert_file(csv_path: str | Path, folder: str | Path, manifest: str | Path, *, num_classes: int,
@@ -348,7 +328,7 @@ def convert_file(csv_path: str | Path, folder: str | Path, manifest: str | Path,
         for part in range(parts):
             convert_part(plan_path, part, tmp_folder / f"part-{part:05d}.parquet", num_classes=num_classes,
                          **options)
-    return write_manifest(plan_path, sorted(folder.glob("part-*.parquet")), manifest)
+    return write_manifest(plan_path, [folder / f"part-{part:05d}.parquet" for part in range(parts)], manifest)
 
 
 # ---------------------------------------------------------------- CLI

@@ -1,20 +1,28 @@
 """Shared I/O for every featgap step: atomic writes, fingerprints, meta blocks, shard reading.
 
-Every step imports from here so that the on-disk contracts of ../shared/DESIGN.md live in one place.
+Every step imports from here so that the on-disk contracts of docs/data-contract.md live in one place.
+Readers take a split's shards from its manifest only, and check each against what the manifest
+recorded (size, footer checksum, rows; Parquet page checksums while decoding), so a stale, truncated
+or corrupted shard stops the step with one line saying what to do instead of being read.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
 import sys
 import time
+import zlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -37,7 +45,12 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    tmp = final.with_name(f".{final.name}{TMP_INFIX}{os.getpid()}")
+    # A job killed with SIGKILL cannot clean up: its temporary (hundreds of MB for a shard) is
+    # removed by the next attempt at the same output.
+    for stale in final.parent.glob(f".{glob.escape(final.name)}{TMP_INFIX}*"):
+        if _is_dead_temporary(stale):
+            _remove(stale)
     _remove(tmp)
     try:
         yield tmp
@@ -49,6 +62,33 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+TMP_INFIX = ".tmp-"
+
+
+def _is_dead_temporary(path: Path) -> bool:
+    """A `.NAME.tmp-PID` whose process no longer runs on this machine (or this process's own)."""
+    pid = path.name.rpartition(TMP_INFIX)[2]
+    if not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def remove_dead_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove every `.NAME.tmp-PID` in `folder` whose writer is gone (after kill -9); return them."""
+    removed = [p for p in Path(folder).glob(f".*{TMP_INFIX}*") if _is_dead_temporary(p)]
+    for path in removed:
+        _remove(path)
+    return removed
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -57,13 +97,29 @@ def _remove(path: Path) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Atomically write pretty JSON (sorted keys, so equal content gives equal bytes)."""
+    """Atomically write pretty JSON (sorted keys, so equal content gives equal bytes).
+
+    NaN and ±inf become null: bare `NaN` is not JSON, and browsers, jq and strict parsers refuse it.
+    """
+    text = json.dumps(_finite_or_null(obj), indent=2, sort_keys=True, default=_json_default, allow_nan=False)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+        tmp.write_text(text + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def _finite_or_null(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(item) for item in value]
+    if isinstance(value, (np.ndarray, np.generic)):
+        return _finite_or_null(value.tolist())
+    return value
 
 
 def _json_default(value: Any) -> Any:
@@ -140,11 +196,144 @@ def shard_schema(dim: int) -> pa.Schema:
     )
 
 
+REBUILD_HINT = "delete it and run snakemake again to rebuild it"
+CHECKSUM_BLOCK = 16 << 20
+
+
+def manifest_path(folder: str | os.PathLike) -> Path:
+    """results/parquet/{split}/ → results/parquet/{split}.manifest.json (inverse of shard_folder)."""
+    folder = Path(folder)
+    return folder.with_name(f"{folder.name}.manifest.json")
+
+
+def file_crc32(path: str | os.PathLike) -> int:
+    """CRC-32 of a whole file, streamed (zlib: ~3 GB/s here, far above the disk)."""
+    crc, buffer = 0, bytearray(CHECKSUM_BLOCK)
+    with open(path, "rb", buffering=0) as handle, memoryview(buffer) as view:
+        while got := handle.readinto(view):
+            crc = zlib.crc32(view[:got], crc)
+    return crc
+
+
+def footer_crc32(path: str | os.PathLike) -> int:
+    """CRC-32 of a Parquet file's footer (schema, row counts, page offsets): a few KB to read.
+
+    The data pages carry their own CRC (written with write_page_checksum, checked while
+    decoding), so footer + pages cover what a reader relies on without a second pass over the file.
+    """
+    path = Path(path)
+    with path.open("rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        size = handle.tell()
+        if size < 12:
+            raise FeatgapError(f"{path}: {size} bytes, not a Parquet file; {REBUILD_HINT}")
+        handle.seek(size - 8)
+        tail = handle.read(8)
+        length = int.from_bytes(tail[:4], "little")
+        if tail[4:] != b"PAR1" or length + 12 > size:
+            raise FeatgapError(f"{path}: no Parquet footer (truncated or overwritten); {REBUILD_HINT}")
+        handle.seek(size - 8 - length)
+        return zlib.crc32(handle.read(length + 8))
+
+
+def shard_record(path: str | os.PathLike) -> dict[str, Any]:
+    """What a manifest stores about one shard, and what every read checks it against."""
+    path = Path(path)
+    pfile = open_shard(path)
+    return {
+        "file": path.name,
+        "rows": pfile.metadata.num_rows,
+        "row_groups": pfile.num_row_groups,
+        "bytes": path.stat().st_size,
+        "crc32": file_crc32(path),
+        "footer_crc32": footer_crc32(path),
+    }
+
+
+def open_shard(path: str | os.PathLike) -> pq.ParquetFile:
+    """Open a shard with page-checksum verification; an unreadable file is one line, not a traceback."""
+    try:
+        return pq.ParquetFile(path, page_checksum_verification=True)
+    except (OSError, pa.ArrowException) as err:
+        raise FeatgapError(f"{path}: not a readable Parquet file ({_first_line(err)}); {REBUILD_HINT}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def _read_manifest(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise FeatgapError(f"{path}: unreadable manifest ({_first_line(err)}); delete it and run snakemake again") from None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def _listed(manifest: dict | None) -> list[dict] | None:
+    entries = (manifest or {}).get("shards")
+    if isinstance(entries, list) and entries and all(isinstance(e, dict) and "file" in e for e in entries):
+        return entries
+    return None
+
+
+def open_split(folder: str | os.PathLike) -> list[tuple[Path, pq.ParquetFile]]:
+    """The shards of a split, opened and checked against its manifest before any data is read.
+
+    Only the files the manifest lists are read (part files left over from an earlier, larger
+    `convert.parts` are ignored). Each listed shard must exist and have the recorded size, footer
+    checksum and rows; the split must have the recorded total rows and dim. A folder whose manifest
+    lists no shards (hand-made fixtures) is read by name, still checked against `rows` if recorded.
+    """
+    folder = Path(folder)
+    mpath = manifest_path(folder)
+    manifest = _read_manifest(mpath)
+    entries = _listed(manifest)
+    if entries is None:
+        paths = sorted(folder.glob(SHARD_GLOB))
+        if not paths:
+            raise FeatgapError(f"{folder}: no {SHARD_GLOB} files (did convert run?)")
+        entries = [{"file": p.name} for p in paths]
+    opened = []
+    for entry in entries:
+        path = folder / entry["file"]
+        if not path.is_file():
+            raise FeatgapError(f"{path}: listed in {mpath} but missing; run snakemake again to rebuild it")
+        size = path.stat().st_size
+        if entry.get("bytes") is not None and size != entry["bytes"]:
+            raise FeatgapError(f"{path}: {size} bytes, but {mpath.name} records {entry['bytes']} "
+                               f"(truncated or overwritten after conversion); {REBUILD_HINT}")
+        if entry.get("footer_crc32") is not None and footer_crc32(path) != entry["footer_crc32"]:
+            raise FeatgapError(f"{path}: footer checksum differs from {mpath.name} (corrupt); {REBUILD_HINT}")
+        pfile = open_shard(path)
+        if entry.get("rows") is not None and pfile.metadata.num_rows != entry["rows"]:
+            raise FeatgapError(f"{path}: {pfile.metadata.num_rows} rows, but {mpath.name} records {entry['rows']}; "
+                               f"{REBUILD_HINT}")
+        opened.append((path, pfile))
+    total = sum(pfile.metadata.num_rows for _, pfile in opened)
+    if manifest and isinstance(manifest.get("rows"), int) and total != manifest["rows"]:
+        raise FeatgapError(f"{folder}: {total} rows in {len(opened)} shards, but {mpath.name} records "
+                           f"{manifest['rows']}; delete {folder} and {mpath.name} and run snakemake again")
+    dims = {pfile.schema_arrow.field("features").type.list_size for _, pfile in opened}
+    if len(dims) > 1 or (manifest and isinstance(manifest.get("dim"), int) and dims != {manifest["dim"]}):
+        raise FeatgapError(f"{folder}: shards have {sorted(dims)} features, {mpath.name} records "
+                           f"{(manifest or {}).get('dim')}; delete {folder} and run snakemake again")
+    return opened
+
+
 def list_shards(folder: str | os.PathLike) -> list[Path]:
-    shards = sorted(Path(folder).glob(SHARD_GLOB))
-    if not shards:
-        raise FeatgapError(f"{folder}: no {SHARD_GLOB} files (did convert run?)")
-    return shards
+    """The manifest's shards of a split, checked (see open_split)."""
+    return [path for path, _ in open_split(folder)]
+
+
+def read_row_group(path: Path, pfile: pq.ParquetFile, group: int, columns: Sequence[str]) -> pa.Table:
+    """One row group; a page whose checksum fails (flipped bytes) stops with one line."""
+    try:
+        return pfile.read_row_group(group, columns=list(columns))
+    except (OSError, pa.ArrowException) as err:
+        raise FeatgapError(f"{path}: row group {group} is corrupt ({_first_line(err)}); {REBUILD_HINT}") from None
 
 
 def features_to_numpy(column: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
@@ -178,10 +367,9 @@ class Split:
 def split_shape(folder: str | os.PathLike) -> tuple[int, int]:
     """(rows, dim) from the shard footers, without reading data."""
     rows, dim = 0, 0
-    for shard in list_shards(folder):
-        meta = pq.ParquetFile(shard)
-        rows += meta.metadata.num_rows
-        dim = meta.schema_arrow.field("features").type.list_size
+    for _, pfile in open_split(folder):
+        rows += pfile.metadata.num_rows
+        dim = pfile.schema_arrow.field("features").type.list_size
     return rows, dim
 
 
@@ -199,7 +387,9 @@ def read_split(
     `rows` (sorted positional indices) selects a subset while streaming; `out` lets the
     caller supply the feature buffer (e.g. pinned memory).
     """
-    n_total, dim = split_shape(folder)
+    shards = open_split(folder)
+    n_total = sum(pfile.metadata.num_rows for _, pfile in shards)
+    dim = shards[0][1].schema_arrow.field("features").type.list_size
     want = None if rows is None else np.asarray(rows, dtype=np.int64)
     n = n_total if want is None else len(want)
     matrix = None
@@ -210,8 +400,7 @@ def read_split(
     pieces: dict[str, list[np.ndarray]] = {name: [] for name in columns}
     cols = list(columns) + (["features"] if features else [])
     start, filled = 0, 0
-    for shard in list_shards(folder):
-        pfile = pq.ParquetFile(shard)
+    for shard, pfile in shards:
         for group in range(pfile.num_row_groups):
             g_rows = pfile.metadata.row_group(group).num_rows
             if want is None:
@@ -222,7 +411,7 @@ def read_split(
                 if len(local) == 0:
                     start += g_rows
                     continue
-            table = pfile.read_row_group(group, columns=cols)
+            table = read_row_group(shard, pfile, group, cols)
             if local is not None:
                 table = table.take(pa.array(local))
             for name in columns:
@@ -245,20 +434,34 @@ def iter_row_groups(
     folder: str | os.PathLike, columns: Sequence[str] = ("row", "path", "label", "features")
 ) -> Iterator[pa.Table]:
     """Stream a split one row group at a time (bounded memory for any split size)."""
-    for shard in list_shards(folder):
-        pfile = pq.ParquetFile(shard)
+    for shard, pfile in open_split(folder):
         for group in range(pfile.num_row_groups):
-            yield pfile.read_row_group(group, columns=list(columns))
+            yield read_row_group(shard, pfile, group, columns)
 
 
 # ---------------------------------------------------------------- CLI helpers
 def run_cli(main_fn, argv: Sequence[str] | None = None) -> None:
-    """Run a step's CLI; a FeatgapError becomes one clear line on stderr and exit code 1."""
+    """Run a step's CLI; a FeatgapError becomes one clear line on stderr and exit code 1.
+
+    So does an operating-system error (disk full, permission denied, a file gone): it names the
+    file and what happened, which is all a user can act on.
+    """
     try:
         main_fn(argv)
     except FeatgapError as err:
         print(f"featgap error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
+    except OSError as err:
+        print(f"featgap error: {describe_os_error(err)}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def describe_os_error(err: OSError) -> str:
+    where = f"{err.filename}: " if err.filename else ""
+    what = err.strerror or _first_line(err)
+    full = err.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(err)
+    hint = " (the disk is full: free space and run again; finished outputs are kept)" if full else ""
+    return f"{where}{what}{hint}"
 
 
 def parse_json_arg(text: str, name: str) -> Any:
@@ -298,6 +501,7 @@ def write_shard(
             row_group_size=row_group_rows,
             compression=compression,
             use_dictionary=["path"],  # float columns are never dictionary-encoded
+            write_page_checksum=True,  # readers verify every page: flipped bytes cannot pass as data
         )
 
 

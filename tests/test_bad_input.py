@@ -95,8 +95,13 @@ def test_feature_count_differs_from_other_splits(tiny_csv, tmp_path):
 
 
 def test_gap_in_feature_names(tiny_csv, tmp_path):
-    csv = corrupt(tiny_csv, tmp_path, 1, set_field(3 + 5, "x5"))
+    csv = corrupt(tiny_csv, tmp_path, 1, set_field(3 + 5, "32"))
     expect_failure(csv, tmp_path, "line 1", "missing [5]")
+
+
+def test_column_that_is_neither_configured_nor_a_feature(tiny_csv, tmp_path):
+    csv = corrupt(tiny_csv, tmp_path, 1, set_field(3 + 5, "x5"))
+    expect_failure(csv, tmp_path, "line 1", "column 9", "unexpected column 'x5'")
 
 
 def test_empty_file(tmp_path):
@@ -118,7 +123,7 @@ def test_cli_prints_one_clear_line_without_traceback(tiny_csv, tmp_path):
                     "--dim", "32"], cwd=ROOT, check=True, capture_output=True)
     out = tmp_path / "part-00000.parquet"
     result = subprocess.run([sys.executable, "-m", "scripts.convert", "part", "--plan", str(plan), "--part", "0",
-                             "--out", str(out), "--num-classes", "12"], cwd=ROOT, capture_output=True, text=True)
+                             "--out", str(out), "--num-classes", "12"], cwd=ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert f"featgap error: {csv}: line 77, column '0': value 'oops', expected a number" in result.stderr

@@ -29,10 +29,9 @@ def make_split(folder, sizes=(50, 30), dim=6):
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "out.json"
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
     write_json(target, {"b": 1, "a": np.float32(2.5)})
     assert target.read_text() == '{\n  "a": 2.5,\n  "b": 1\n}\n'
