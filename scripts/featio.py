@@ -323,6 +323,21 @@ def open_split(folder: str | os.PathLike) -> list[tuple[Path, pq.ParquetFile]]:
     return opened
 
 
+def verify_split(folder: str | os.PathLike) -> int:
+    """Every listed shard's whole-file CRC-32 against the manifest (QC runs it once per conversion,
+    and training and evaluation depend on QC); returns the bytes checked."""
+    folder = Path(folder)
+    shards = open_split(folder)  # the cheap checks first
+    entries = {entry["file"]: entry for entry in _listed(_read_manifest(manifest_path(folder))) or []}
+    checked = 0
+    for path, _ in shards:
+        recorded = entries.get(path.name, {}).get("crc32")
+        if recorded is not None and file_crc32(path) != recorded:
+            raise FeatgapError(f"{path}: CRC-32 differs from {manifest_path(folder).name} (corrupt); {REBUILD_HINT}")
+        checked += path.stat().st_size if recorded is not None else 0
+    return checked
+
+
 def list_shards(folder: str | os.PathLike) -> list[Path]:
     """The manifest's shards of a split, checked (see open_split)."""
     return [path for path, _ in open_split(folder)]

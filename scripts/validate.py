@@ -7,6 +7,8 @@ Checks (each recorded; violations fail the step unless on_violation=warn):
   * layout `imagenet`: the folder of each path maps to exactly one label and back, and a numeric
     folder (ImageNetV2: `imagenetv2-matched-frequency-format-val/<label>/…`) equals the label.
 Features are streamed one row group at a time, so memory stays small for the 1.28M-row train split.
+Each shard's CRC-32 is checked against the manifest first (training and evaluation depend on QC,
+so a shard corrupted after conversion stops them with one line saying what to do).
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from scripts.featio import (
     read_json,
     run_cli,
     shard_folder,
+    verify_split,
     write_json,
 )
 
@@ -111,6 +114,7 @@ def validate_split(manifest_path: str | Path, split: str, *, num_classes: int, e
     started = time.perf_counter()
     manifest = read_json(manifest_path)
     folder = shard_folder(manifest_path)
+    verified_bytes = verify_split(folder)  # whole-file checksums, once per conversion
     frame = label_path_table(folder)
     counts = frame.group_by("label").len().sort("label")
     per_class = np.zeros(num_classes, dtype=np.int64)
@@ -131,6 +135,7 @@ def validate_split(manifest_path: str | Path, split: str, *, num_classes: int, e
         "labels_out_of_range": int(counts.filter(~pl.col("label").is_between(0, num_classes - 1))["len"].sum()),
         "duplicate_paths": duplicated["path"].n_unique(),
         "row_ids_unique": frame["row"].n_unique() == frame.height,
+        "checksummed_bytes": verified_bytes,
         **feature_stats(folder, manifest["dim"]),
     }
     problems: list[str] = []
