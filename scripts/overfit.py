@@ -7,6 +7,13 @@ the two metrics.json of evaluate. Never reads a feature.
 Caveats written into the summary: `train` accuracy is the running accuracy over the winner's
 training epoch (dropout on, weights changing), not a clean re-evaluation; with `refit` the final
 head was retrained on train + holdout, so its holdout score comes from the grid phase.
+
+`backbone_saw_train` (config key): the feature extractor itself was trained on the training
+split (EVA-02 …ft_in22k_in1k was fine-tuned on ImageNet-1k train), so train and holdout images
+are ones the backbone has seen and the test images are not. Train vs holdout still measures the
+head's own overfitting (both seen), but neither can be set against the test sets as if they
+were exchangeable: the verdict then makes no holdout-vs-test or train-gap-vs-test-gap reading,
+and states the flag next to the numbers.
 Writes accuracy.csv, grid.csv, summary.json, accuracy.png, grid.png, curves.png.
 """
 from __future__ import annotations
@@ -19,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from scripts.analysis_common import merge_options, pyplot, save_figure, write_summary, write_table
+from scripts.analysis_common import merge_options, mpl_text, pyplot, save_figure, write_summary, write_table
 from scripts.featio import FeatgapError, parse_json_arg, read_json, run_cli
 
 DEFAULTS = {"overfit_threshold": 0.02, "shift_threshold": 0.02}
@@ -106,7 +113,7 @@ def plot_accuracy(acc: pd.DataFrame, head: str, path: Path) -> str:
             ax.text(bar.get_x() + bar.get_width() / 2, 0, "n/a", ha="center", va="bottom", fontsize=8)
     ax.set_ylim(max(0.0, np.nanmin(values) - 0.15), min(1.0, np.nanmax(values) + 0.08))
     ax.set_ylabel("top-1 accuracy")
-    ax.set_title(f"{head}: train / holdout / test1 / test2")
+    ax.set_title(mpl_text(f"{head}: train / holdout / test1 / test2"))
     return save_figure(fig, path)
 
 
@@ -147,7 +154,7 @@ def plot_grid(grid: pd.DataFrame, head: str, path: Path) -> str:
         ax.set_xlabel(axis.replace("_", " ") + (" (L2 strength)" if axis == "weight_decay" else ""))
         ax.set_ylabel("holdout top-1")
         ax.legend(fontsize=7)
-    ax.set_title(f"{head}: holdout score across the grid")
+    ax.set_title(mpl_text(f"{head}: holdout score across the grid"))
     return save_figure(fig, path)
 
 
@@ -162,14 +169,14 @@ def plot_curves(history: pd.DataFrame, win: int, head: str, path: Path) -> str:
         ax.plot(sub["epoch"], sub["holdout_acc"], color="#8064a2", **kw, label="holdout (winner)" if chosen else None)
     ax.set_xlabel("epoch")
     ax.set_ylabel("top-1 accuracy")
-    ax.set_title(f"{head}: learning curves (faint: other grid candidates)")
+    ax.set_title(mpl_text(f"{head}: learning curves (faint: other grid candidates)"))
     ax.legend(fontsize=7)
     return save_figure(fig, path)
 
 
 def overfit(*, selection_path: str | Path, history_path: str | Path, metrics1: str | Path, metrics2: str | Path,
             out_dir: str | Path, options: dict | None = None, head_name: str | None = None,
-            seed: int = 0) -> dict[str, Any]:
+            seed: int = 0, backbone_saw_train: bool = False) -> dict[str, Any]:
     started = time.perf_counter()
     opts = merge_options(options, DEFAULTS, "analysis.overfit")
     out = Path(out_dir)
@@ -202,7 +209,7 @@ def overfit(*, selection_path: str | Path, history_path: str | Path, metrics1: s
         "train_minus_holdout": train_gap, "holdout_minus_test1": holdout_test1, "test1_minus_test2": test_gap,
         "winner": selection.get("winner"), "grid_size": int(len(grid)), "grid_holdout_spread": spread,
         "winner_on_grid_edge": edge, "refit": selection.get("refit"), "epoch": at["epoch"],
-        "thresholds": opts,
+        "thresholds": opts, "backbone_saw_train": bool(backbone_saw_train),
     }
     thr, shift_thr = float(opts["overfit_threshold"]), float(opts["shift_threshold"])
     parts = []
@@ -212,15 +219,22 @@ def overfit(*, selection_path: str | Path, history_path: str | Path, metrics1: s
             f"(train {a['train']:.1%} vs holdout {a['holdout']:.1%}, {train_gap:+.1%})")
     else:
         parts.append("no training accuracy was recorded (overfitting not measurable)")
-    if holdout_test1 is not None:
+    if backbone_saw_train:
+        parts[-1] += " — both are images the backbone was trained on"
+        if holdout_test1 is not None:
+            parts.append(f"holdout {a['holdout']:.1%} vs test set 1 {a['test1']:.1%} is not a like-for-like comparison "
+                         "(the backbone saw the holdout images, not the test images)")
+        parts.append(f"test set 2 is {test_gap:+.1%} below test set 1")
+    else:
+        if holdout_test1 is not None:
+            parts.append(
+                f"the holdout {'predicts' if abs(holdout_test1) <= shift_thr else 'does not predict'} test set 1 "
+                f"({a['holdout']:.1%} vs {a['test1']:.1%})")
         parts.append(
-            f"the holdout {'predicts' if abs(holdout_test1) <= shift_thr else 'does not predict'} test set 1 "
-            f"({a['holdout']:.1%} vs {a['test1']:.1%})")
-    parts.append(
-        f"test set 2 is {test_gap:+.1%} below test set 1"
-        + (", a gap larger than the train–holdout gap, so it is a property of test set 2, not of overfitting"
-           if train_gap is not None and test_gap > max(train_gap, 0) + shift_thr else "")
-    )
+            f"test set 2 is {test_gap:+.1%} below test set 1"
+            + (", a gap larger than the train–holdout gap, so it is a property of test set 2, not of overfitting"
+               if train_gap is not None and test_gap > max(train_gap, 0) + shift_thr else "")
+        )
     edges = [f"{k.replace('_', ' ')} at the {v} edge" for k, v in edge.items() if v != "inside"]
     verdict = (f"For {head}, " + "; ".join(parts)
                + (f". The chosen {' and '.join(edges)} of the grid: the grid may be too narrow." if edges else
@@ -230,7 +244,10 @@ def overfit(*, selection_path: str | Path, history_path: str | Path, metrics1: s
                          inputs=[selection_path, history_path, metrics1, metrics2],
                          extra={"head": head, "grid_table": str(files["grid.csv"]),
                                 "caveats": ["train accuracy is the running accuracy of the winner's training epoch",
-                                            "with refit, the final head saw the holdout; holdout is the grid-phase score"]})
+                                            "with refit, the final head saw the holdout; holdout is the grid-phase score"]
+                                + (["backbone_saw_train: the backbone was trained on the train split, so train and "
+                                    "holdout images are not exchangeable with the test images"]
+                                   if backbone_saw_train else [])})
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -242,10 +259,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--options", default="{}")
     parser.add_argument("--head-name")
+    parser.add_argument("--backbone-saw-train", default="false", choices=["true", "false", "True", "False"],
+                        help="config backbone_saw_train: the backbone was trained on the train split")
     args = parser.parse_args(argv)
     summary = overfit(selection_path=args.selection, history_path=args.history, metrics1=args.metrics1,
                       metrics2=args.metrics2, out_dir=args.out_dir, options=parse_json_arg(args.options, "options"),
-                      head_name=args.head_name)
+                      head_name=args.head_name, backbone_saw_train=args.backbone_saw_train.lower() == "true")
     print(summary["verdict"])
 
 

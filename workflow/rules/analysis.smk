@@ -13,6 +13,10 @@ ADAPT_FILES = ["adaptation.csv", "summary.json", "adaptation.png"]
 IMBALANCE_FILES = ["per_class.csv", "summary.json", "scatter.png"]
 OVERFIT_FILES = ["accuracy.csv", "grid.csv", "summary.json", "accuracy.png", "grid.png", "curves.png"]
 MISCLASS_FILES = ["features.csv", "summary.json", "clusters.png"]
+MISCLASS_COMPARE_FILES = ["compare.csv", "summary.json", "compare.png"]
+# The backbone was trained on the train split (EVA-02 …ft_in22k_in1k on ImageNet-1k train): the
+# analyses that report holdout numbers state it next to them.
+BACKBONE_SAW_TRAIN = "true" if config.get("backbone_saw_train") else "false"
 EMBEDDING_FILES = ["coords.csv", "summary.json", "pca.png", "tsne.png"]
 
 
@@ -27,7 +31,7 @@ rule class_counts:
         "results/analysis/class_counts.csv",
     params:
         num_classes=config["num_classes"],
-        names=config["evaluate"].get("class_names") or "''",
+        names=config["evaluate"].get("class_names") or "",
     resources:
         mem_mb=1000,
         runtime=10,
@@ -36,8 +40,8 @@ rule class_counts:
     conda:
         "../../envs/featgap.yaml"
     shell:
-        "python -m scripts.analysis_common --train {input.train} --test1 {input.test1} --test2 {input.test2}"
-        " --num-classes {params.num_classes} --class-names {params.names} --out {output} > {log} 2>&1"
+        "python -m scripts.analysis_common --train {input.train:q} --test1 {input.test1:q} --test2 {input.test2:q}"
+        " --num-classes {params.num_classes} --class-names {params.names:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule gap:
@@ -45,7 +49,7 @@ rule gap:
         metrics1="results/eval/{head}/test1/metrics.json",
         metrics2="results/eval/{head}/test2/metrics.json",
         counts="results/analysis/class_counts.csv",
-        code=code("gap", "stats", "analysis_common"),
+        code=code("gap", "stats", "stats_classes", "analysis_common"),
     output:
         [report(f, caption="../report/gap.rst", category="2. Per-class drop", subcategory="{head}") if f.endswith(".png") else f for f in expand("results/analysis/gap/{{head}}/{file}", file=GAP_FILES)],
     wildcard_constraints:
@@ -53,6 +57,7 @@ rule gap:
     params:
         out_dir=lambda wc, output: Path(output[0]).parent,
         options=as_json(ANALYSIS.get("gap", {})),
+        seed=config["seed"],
     resources:
         mem_mb=1000,
         runtime=10,
@@ -61,8 +66,9 @@ rule gap:
     conda:
         "../../envs/featgap.yaml"
     shell:
-        "python -m scripts.gap --metrics1 {input.metrics1} --metrics2 {input.metrics2} --class-counts {input.counts}"
-        " --out-dir {params.out_dir} --options {params.options} --head-name {wildcards.head} > {log} 2>&1"
+        "python -m scripts.gap --metrics1 {input.metrics1:q} --metrics2 {input.metrics2:q}"
+        " --class-counts {input.counts:q} --out-dir {params.out_dir:q} --options {params.options}"
+        " --seed {params.seed} --head-name {wildcards.head:q} > {log:q} 2>&1"
 
 
 rule shift:
@@ -89,8 +95,8 @@ rule shift:
     conda:
         "../../envs/featgap.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m scripts.shift features --test1 {input.test1} --test2 {input.test2}"
-        " --out-dir {params.out_dir} --options {params.options} --seed {params.seed} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m scripts.shift features --test1 {input.test1:q} --test2 {input.test2:q}"
+        " --out-dir {params.out_dir:q} --options {params.options} --seed {params.seed} > {log:q} 2>&1"
 
 
 rule shift_adapt:
@@ -119,9 +125,9 @@ rule shift_adapt:
     conda:
         "../../envs/featgap.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m scripts.shift adapt --head {input.model} --head-name {wildcards.head}"
-        " --test1 {input.test1} --test2 {input.test2} --out-dir {params.out_dir} --options {params.options}"
-        " --seed {params.seed} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m scripts.shift adapt --head {input.model:q} --head-name {wildcards.head:q}"
+        " --test1 {input.test1:q} --test2 {input.test2:q} --out-dir {params.out_dir:q} --options {params.options}"
+        " --seed {params.seed} > {log:q} 2>&1"
 
 
 rule imbalance:
@@ -137,6 +143,7 @@ rule imbalance:
     params:
         out_dir=lambda wc, output: Path(output[0]).parent,
         options=as_json(ANALYSIS.get("imbalance", {})),
+        seed=config["seed"],
     resources:
         mem_mb=1000,
         runtime=10,
@@ -145,9 +152,9 @@ rule imbalance:
     conda:
         "../../envs/featgap.yaml"
     shell:
-        "python -m scripts.imbalance --class-counts {input.counts} --metrics1 {input.metrics1}"
-        " --metrics2 {input.metrics2} --out-dir {params.out_dir} --options {params.options}"
-        " --head-name {wildcards.head} > {log} 2>&1"
+        "python -m scripts.imbalance --class-counts {input.counts:q} --metrics1 {input.metrics1:q}"
+        " --metrics2 {input.metrics2:q} --out-dir {params.out_dir:q} --options {params.options}"
+        " --seed {params.seed} --head-name {wildcards.head:q} > {log:q} 2>&1"
 
 
 rule overfit:
@@ -164,6 +171,7 @@ rule overfit:
     params:
         out_dir=lambda wc, output: Path(output[0]).parent,
         options=as_json(ANALYSIS.get("overfit", {})),
+        backbone_saw_train=BACKBONE_SAW_TRAIN,
     resources:
         mem_mb=1000,
         runtime=10,
@@ -172,20 +180,22 @@ rule overfit:
     conda:
         "../../envs/featgap.yaml"
     shell:
-        "python -m scripts.overfit --selection {input.selection} --history {input.history}"
-        " --metrics1 {input.metrics1} --metrics2 {input.metrics2} --out-dir {params.out_dir}"
-        " --options {params.options} --head-name {wildcards.head} > {log} 2>&1"
+        "python -m scripts.overfit --selection {input.selection:q} --history {input.history:q}"
+        " --metrics1 {input.metrics1:q} --metrics2 {input.metrics2:q} --out-dir {params.out_dir:q}"
+        " --options {params.options} --backbone-saw-train {params.backbone_saw_train}"
+        " --head-name {wildcards.head:q} > {log:q} 2>&1"
 
 
 rule misclass:
     input:
         predictions="results/eval/{head}/{test}/predictions.parquet",
         manifest="results/parquet/{test}.manifest.json",
-        code=code("misclass", "stats", "analysis_common"),
+        code=code("misclass", "stats", "stats_classes", "analysis_common"),
     output:
         [report(f, caption="../report/misclass.rst", category="6. Misclassified samples", subcategory="{head} {test}") if f.endswith(".png") else f for f in expand("results/analysis/misclass/{{head}}/{{test}}/{file}", file=MISCLASS_FILES)],
     wildcard_constraints:
         head=HEAD_PATTERN,
+        test="|".join(TESTS),
     params:
         out_dir=lambda wc, output: Path(output[0]).parent,
         options=as_json(ANALYSIS.get("misclass", {})),
@@ -199,9 +209,35 @@ rule misclass:
     conda:
         "../../envs/featgap.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m scripts.misclass --predictions {input.predictions}"
-        " --manifest {input.manifest} --out-dir {params.out_dir} --options {params.options} --seed {params.seed}"
-        " --head-name {wildcards.head} --test-name {wildcards.test} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m scripts.misclass --predictions {input.predictions:q}"
+        " --manifest {input.manifest:q} --out-dir {params.out_dir:q} --options {params.options} --seed {params.seed}"
+        " --head-name {wildcards.head:q} --test-name {wildcards.test:q} > {log:q} 2>&1"
+
+
+# What the gap question needs from misclass: does the within-class signature of a misclassified
+# image differ between test set 1 and test set 2? (reads the two features.csv tables only)
+rule misclass_compare:
+    input:
+        features1="results/analysis/misclass/{head}/test1/features.csv",
+        features2="results/analysis/misclass/{head}/test2/features.csv",
+        code=code("misclass", "stats", "stats_classes", "analysis_common"),
+    output:
+        [report(f, caption="../report/misclass.rst", category="6. Misclassified samples", subcategory="{head} test1 vs test2") if f.endswith(".png") else f for f in expand("results/analysis/misclass_compare/{{head}}/{file}", file=MISCLASS_COMPARE_FILES)],
+    wildcard_constraints:
+        head=HEAD_PATTERN,
+    params:
+        out_dir=lambda wc, output: Path(output[0]).parent,
+        options=as_json(ANALYSIS.get("misclass", {})),
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    log:
+        "logs/analysis/misclass_compare.{head}.log",
+    conda:
+        "../../envs/featgap.yaml"
+    shell:
+        "python -m scripts.misclass compare --features1 {input.features1:q} --features2 {input.features2:q}"
+        " --out-dir {params.out_dir:q} --options {params.options} --head-name {wildcards.head:q} > {log:q} 2>&1"
 
 
 if EMBED_HEAD is not None:
@@ -231,10 +267,10 @@ if EMBED_HEAD is not None:
         conda:
             "../../envs/featgap.yaml"
         shell:
-            "OMP_NUM_THREADS={threads} python -m scripts.embedding --test1 {input.test1} --test2 {input.test2}"
-            " --predictions1 {input.predictions1} --predictions2 {input.predictions2} --out-dir {params.out_dir}"
-            " --options {params.options} --seed {params.seed} --head-name {params.head} --threads {threads}"
-            " > {log} 2>&1"
+            "OMP_NUM_THREADS={threads} python -m scripts.embedding --test1 {input.test1:q} --test2 {input.test2:q}"
+            " --predictions1 {input.predictions1:q} --predictions2 {input.predictions2:q} --out-dir {params.out_dir:q}"
+            " --options {params.options} --seed {params.seed} --head-name {params.head:q} --threads {threads}"
+            " > {log:q} 2>&1"
 
     ALL_TARGETS.extend(expand("results/analysis/embedding/{file}", file=EMBEDDING_FILES))
 
@@ -247,4 +283,5 @@ ALL_TARGETS.extend(
     + expand("results/analysis/imbalance/{head}/{file}", head=HEADS, file=IMBALANCE_FILES)
     + expand("results/analysis/overfit/{head}/{file}", head=HEADS, file=OVERFIT_FILES)
     + expand("results/analysis/misclass/{head}/{test}/{file}", head=HEADS, test=TESTS, file=MISCLASS_FILES)
+    + expand("results/analysis/misclass_compare/{head}/{file}", head=HEADS, file=MISCLASS_COMPARE_FILES)
 )

@@ -30,6 +30,8 @@ rule evaluate:
         options=as_json(config["evaluate"]),
         num_classes=config["num_classes"],
         seed=config["seed"],
+        # The temperature was fitted on a train holdout: say so when the backbone saw train.
+        backbone_saw_train="true" if config.get("backbone_saw_train") else "false",
     threads: 2
     resources:
         # One row group of features and of float64 log-probabilities (8192 × C) at a time, plus
@@ -43,9 +45,10 @@ rule evaluate:
     conda:
         "../../envs/featgap.yaml"
     shell:
-        "python -m scripts.evaluate --head {input.model} --manifest {input.manifest} --out-dir {params.out_dir}"
+        "python -m scripts.evaluate --head {input.model:q} --manifest {input.manifest:q} --out-dir {params.out_dir:q}"
         " --num-classes {params.num_classes} --options {params.options} --seed {params.seed}"
-        " --head-name {wildcards.head} --test-name {wildcards.test} --threads {threads} > {log} 2>&1"
+        " --backbone-saw-train {params.backbone_saw_train}"
+        " --head-name {wildcards.head:q} --test-name {wildcards.test:q} --threads {threads} > {log:q} 2>&1"
 
 
 ALL_TARGETS.extend(expand("results/eval/{head}/{test}/{file}", head=HEADS, test=TESTS, file=EVAL_FILES))

@@ -37,9 +37,9 @@ rule report:
     conda:
         "../../envs/featgap.yaml"
     shell:
-        "python -m scripts.report --config {params.config} --template {input.template}"
-        " --benchmarks {params.benchmarks} --html {output.html} --markdown {output.markdown}"
-        " {input.artifacts} > {log} 2>&1"
+        "python -m scripts.report --config {params.config} --template {input.template:q}"
+        " --benchmarks {params.benchmarks:q} --html {output.html:q} --markdown {output.markdown:q}"
+        " {input.artifacts:q} > {log:q} 2>&1"
 
 
 ALL_TARGETS.extend(["results/report/index.html", "results/report/report.md"])
