@@ -151,6 +151,8 @@ def validate_split(manifest_path: str | Path, split: str, *, num_classes: int, e
     if expected.get("per_class_max") is not None and qc["per_class_max"] > expected["per_class_max"]:
         worst = int(np.argmax(per_class))
         problems.append(f"class {worst} has {qc['per_class_max']} rows, expected at most {expected['per_class_max']}")
+    if split == "train" and qc["classes_present"] < 2:
+        problems.append(f"{qc['classes_present']} class with rows; training a classifier needs at least 2")
     if qc["labels_out_of_range"]:
         problems.append(f"{qc['labels_out_of_range']} labels outside 0..{num_classes - 1}")
     if qc["nonfinite_values"]:
