@@ -1,4 +1,5 @@
 # Shared wiring: config validation, helpers every rule file uses, and the list of final targets.
+import hashlib
 import json
 import os
 import shlex
@@ -45,6 +46,36 @@ def as_json(value):
     return shlex.quote(json.dumps(value, sort_keys=True))
 
 
+def source_stamp(path, block=1 << 20):
+    """Size and SHA-256 of the first and last MB of an input CSV (the fingerprint convert stores).
+
+    A param of plan_convert, so that an edit that keeps the file's mtime (cp -p, rsync -t, some
+    editors) still reruns the conversion; 2 MB read per split and run, whatever the file size.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return "absent"
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        digest.update(handle.read(block))
+        if size > block:
+            handle.seek(max(block, size - block))
+            digest.update(handle.read())
+    return f"{size}:{digest.hexdigest()}"
+
+
+def check_head_names():
+    """A head named in report/analysis settings must exist: caught before any job, not in the last one."""
+    known = sorted(config["heads"]) + sorted(config["baselines"])
+    for key, name in (
+        ("report.primary_head", config.get("report", {}).get("primary_head")),
+        ("analysis.embedding.head", config.get("analysis", {}).get("embedding", {}).get("head")),
+    ):
+        if name is not None and name not in known:
+            raise WorkflowError(f"config key {key}: no head or baseline named {name!r} (configured: {known})")
+
+
 def check_inputs_exist():
     """Reject missing input CSVs before any job runs, naming the config key."""
     if config["demo"]["enabled"]:
@@ -56,3 +87,4 @@ def check_inputs_exist():
 
 
 check_inputs_exist()
+check_head_names()

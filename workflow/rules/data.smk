@@ -1,4 +1,5 @@
 # Data stage: (demo generation) → CSV byte-range plan → Parquet shards per part → manifest → QC.
+# Every path in a shell command is quoted (`:q`): data paths may hold spaces, quotes or `$(…)`.
 
 
 if config["demo"]["enabled"]:
@@ -14,7 +15,7 @@ if config["demo"]["enabled"]:
         params:
             out_dir=lambda wc, output: Path(output.truth).parent,
             spec=" ".join(
-                f"--{key.replace('_', '-')} {value}"
+                f"--{key.replace('_', '-')} {shlex.quote(str(value))}"
                 for key, value in config["demo"].items()
                 if key not in ("enabled", "out_dir") and value is not None
             ),
@@ -23,33 +24,35 @@ if config["demo"]["enabled"]:
         conda:
             "../../envs/featgap.yaml"
         shell:
-            "python -m scripts.generate_demo --out-dir {params.out_dir} {params.spec} > {log} 2>&1"
+            "python -m scripts.generate_demo --out-dir {params.out_dir:q} {params.spec} > {log:q} 2>&1"
 
 
 rule plan_convert:
     input:
         csv=lambda wc: config["data"][wc.split],
-        code=code("convert"),
+        code=code("convert", "csv_source", "csv_diagnose"),
     output:
         "results/parquet/{split}.plan.json",
     params:
         parts=lambda wc: config["convert"]["parts"][wc.split],
         columns=as_json(config["columns"]),
         dim=config["dim"],
+        # Content, not only mtime: a CSV edited with its mtime kept still reruns the conversion.
+        source=lambda wc: "generated" if config["demo"]["enabled"] else source_stamp(config["data"][wc.split]),
     log:
         "logs/convert/{split}.plan.log",
     conda:
         "../../envs/featgap.yaml"
     shell:
-        "python -m scripts.convert plan --csv {input.csv} --out {output} --parts {params.parts}"
-        " --columns {params.columns} --dim {params.dim} > {log} 2>&1"
+        "python -m scripts.convert plan --csv {input.csv:q} --out {output:q} --parts {params.parts}"
+        " --columns {params.columns} --dim {params.dim} > {log:q} 2>&1"
 
 
 rule convert_part:
     input:
         csv=lambda wc: config["data"][wc.split],
         plan="results/parquet/{split}.plan.json",
-        code=code("convert"),
+        code=code("convert", "csv_source", "csv_diagnose"),
     output:
         "results/parquet/{split}/part-{part}.parquet",
     params:
@@ -69,17 +72,17 @@ rule convert_part:
     conda:
         "../../envs/featgap.yaml"
     shell:
-        "POLARS_MAX_THREADS={threads} python -m scripts.convert part --plan {input.plan} --part {wildcards.part} --out {output}"
-        " --num-classes {params.num_classes} --row-group-rows {params.row_group_rows}"
+        "POLARS_MAX_THREADS={threads} python -m scripts.convert part --plan {input.plan:q} --part {wildcards.part}"
+        " --out {output:q} --num-classes {params.num_classes} --row-group-rows {params.row_group_rows}"
         " --compression {params.compression} --chunk-mb {params.chunk_mb}"
-        " > {log} 2>&1"
+        " > {log:q} 2>&1"
 
 
 rule manifest:
     input:
         plan="results/parquet/{split}.plan.json",
         parts=lambda wc: expand("results/parquet/{{split}}/part-{part}.parquet", part=part_ids(wc.split)),
-        code=code("convert"),
+        code=code("convert", "csv_source", "csv_diagnose"),
     output:
         "results/parquet/{split}.manifest.json",
     log:
@@ -87,7 +90,7 @@ rule manifest:
     conda:
         "../../envs/featgap.yaml"
     shell:
-        "python -m scripts.convert manifest --plan {input.plan} --out {output} {input.parts} > {log} 2>&1"
+        "python -m scripts.convert manifest --plan {input.plan:q} --out {output:q} {input.parts:q} > {log:q} 2>&1"
 
 
 rule validate_split:
@@ -113,9 +116,36 @@ rule validate_split:
     conda:
         "../../envs/featgap.yaml"
     shell:
-        "python -m scripts.validate --manifest {input.manifest} --split {wildcards.split} --out {output}"
+        "python -m scripts.validate --manifest {input.manifest:q} --split {wildcards.split} --out {output:q}"
         " --expected {params.expected} --num-classes {params.num_classes}"
-        " --on-violation {params.on_violation} --layout {params.layout} > {log} 2>&1"
+        " --on-violation {params.on_violation:q} --layout {params.layout:q} > {log:q} 2>&1"
 
 
-ALL_TARGETS.extend(expand("results/qc/{split}.json", split=SPLITS))
+# Splits against each other (test classes without train rows, shared paths); evaluation needs it.
+rule qc_cross:
+    input:
+        train="results/parquet/train.manifest.json",
+        test1="results/parquet/test1.manifest.json",
+        test2="results/parquet/test2.manifest.json",
+        code=code("qc_cross"),
+    output:
+        "results/qc/cross.json",
+    params:
+        on_violation=config["validate"]["on_violation"],
+    resources:
+        # Labels and paths of the three splits (~200 bytes a row), no features.
+        mem_mb=lambda wc: 1000
+        + (config["validate"].get("expected", {}).get("train", {}).get("rows") or 0) // 2000,
+        runtime=30,
+    log:
+        "logs/validate/cross.log",
+    benchmark:
+        "benchmarks/validate/cross.tsv"
+    conda:
+        "../../envs/featgap.yaml"
+    shell:
+        "python -m scripts.qc_cross --train {input.train:q} --test1 {input.test1:q} --test2 {input.test2:q}"
+        " --out {output:q} --on-violation {params.on_violation:q} > {log:q} 2>&1"
+
+
+ALL_TARGETS.extend(expand("results/qc/{split}.json", split=SPLITS) + ["results/qc/cross.json"])

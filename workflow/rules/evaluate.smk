@@ -15,6 +15,7 @@ rule evaluate:
     input:
         model="results/heads/{head}/model.pt",
         manifest="results/parquet/{test}.manifest.json",
+        qc=["results/qc/{test}.json", "results/qc/cross.json"],  # per-split and cross-split QC first
         names=CLASS_NAMES,
         code=code("evaluate", "stats", "analysis_common", "heads"),
     output:

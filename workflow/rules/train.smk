@@ -55,6 +55,7 @@ HEAD_RUNTIME = {
 rule train_head:
     input:
         manifest="results/parquet/train.manifest.json",
+        qc="results/qc/train.json",  # QC must pass (or warn) before training; it also checks checksums
         code=code("train_head", "train_data", "train_grid", "heads"),
     output:
         model="results/heads/{head}/model.pt",
@@ -88,6 +89,7 @@ rule train_head:
 rule train_baseline:
     input:
         manifest="results/parquet/train.manifest.json",
+        qc="results/qc/train.json",  # QC must pass (or warn) before training; it also checks checksums
         code=code("baselines", "train_head", "train_data", "heads"),
     output:
         model="results/heads/{baseline}/model.pt",
