@@ -60,12 +60,10 @@ def per_class_gap(m1: pd.DataFrame, m2: pd.DataFrame, counts: pd.DataFrame) -> p
     both = (frame["n_test1"] > 0) & (frame["n_test2"] > 0)
     k1, n1 = frame["correct_test1"].to_numpy(), frame["n_test1"].to_numpy()
     k2, n2 = frame["correct_test2"].to_numpy(), frame["n_test2"].to_numpy()
-    # Empirical Bayes per set: a class's accuracy from 10 images is pulled towards the other
-    # classes' more than one from 50, so the ranking is not led by noise.
-    for split, k, n in (("test1", k1, n1), ("test2", k2, n2)):
-        prior = stats_classes.fit_beta_prior(k[both], n[both])
-        frame[f"acc_{split}_shrunk"] = np.where(both, stats_classes.shrunk_accuracy(k, n, prior), np.nan)
-    frame["drop_shrunk"] = frame["acc_test1_shrunk"] - frame["acc_test2_shrunk"]
+    # Empirical Bayes: a drop measured on 10 test-2 images is pulled towards the mean drop in
+    # proportion to its binomial noise, so the ranking is not led by the noisiest classes.
+    frame["drop_shrunk"] = np.nan
+    frame.loc[both, "drop_shrunk"] = stats_classes.shrunk_drop(k1[both], n1[both], k2[both], n2[both])
     # Per class: is test 2 accuracy lower than test 1? One-sided Fisher exact test on the 2×2 counts.
     frame["fisher_p"] = np.where(both, stats_classes.fisher_greater_p(k1, n1, k2, n2), np.nan)
     frame["fisher_q"] = stats.bh_q(frame["fisher_p"].to_numpy())

@@ -8,7 +8,8 @@ of what replaced them: docs/statistics.md.)
                         their class: hypergeometric), Cochran–Mantel–Haenszel as a cross-check
   gap_intervals         intervals for the macro gap, resampling images within class and,
                         separately, whole classes
-  fit_beta_prior / shrunk_accuracy   empirical-Bayes per-class accuracies (rank on these)
+  fit_beta_prior / shrunk_accuracy / shrunk_drop   empirical-Bayes per-class accuracies and
+                        drops (rank classes on the shrunk drop)
   concentration, concentration_null  how concentrated the drop looks, and how concentrated it
                         would look from binomial noise alone under a uniform drop
   within_class_effect   per-feature difference between two groups of images after removing
@@ -130,6 +131,23 @@ def shrunk_accuracy(k, n, prior: tuple[float, float]) -> np.ndarray:
     k, n = _as_counts(k, n)
     a, b = prior
     return (a + k) / (a + b + n)
+
+
+def shrunk_drop(k1, n1, k2, n2) -> np.ndarray:
+    """Empirical-Bayes per-class drop (k1/n1 − k2/n2): the raw drop pulled towards the mean drop
+    by τ² / (τ² + v_c), where v_c is the class's binomial noise variance (from its shrunk
+    accuracies, so 10/10 does not claim zero noise) and τ² the spread of true drops (method of
+    moments). On Beta(9,1) classes with 50 vs 10 images this halves the squared error of the
+    raw drops and ranks closer to the truth (tests/test_stats_design.py), so the "largest
+    drops" are not simply the noisiest classes."""
+    k1, n1, k2, n2 = _as_counts(k1, n1, k2, n2)
+    a1 = shrunk_accuracy(k1, n1, fit_beta_prior(k1, n1))
+    a2 = shrunk_accuracy(k2, n2, fit_beta_prior(k2, n2))
+    drop = k1 / n1 - k2 / n2
+    noise = a1 * (1 - a1) / n1 + a2 * (1 - a2) / n2
+    centre = float(drop.mean())
+    spread = max(float(np.var(drop, ddof=1)) - float(noise.mean()), 1e-12) if len(drop) > 1 else 1e-12
+    return centre + spread / (spread + noise) * (drop - centre)
 
 
 # ---------------------------------------------------------------- concentration

@@ -37,12 +37,22 @@ def test_welch_matches_scipy(two_samples):
     np.testing.assert_allclose(res.df, ref.df, **TOL)
 
 
-def test_welch_constant_column_is_not_significant():
-    a = np.ones((10, 2))
-    b = np.ones((12, 2))
-    b[:, 1] += np.arange(12)
+def test_welch_constant_columns_follow_scipy():
+    # Two different constants are perfectly separated (scipy: t = ±inf, p = 0), not "no
+    # difference"; the same constant in both has no test (NaN), which BH then leaves out.
+    a = np.ones((10, 3))
+    b = np.ones((8, 3))
+    b[:, 0] = 3.0
+    b[:, 2] += np.arange(8)
     res = stats.welch_t(a, b)
-    assert res.t[0] == 0.0 and res.p[0] == 1.0
+    assert res.t[0] == np.inf and res.p[0] == 0.0
+    assert np.isnan(res.t[1]) and np.isnan(res.p[1])
+    with np.errstate(all="ignore"):
+        ref = sps.ttest_ind(b, a, equal_var=False, axis=0)
+    np.testing.assert_array_equal(res.t[:2], ref.statistic[:2])
+    np.testing.assert_array_equal(res.p[:2], ref.pvalue[:2])
+    d = stats.cohens_d(stats.moments(a), stats.moments(b))
+    assert d[0] == np.inf and np.isnan(d[1])
 
 
 def test_bh_matches_scipy():
@@ -68,9 +78,14 @@ def test_ks_matches_scipy(two_samples, ties):
     d = stats.ks_statistic(a, b, block_cols=7)
     p = stats.ks_pvalue(d, len(a), len(b))
     for j in range(a.shape[1]):
-        ref = sps.ks_2samp(a[:, j].astype(np.float64), b[:, j].astype(np.float64), method="asymp")
+        # 300 × 120 cells: small enough for the exact distribution (scipy's 'exact').
+        ref = sps.ks_2samp(a[:, j].astype(np.float64), b[:, j].astype(np.float64), method="exact")
         assert d[j] == pytest.approx(ref.statistic, rel=1e-9, abs=1e-12)
-        assert p[j] == pytest.approx(ref.pvalue, rel=1e-9, abs=1e-12)
+        assert p[j] == pytest.approx(ref.pvalue, rel=1e-7, abs=1e-12)
+    asymp = stats.ks_pvalue(d, len(a), len(b), method="asymp")
+    for j in range(3):
+        ref = sps.ks_2samp(a[:, j].astype(np.float64), b[:, j].astype(np.float64), method="asymp")
+        assert asymp[j] == pytest.approx(ref.pvalue, rel=1e-9, abs=1e-12)
 
 
 def test_paired_tests_match_scipy():
