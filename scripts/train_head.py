@@ -42,9 +42,9 @@ from scripts.train_data import TrainSet, load_train
 from scripts.train_grid import (
     CandidateGrid,
     GridOptimizer,
+    StepRunner,
     cosine_scale,
     evaluate_grid,
-    grid_loss,
 )
 
 HISTORY_COLUMNS = ["phase", "epoch", "candidate", "lr", "weight_decay", "train_loss", "train_acc",
@@ -59,6 +59,7 @@ class TrainSettings:
     threads: int = 2
     memory_budget_mb: float = 12000
     placement: str = "auto"  # auto | device | host | stream (scripts.train_data.choose_placement)
+    cuda_graphs: bool = True  # replay each training step from a captured CUDA graph (scripts.train_grid.StepRunner)
     holdout_fraction: float = 0.02
     eval_batch_size: int = 8192
 
@@ -120,16 +121,6 @@ def _check_head(cfg: HeadConfig, where: str) -> None:
         raise FeatgapError(f"{where}: dropout and label_smoothing must be in [0, 1)")
 
 
-def autocast_for(device: torch.device):
-    """bf16 autocast for the training steps on CUDA (tensor cores); a no-op context on the CPU.
-
-    Holdout evaluation always runs in float32 (`contextlib.nullcontext`), so that selection scores
-    the same function as the saved float32 head."""
-    if device.type == "cuda":
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext
-
-
 def class_weights(counts: np.ndarray, device: torch.device) -> torch.Tensor:
     """Inverse-frequency weights with mean 1 over the training rows (so the loss scale is kept)."""
     seen = counts > 0
@@ -140,7 +131,7 @@ def class_weights(counts: np.ndarray, device: torch.device) -> torch.Tensor:
 
 def run_grid(data: TrainSet, cfg: HeadConfig, candidates: list[dict], rows: np.ndarray, *,
              epochs: int, seed: int, phase: str, select: bool, desc: str,
-             eval_batch_size: int = 8192) -> dict:
+             eval_batch_size: int = 8192, cuda_graphs: bool = True) -> dict:
     """Train all candidates on `rows` for `epochs` (of a cfg.epochs-long schedule).
 
     With `select`, evaluates the holdout every epoch, keeps each candidate's best weights, and
@@ -151,6 +142,8 @@ def run_grid(data: TrainSet, cfg: HeadConfig, candidates: list[dict], rows: np.n
     opt = GridOptimizer(grid.params, cfg.optimizer, np.array([c["lr"] for c in candidates]),
                         np.array([c["weight_decay"] for c in candidates]), momentum=cfg.momentum)
     weight = class_weights(data.class_counts(rows), device) if cfg.class_balanced else None
+    runner = StepRunner(grid, opt, smoothing=cfg.label_smoothing, class_weight=weight, device=device,
+                        graphs=cuda_graphs)
     steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
     total, warmup = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
     rng = np.random.default_rng([seed, 1 if phase == "grid" else 2])
@@ -162,10 +155,11 @@ def run_grid(data: TrainSet, cfg: HeadConfig, candidates: list[dict], rows: np.n
     bar = tqdm(range(epochs), desc=desc, unit="epoch")
     for epoch in bar:
         t0 = time.perf_counter()
-        loss_sum, correct, step = train_epoch(data, grid, opt, rows, rng, cfg, weight, step, total, warmup)
+        loss_sum, correct, step = train_epoch(data, runner, rows, rng, cfg.batch_size, step, total, warmup)
         train_loss = (loss_sum / len(rows)).cpu().numpy()
         train_acc = (correct.double() / len(rows)).cpu().numpy()
         if select:
+            # float32, never autocast: selection scores the function the saved float32 head computes
             h_loss, h_acc = evaluate_grid(grid, data.holdout_batches(eval_batch_size), contextlib.nullcontext)
             improved = (h_acc > best_acc) | ((h_acc == best_acc) & (h_loss < best_loss))
             best_acc = np.where(improved, h_acc, best_acc)
@@ -191,27 +185,17 @@ def run_grid(data: TrainSet, cfg: HeadConfig, candidates: list[dict], rows: np.n
             "best_epoch": best_epoch, "epochs_run": epoch + 1}
 
 
-def train_epoch(data: TrainSet, grid: CandidateGrid, opt: GridOptimizer, rows: np.ndarray,
-                rng: np.random.Generator, cfg: HeadConfig, weight: torch.Tensor | None, step: int,
-                total: int, warmup: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+def train_epoch(data: TrainSet, runner: StepRunner, rows: np.ndarray, rng: np.random.Generator,
+                batch_size: int, step: int, total: int, warmup: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     """One pass over `rows`: (per-candidate summed loss, correct count, next step), on the device.
 
-    Nothing here waits for the GPU (tested under torch.cuda.set_sync_debug_mode("error")): the
-    sums stay on the device and are read once per epoch by the caller."""
-    k = grid.k
-    loss_sum = torch.zeros(k, dtype=torch.float64, device=data.device)
-    correct = torch.zeros(k, dtype=torch.int64, device=data.device)
-    autocast = autocast_for(data.device)
-    for x, y in data.batches(rows, cfg.batch_size, rng):
-        with autocast():
-            logits = grid.forward(x, train=True)
-        loss, per, hit = grid_loss(logits, y, cfg.label_smoothing, weight)
-        loss.backward()
-        opt.step(cosine_scale(step, total, warmup))
+    Nothing here waits for the GPU once the step is captured (tested under
+    torch.cuda.set_sync_debug_mode("error")): the sums are read once per epoch by the caller."""
+    runner.reset_sums()
+    for x, y in data.batches(rows, batch_size, rng):
+        runner(x, y, cosine_scale(step, total, warmup))
         step += 1
-        loss_sum += per.double()
-        correct += hit
-    return loss_sum, correct, step
+    return runner.loss_sum.clone(), runner.correct.clone(), step
 
 
 @torch.no_grad()
@@ -263,7 +247,7 @@ def train_head(manifest: str | Path, out_dir: str | Path, *, name: str, head: Ma
     t_grid = time.perf_counter()
     result = run_grid(data, cfg, candidates, data.fit_rows, epochs=cfg.epochs, seed=seed,
                       phase="grid", select=has_holdout, desc=f"{name} grid×{len(candidates)}",
-                      eval_batch_size=settings.eval_batch_size)
+                      eval_batch_size=settings.eval_batch_size, cuda_graphs=settings.cuda_graphs)
     grid_s = time.perf_counter() - t_grid
     # Winner: best holdout top-1, then lower holdout loss, then grid order.
     order = sorted(range(len(candidates)), key=lambda i: (-result["best_acc"][i], result["best_loss"][i], i))
@@ -279,7 +263,7 @@ def train_head(manifest: str | Path, out_dir: str | Path, *, name: str, head: Ma
         all_rows = np.sort(np.concatenate([data.fit_rows, data.holdout_rows]))
         t_refit = time.perf_counter()
         again = run_grid(data, cfg, [candidates[win]], all_rows, epochs=win_epochs, seed=seed,
-                         phase="refit", select=False, desc=f"{name} refit")
+                         phase="refit", select=False, desc=f"{name} refit", cuda_graphs=settings.cuda_graphs)
         state = again["grid"].extract(0)
         history += again["history"]
         refit = {"rows": len(all_rows), "epochs": win_epochs, "seconds": round(time.perf_counter() - t_refit, 3)}

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-import scripts.train_head as train_head_module
 from scripts import train_data
 from scripts.device import resolve_device, same_device
 from scripts.featio import FeatgapError, shard_folder
 from scripts.generate_demo import DemoSpec
 from scripts.heads import predict_logits
 from scripts.train_data import choose_placement, load_train, stratified_holdout
+from scripts.train_grid import StepRunner
 from scripts.train_head import train_head
 from tests.test_train_helpers import make_dataset
 
@@ -109,8 +109,7 @@ def test_streaming_holds_one_pool_at_a_time(tmp_path):
 def test_selection_scores_in_float32_like_the_saved_head(small, tmp_path, monkeypatch, hidden):
     """Training under bf16 autocast (as on CUDA, emulated on the CPU): the holdout score that
     chose the winner must be the float32 score of the saved head on the same rows."""
-    bf16 = lambda device: (lambda: torch.autocast("cpu", dtype=torch.bfloat16))
-    monkeypatch.setattr(train_head_module, "autocast_for", bf16)
+    monkeypatch.setattr(StepRunner, "_autocast", lambda self: torch.autocast("cpu", dtype=torch.bfloat16))
     head = {"type": "mlp" if hidden else "linear", "hidden": hidden, "lr": [3e-3, 3e-2], "weight_decay": [1e-4],
             "epochs": 3, "batch_size": 64, "refit": False, "calibrate": False}
     sel = train_head(small["manifest"], tmp_path, name="h", head=head, train=SETTINGS, num_classes=10, seed=0)
