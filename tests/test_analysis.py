@@ -148,6 +148,23 @@ def test_overfit(planted_eval, tmp_path):
     assert "overfitting is material" in summary["verdict"] and "grid may be too narrow" in summary["verdict"]
 
 
+def test_overfit_with_a_backbone_that_saw_train(planted_eval, tmp_path):
+    """EVA-02 was fine-tuned on ImageNet train: train/holdout must not be read against the test sets."""
+    _fake_training_outputs(tmp_path)
+    summary = overfit(selection_path=tmp_path / "selection.json", history_path=tmp_path / "history.csv",
+                      metrics1=planted_eval["test1"] / "metrics.json", metrics2=planted_eval["test2"] / "metrics.json",
+                      out_dir=tmp_path / "out", head_name="linear", backbone_saw_train=True)
+    verdict = summary["verdict"]
+    assert summary["numbers"]["backbone_saw_train"] is True
+    assert "backbone" in verdict and "not a like-for-like comparison" in verdict
+    assert "predicts test set 1" not in verdict and "property of test set 2" not in verdict
+    assert any("backbone_saw_train" in c for c in summary["caveats"])
+    from scripts.report_evidence import _overfit_rule
+
+    score, sentence = _overfit_rule(summary["numbers"])
+    assert "backbone" in sentence and "far larger" not in sentence and score <= 0.5
+
+
 def test_misclass_columns_and_planted_difference(planted, planted_eval, tmp_path):
     summary = misclass(predictions=planted_eval["test2"] / "predictions.parquet", manifest=planted["test2"],
                        out_dir=tmp_path, options={"clusters": 2}, head_name="linear", test_name="test2")

@@ -134,3 +134,31 @@ def test_errors_are_clear(planted, tmp_path, capsys):
         evaluate(head_path=planted["head"], manifest=planted["test1"], out_dir=tmp_path / "o", num_classes=20,
                  options={"bootstrapp": 3})
     assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_class_names_are_escaped_for_matplotlib(planted, tmp_path):
+    """`$\\foo{$` crashed mathtext in every evaluate job; `price $5 - $10` rendered as math."""
+    names = tmp_path / "names.txt"
+    odd = ["$\\foo{$", "price $5 - $10", "$x$", "a\\b"] + [f"thing {i}" for i in range(4, 20)]
+    names.write_text("".join(f"{n}\n" for n in odd))
+    m = evaluate(head_path=planted["head"], manifest=planted["test2"], out_dir=tmp_path / "out", num_classes=20,
+                 options={"bootstrap": 0, "class_names": str(names), "top_confused": 20}, head_name="lin$ear")
+    assert m["per_class"]["name"][:4] == odd[:4]
+    assert (tmp_path / "out" / "confused_pairs.png").stat().st_size > 1000
+
+
+def test_intervals_resample_within_class_and_ece_is_debiased(planted, planted_eval):
+    m = json.loads((planted_eval["test2"] / "metrics.json").read_text())
+    assert m["bootstrap"]["unit"].startswith("images") and "within each class" in m["bootstrap"]["unit"]
+    got = m["metrics"]
+    assert got["ece"] == pytest.approx(got["ece_plugin"] - got["ece_calibrated_floor"], abs=1e-12)
+    assert 0 < got["ece_calibrated_p"] <= 1 and got["ece_equal_width"] >= 0
+    lo, hi = m["ci95"]["ece"]
+    assert lo <= got["ece"] <= hi
+    assert m["backbone_saw_train"] is False and m["calibration_caveat"] is None
+
+
+def test_backbone_flag_is_stated(planted, tmp_path):
+    m = evaluate(head_path=planted["head"], manifest=planted["test2"], out_dir=tmp_path, num_classes=20,
+                 options={"bootstrap": 0}, backbone_saw_train=True)
+    assert m["backbone_saw_train"] is True and "backbone was trained on" in m["calibration_caveat"]

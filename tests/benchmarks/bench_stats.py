@@ -1,0 +1,43 @@
+"""Level and power of the per-class gap tests on the real design (docs/statistics.md).
+
+1000 classes with Beta(9,1) accuracies, 50 test-1 and 10 test-2 images per class, α = 0.05:
+rejection rates under the null (same accuracy in both sets) and with a real 0.8-point mean drop
+(a uniform shift on the logit scale), for the stratified test (normal p and, on fewer
+replicates, its Monte-Carlo permutation p), the paired t across classes and the Wilcoxon test
+the gap analysis used before. Writes tests/benchmarks/results/stats.json.
+
+    python tests/benchmarks/bench_stats.py        # ~2 minutes on one core
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from scripts import stats_classes  # noqa: E402
+
+
+def main() -> None:
+    runs = {
+        "null": dict(drop=0.0, reps=2000, seed=101),
+        "drop_0.8_points": dict(drop=0.008, reps=2000, seed=102),
+        "null_permutation_999": dict(drop=0.0, reps=1000, n_perm=999, seed=103),
+        "drop_0.8_points_permutation_999": dict(drop=0.008, reps=500, n_perm=999, seed=104),
+    }
+    out = {}
+    for name, kw in runs.items():
+        start = time.perf_counter()
+        out[name] = stats_classes.simulate_gap_tests(n_classes=1000, n1=50, n2=10, **kw)
+        out[name]["seconds"] = round(time.perf_counter() - start, 1)
+        print(name, json.dumps(out[name]), flush=True)
+    path = ROOT / "tests" / "benchmarks" / "results" / "stats.json"
+    path.write_text(json.dumps(out, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
