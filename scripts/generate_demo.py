@@ -1,6 +1,6 @@
 """Write train / test1 / test2 CSVs in the exact schema of the real EVA-02 feature files.
 
-What is mimicked (DESIGN.md, Demo data): header `,path,label,0,…,D-1` with a pandas index column;
+What is mimicked (docs/data-contract.md, Input CSV): header `,path,label,0,…,D-1` with a pandas index column;
 rows sorted by class; ImageNet-like 732–1300 train rows per class (scaled); balanced test sets;
 real-looking paths; float32 values printed as shortest repr; features that come out of a
 LayerNorm with per-feature affine offset and scale. Test set 2 is harder in three known, planted
