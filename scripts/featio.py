@@ -168,7 +168,7 @@ def meta_block(
     inputs: Sequence[str | os.PathLike] = (),
     input_fingerprints: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
-    """The `meta` block every JSON artifact carries (DESIGN.md: Contracts)."""
+    """The `meta` block every JSON artifact carries (docs/data-contract.md: JSON)."""
     prints = list(input_fingerprints) + [fingerprint(p) for p in inputs if Path(p).is_file()]
     return {
         "featgap_version": FEATGAP_VERSION,
