@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,7 +29,13 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from scripts import stats
-from scripts.analysis_common import load_class_names, mpl_text, pyplot, save_figure, write_table
+from scripts.analysis_common import (
+    load_class_names,
+    mpl_text,
+    pyplot,
+    save_figure,
+    write_table,
+)
 from scripts.featio import (
     FeatgapError,
     atomic_path,
@@ -248,7 +255,7 @@ def evaluate(
     metrics = {
         "head": head_name,
         "test": test_name,
-        "n": int(len(pred["label"])),
+        "n": len(pred["label"]),
         "num_classes": num_classes,
         "metrics": point,
         "ci95": intervals,

@@ -22,15 +22,25 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from scripts import stats, stats_classes
-from scripts.analysis_common import (fmt_p, load_per_class, merge_options, mpl_text, pyplot, read_class_counts,
-                                     save_figure, write_summary, write_table)
+from scripts.analysis_common import (
+    fmt_p,
+    load_per_class,
+    merge_options,
+    mpl_text,
+    pyplot,
+    read_class_counts,
+    save_figure,
+    write_summary,
+    write_table,
+)
 from scripts.featio import FeatgapError, parse_json_arg, run_cli
 
 DEFAULTS = {"alpha": 0.05, "top_k": 20, "permutations": 10000, "bootstrap": 2000, "null_reps": 500}
@@ -87,7 +97,7 @@ def plot_distribution(frame: pd.DataFrame, head: str, path: Path) -> str:
     ax.legend(fontsize=8)
     ax.set_title(mpl_text(f"{head}: distribution of per-class drops"))
     rng = np.random.default_rng(0)
-    jitter = lambda n: rng.uniform(-0.006, 0.006, n)  # noqa: E731 - tied accuracies overlap otherwise
+    jitter = lambda n: rng.uniform(-0.006, 0.006, n)
     ax2.scatter(valid["acc_test1"] + jitter(len(valid)), valid["acc_test2"] + jitter(len(valid)), s=8, alpha=0.6)
     ax2.plot([0, 1], [0, 1], color="k", lw=0.8, ls="--")
     for row in valid.head(5).itertuples():
@@ -134,7 +144,7 @@ def gap(*, metrics1: str | Path, metrics2: str | Path, class_counts: str | Path,
     conc = {key: null[key] for key in ("share_of_drop_from_top_decile", "share_classes_dropping",
                                        "share_classes_improving", "n_classes_significant_drop")}
     numbers = {
-        "n_classes": int(len(valid)), "alpha": alpha,
+        "n_classes": len(valid), "alpha": alpha,
         "mean_acc_test1": float(valid["acc_test1"].mean()), "mean_acc_test2": float(valid["acc_test2"].mean()),
         "mean_drop": test["gap"], "median_drop": paired["median_diff"],
         "mean_drop_ci95_images": intervals["ci_images_within_class"],

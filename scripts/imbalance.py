@@ -16,16 +16,26 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
 from scripts import stats
-from scripts.analysis_common import (fmt_p, load_per_class, merge_options, mpl_text, pyplot, read_class_counts,
-                                     save_figure, write_summary, write_table)
+from scripts.analysis_common import (
+    fmt_p,
+    load_per_class,
+    merge_options,
+    mpl_text,
+    pyplot,
+    read_class_counts,
+    save_figure,
+    write_summary,
+    write_table,
+)
 from scripts.featio import FeatgapError, parse_json_arg, run_cli
 
 DEFAULTS = {"alpha": 0.05, "max_tie_share": 0.5, "permutations": 10000, "min_group": 10}
@@ -86,7 +96,7 @@ def imbalance(*, class_counts: str | Path, metrics1: str | Path, metrics2: str |
     write_table(frame.sort_values("train_rows", kind="stable"), files["per_class.csv"])
     figure = plot_scatter(frame, results, head, files["scatter.png"])
     primary = _primary(results["drop"], groups, trend_estimable, alpha, min_group)
-    numbers = {"alpha": alpha, "n_classes": int(len(frame)),
+    numbers = {"alpha": alpha, "n_classes": len(frame),
                "train_rows_min": int(frame["train_rows"].min()), "train_rows_max": int(frame["train_rows"].max()),
                "train_rows_ratio": float(frame["train_rows"].max() / max(frame["train_rows"].min(), 1)),
                "trend_estimable": bool(trend_estimable),

@@ -22,18 +22,32 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
-
 from scipy import stats as sps
 
 from scripts import stats, stats_classes
-from scripts.analysis_common import fmt_p, merge_options, mpl_text, pyplot, save_figure, write_summary, write_table
-from scripts.featio import FeatgapError, parse_json_arg, read_split, run_cli, shard_folder
+from scripts.analysis_common import (
+    fmt_p,
+    merge_options,
+    mpl_text,
+    pyplot,
+    save_figure,
+    write_summary,
+    write_table,
+)
+from scripts.featio import (
+    FeatgapError,
+    parse_json_arg,
+    read_split,
+    run_cli,
+    shard_folder,
+)
 
 DEFAULTS = {"alpha": 0.05, "clusters": 3}
 FILES = ("features.csv", "summary.json", "clusters.png")
@@ -93,7 +107,7 @@ def cluster(table: pd.DataFrame, alpha: float, k: int, seed: int) -> tuple[pd.Da
         members = sig[labels == c]
         d, v = members["cohens_d"].mean(), members["var_diff_std"].mean()
         summary.append({
-            "cluster": c, "n_features": int(len(members)), "mean_cohens_d": float(d), "mean_var_diff_std": float(v),
+            "cluster": c, "n_features": len(members), "mean_cohens_d": float(d), "mean_var_diff_std": float(v),
             "description": (f"{'higher' if d > 0 else 'lower'} mean and {'higher' if v > 0 else 'lower'} variance "
                             "in misclassified samples"),
             "features": members.sort_values("q")["feature"].head(20).tolist(),

@@ -20,13 +20,21 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from scripts.analysis_common import merge_options, mpl_text, pyplot, save_figure, write_summary, write_table
+from scripts.analysis_common import (
+    merge_options,
+    mpl_text,
+    pyplot,
+    save_figure,
+    write_summary,
+    write_table,
+)
 from scripts.featio import FeatgapError, parse_json_arg, read_json, run_cli
 
 DEFAULTS = {"overfit_threshold": 0.02, "shift_threshold": 0.02}
@@ -207,7 +215,7 @@ def overfit(*, selection_path: str | Path, history_path: str | Path, metrics1: s
     numbers = {
         "train_acc": a["train"], "holdout_acc": a["holdout"], "test1_acc": a["test1"], "test2_acc": a["test2"],
         "train_minus_holdout": train_gap, "holdout_minus_test1": holdout_test1, "test1_minus_test2": test_gap,
-        "winner": selection.get("winner"), "grid_size": int(len(grid)), "grid_holdout_spread": spread,
+        "winner": selection.get("winner"), "grid_size": len(grid), "grid_holdout_spread": spread,
         "winner_on_grid_edge": edge, "refit": selection.get("refit"), "epoch": at["epoch"],
         "thresholds": opts, "backbone_saw_train": bool(backbone_saw_train),
     }
@@ -245,8 +253,8 @@ def overfit(*, selection_path: str | Path, history_path: str | Path, metrics1: s
                          extra={"head": head, "grid_table": str(files["grid.csv"]),
                                 "caveats": ["train accuracy is the running accuracy of the winner's training epoch",
                                             "with refit, the final head saw the holdout; holdout is the grid-phase score"]
-                                + (["backbone_saw_train: the backbone was trained on the train split, so train and "
-                                    "holdout images are not exchangeable with the test images"]
+                                + ([("backbone_saw_train: the backbone was trained on the train split, so train and "
+                                     "holdout images are not exchangeable with the test images")]
                                    if backbone_saw_train else [])})
 
 

@@ -281,8 +281,8 @@ def headline(data: ReportData) -> Headline:
     head = data.primary_head()
     ranking = hypotheses(data)
     metrics = data.metrics.get(head or "", {})
-    a, ca = top1(metrics, "test1")
-    b, cb = top1(metrics, "test2")
+    a, _ = top1(metrics, "test1")
+    b, _ = top1(metrics, "test2")
     if a is not None and b is not None:
         g = gap_interval(metrics["test1"], metrics["test2"])
         gap_text = f"{(a - b) * 100:.1f} points"

@@ -10,8 +10,8 @@ Every function here is checked against its scipy / scikit-learn reference in tes
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 import numpy as np
 from scipy import special
@@ -196,7 +196,7 @@ def paired_tests(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """
     x, y = np.asarray(x, float), np.asarray(y, float)
     diff = np.round(x - y, DIFF_DECIMALS)
-    n = int(len(diff))
+    n = len(diff)
     out = {"n": n, "mean_diff": float(diff.mean()) if n else float("nan"),
            "median_diff": float(np.median(diff)) if n else float("nan")}
     constant = n < 2 or float(np.ptp(diff)) <= 10.0**-DIFF_DECIMALS
@@ -218,9 +218,9 @@ def spearman(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """Spearman rank correlation with its two-sided p-value (scipy.stats.spearmanr)."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     if len(x) < 3 or np.all(x == x[0]) or np.all(y == y[0]):
-        return {"rho": float("nan"), "p": float("nan"), "n": int(len(x))}
+        return {"rho": float("nan"), "p": float("nan"), "n": len(x)}
     res = sps.spearmanr(x, y)
-    return {"rho": float(res.statistic), "p": float(res.pvalue), "n": int(len(x))}
+    return {"rho": float(res.statistic), "p": float(res.pvalue), "n": len(x)}
 
 
 # ---------------------------------------------------------------- classification metrics

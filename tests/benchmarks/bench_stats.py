@@ -18,15 +18,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from scripts import stats_classes  # noqa: E402
+from scripts import stats_classes
 
 
 def main() -> None:
     runs = {
-        "null": dict(drop=0.0, reps=2000, seed=101),
-        "drop_0.8_points": dict(drop=0.008, reps=2000, seed=102),
-        "null_permutation_999": dict(drop=0.0, reps=1000, n_perm=999, seed=103),
-        "drop_0.8_points_permutation_999": dict(drop=0.008, reps=500, n_perm=999, seed=104),
+        "null": {"drop": 0.0, "reps": 2000, "seed": 101},
+        "drop_0.8_points": {"drop": 0.008, "reps": 2000, "seed": 102},
+        "null_permutation_999": {"drop": 0.0, "reps": 1000, "n_perm": 999, "seed": 103},
+        "drop_0.8_points_permutation_999": {"drop": 0.008, "reps": 500, "n_perm": 999, "seed": 104},
     }
     out = {}
     for name, kw in runs.items():

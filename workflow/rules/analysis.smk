@@ -222,7 +222,7 @@ rule misclass_compare:
         features2="results/analysis/misclass/{head}/test2/features.csv",
         code=code("misclass", "stats", "stats_classes", "analysis_common"),
     output:
-        [report(f, caption="../report/misclass.rst", category="6. Misclassified samples", subcategory="{head} test1 vs test2") if f.endswith(".png") else f for f in expand("results/analysis/misclass_compare/{{head}}/{file}", file=MISCLASS_COMPARE_FILES)],
+        [report(f, caption="../report/misclass_compare.rst", category="6. Misclassified samples", subcategory="{head} test1 vs test2") if f.endswith(".png") else f for f in expand("results/analysis/misclass_compare/{{head}}/{file}", file=MISCLASS_COMPARE_FILES)],
     wildcard_constraints:
         head=HEAD_PATTERN,
     params:
