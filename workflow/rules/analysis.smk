@@ -41,7 +41,7 @@ rule class_counts:
         "../../envs/featgap.yaml"
     shell:
         "python -m scripts.analysis_common --train {input.train:q} --test1 {input.test1:q} --test2 {input.test2:q}"
-        " --num-classes {params.num_classes} --class-names {params.names:q} --out {output:q} > {log:q} 2>&1"
+        " --num-classes {params.num_classes} --class-names={params.names:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule gap:
