@@ -56,7 +56,9 @@ class CandidateGrid:
                                 Param(b.view(1, 1, -1).repeat(k, 1, 1).to(device), 0, False)]
         for p in self.params:
             p.value.requires_grad_(True)
-        self.dropout_gen = torch.Generator(device=device).manual_seed(seed + 1)
+        # Dropout masks: a seeded generator of their own on the CPU; on CUDA the device's default
+        # generator (seeded by scripts.device.configure_determinism), the one CUDA graphs can replay.
+        self.dropout_gen = torch.Generator().manual_seed(seed + 1) if device.type == "cpu" else None
 
     def forward(self, x: torch.Tensor, train: bool) -> torch.Tensor:
         """Logits (B, K, C)."""
@@ -220,9 +222,10 @@ class StepRunner:
 
     def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.static_x, self.static_y = x.clone(), y.clone()
-        saved = [t.clone() for t in self._saved()]
-        gen = self.grid.dropout_gen
-        gen_state = gen.get_state()
+        # detach: a clone with autograd history would keep the parameters' gradient accumulators
+        # alive on the default stream, and the capture is invalidated by the sync that causes.
+        saved = [t.detach().clone() for t in self._saved()]
+        rng_state = torch.cuda.get_rng_state(self.static_x.device)  # dropout's generator (see CandidateGrid)
         graph = torch.cuda.CUDAGraph()
         try:
             side = torch.cuda.Stream()
@@ -231,9 +234,9 @@ class StepRunner:
                 for _ in range(2):
                     self._step(self.static_x, self.static_y)
             torch.cuda.current_stream().wait_stream(side)
-            if self.grid.dropout > 0:
-                graph.register_generator_state(gen)
-            with torch.cuda.graph(graph):
+            # Captured on the warm-up stream: the autograd accumulators and cuBLAS workspaces made
+            # there belong to it (a capture on another stream is invalidated by their syncs).
+            with torch.cuda.graph(graph, stream=side):
                 self._step(self.static_x, self.static_y)
             self.graph, self.graph_batch = graph, len(x)
         except RuntimeError as err:  # e.g. an op that cannot be captured on this torch: stay eager
@@ -244,7 +247,7 @@ class StepRunner:
                 tensor.copy_(value)
         for p in self.grid.params:
             p.value.grad = None
-        gen.set_state(gen_state)
+        torch.cuda.set_rng_state(rng_state, self.static_x.device)
         torch.cuda.synchronize()
 
 
