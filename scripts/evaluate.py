@@ -54,14 +54,6 @@ DEFAULTS = {"batch_size": 8192, "bootstrap": 1000, "ece_bins": 15, "top_confused
 METRIC_KEYS = ("top1", "top5", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "nll", "ece")
 
 
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def predict_split(
     folder: str | Path,
     logits_fn: Callable[[np.ndarray], np.ndarray],
@@ -225,7 +217,10 @@ def evaluate(
     out = Path(out_dir)
     head_name = head_name or Path(head_path).parent.name
     test_name = test_name or Path(manifest).name.removesuffix(".manifest.json")
-    device = resolve_device(opts["device"])
+    # The one device parser (scripts.device): `cuda` resolves to an explicit `cuda:N`.
+    from scripts.device import resolve_device
+
+    device = str(resolve_device(opts["device"]))
     temperature = None
     if logits_fn is None:
         from scripts.heads import load_head, predict_logits
