@@ -29,6 +29,9 @@ except ImportError:  # older layout
 ROOT = Path(__file__).resolve().parents[1]
 SLURM_DIR = ROOT / "tests" / "slurm"
 PROFILE = ROOT / "profiles" / "slurm"
+# The profile trains on CUDA (train.device: cuda); this cluster's GPU is a fake gres on /dev/null,
+# so its jobs train on the CPU as the local run does (a command-line --config replaces the profile's).
+ON_CPU = ["--config", "train={device: auto}"]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
 # Status-check failures make the SLURM executor wait forever rather than fail: every run has a limit.
 SLURM_RUN_TIMEOUT_S = int(os.environ.get("FEATGAP_SLURM_TIMEOUT", "900"))
@@ -141,7 +144,7 @@ def runs(slurm_cluster, tmp_path_factory):
     # fills the idle cores. As the README says: the cluster profile alone (not profiles/default),
     # here with a short first status check, as the tiny jobs finish in seconds.
     slurm = _Run(dirs["slurm"], ["--profile", str(PROFILE), "--workflow-profile", "none",
-                                 "--slurm-init-seconds-before-status-checks", "2"], "slurm.log")
+                                 "--slurm-init-seconds-before-status-checks", "2", *ON_CPU], "slurm.log")
     local = _Run(dirs["local"], ["--cores", "2"], "local.log")
     local.finish(LOCAL_RUN_TIMEOUT_S)
     slurm_output = slurm.finish(SLURM_RUN_TIMEOUT_S)
@@ -242,5 +245,30 @@ def test_every_job_ran_on_the_cluster_with_the_profiles_resources(runs):
 
 
 def test_second_slurm_run_has_nothing_to_do(runs):
-    dry = _Run(runs["slurm"], ["--profile", str(PROFILE), "--workflow-profile", "none", "-n"], "dry.log")
+    dry = _Run(runs["slurm"], ["--profile", str(PROFILE), "--workflow-profile", "none", "-n", *ON_CPU], "dry.log")
     assert "Nothing to be done" in dry.finish(300)
+
+
+def test_profile_trains_on_cuda_with_a_gpu_sized_time_limit(tmp_path):
+    """No cluster needed: a dry run through the profile (jobs not submitted) shows train_head on
+    CUDA asking for one GPU and minutes of --time for the EVA-02 grid, not the ~12 h CPU estimate."""
+    pytest.importorskip("snakemake_executor_plugin_slurm", reason="its options are in the profile")
+    for split in ("train", "test1", "test2"):
+        (tmp_path / f"{split}.csv").write_text("x\n")
+    paths = tmp_path / "paths.yaml"
+    paths.write_text(yaml.safe_dump({"data": {s: str(tmp_path / f"{s}.csv") for s in ("train", "test1", "test2")}}))
+
+    def train_resources(*extra):
+        out = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), "-n", "--profile", str(PROFILE),
+                              "--workflow-profile", "none", "--executor", "local", "--cores", "1",
+                              "--configfile", str(ROOT / "config/eva02.yaml"), str(paths), *extra],
+                             capture_output=True, text=True, timeout=300, env=_env())
+        assert out.returncode == 0, out.stderr[-2000:]
+        blocks = re.findall(r"rule train_head:.*?resources: ([^\n]+)", out.stdout + out.stderr, re.S)
+        assert len(blocks) == 2, out.stdout[-2000:]  # linear and mlp
+        return [dict(kv.split("=", 1) for kv in block.split(", ")) for block in blocks]
+
+    for res in train_resources():
+        assert res["gpu"] == "1" and int(res["runtime"]) <= 30, res
+    for res in train_resources(*ON_CPU):  # the CPU estimate for the same grid: hours
+        assert int(res["runtime"]) > 120, res

@@ -17,7 +17,7 @@ rule evaluate:
         manifest="results/parquet/{test}.manifest.json",
         qc=["results/qc/{test}.json", "results/qc/cross.json"],  # per-split and cross-split QC first
         names=CLASS_NAMES,
-        code=code("evaluate", "stats", "analysis_common", "heads"),
+        code=code("evaluate", "stats", "analysis_common", "heads", "device"),
     output:
         predictions="results/eval/{head}/{test}/predictions.parquet",
         metrics="results/eval/{head}/{test}/metrics.json",

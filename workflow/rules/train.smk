@@ -32,31 +32,33 @@ TRAIN_ROWS = (
 TRAIN_MEM_MB = int(
     min(TRAIN_ROWS * config["dim"] * 4 / 2**20, TRAIN.get("memory_budget_mb", 12000)) * 1.1 + 2000
 )
-# Minutes: K candidates × epochs × 4·N·D·width flops at a conservative 30 GFLOP/s (2 CPU cores),
-# doubled for the refit and the holdout passes; at least 10.
-HEAD_RUNTIME = {
-    name: 10
-    + int(
-        2
-        * 4
-        * TRAIN_ROWS
-        * config["dim"]
-        * (sum(head.get("hidden", []) or []) or config["num_classes"])
-        * len(head.get("lr", [1]))
-        * len(head.get("weight_decay", [1]))
-        * head.get("epochs", 10)
-        / 30e9
-        / 60
-    )
-    for name, head in config.get("heads", {}).items()
-}
+# Minutes, at least 10. On the CPU: K candidates × epochs × 4·N·D·width flops at a conservative
+# 30 GFLOP/s (2 cores), doubled for the refit and the holdout passes. On CUDA (train.device: cuda or
+# cuda:N, as profiles/slurm sets when it asks for a GPU): loading at 50 MB/s plus every grid and
+# refit step at 10 ms (an H100 replays one 12-candidate EVA-02 step in 1.3 ms; see README).
+TRAIN_ON_CUDA = str(TRAIN.get("device", "auto")).startswith("cuda")
+
+
+def head_runtime(head):
+    candidates = len(head.get("lr", [1])) * len(head.get("weight_decay", [1]))
+    epochs = head.get("epochs", 10)
+    if TRAIN_ON_CUDA:
+        steps = 2 * epochs * TRAIN_ROWS / head.get("batch_size", 1024)
+        seconds = TRAIN_ROWS * config["dim"] * 4 / 50e6 + steps * 0.010
+    else:
+        width = sum(head.get("hidden", []) or []) or config["num_classes"]
+        seconds = 2 * 4 * TRAIN_ROWS * config["dim"] * width * candidates * epochs / 30e9
+    return 10 + int(seconds / 60)
+
+
+HEAD_RUNTIME = {name: head_runtime(head) for name, head in config.get("heads", {}).items()}
 
 
 rule train_head:
     input:
         manifest="results/parquet/train.manifest.json",
         qc="results/qc/train.json",  # QC must pass (or warn) before training; it also checks checksums
-        code=code("train_head", "train_data", "train_grid", "heads"),
+        code=code("train_head", "train_data", "train_grid", "heads", "device"),
     output:
         model="results/heads/{head}/model.pt",
         history=report("results/heads/{head}/history.csv", caption="../report/train.rst", category="8. Training",
@@ -81,16 +83,16 @@ rule train_head:
     conda:
         "../../envs/featgap.yaml"
     shell:
-        "python -m scripts.train_head --manifest {input.manifest} --out-dir {params.out_dir}"
-        " --name {wildcards.head} --head {params.head} --train {params.train}"
-        " --num-classes {params.num_classes} --seed {params.seed} --threads {threads} > {log} 2>&1"
+        "python -m scripts.train_head --manifest {input.manifest:q} --out-dir {params.out_dir:q}"
+        " --name {wildcards.head:q} --head {params.head} --train {params.train}"
+        " --num-classes {params.num_classes} --seed {params.seed} --threads {threads} > {log:q} 2>&1"
 
 
 rule train_baseline:
     input:
         manifest="results/parquet/train.manifest.json",
         qc="results/qc/train.json",  # QC must pass (or warn) before training; it also checks checksums
-        code=code("baselines", "train_head", "train_data", "heads"),
+        code=code("baselines", "train_head", "train_data", "train_grid", "heads", "device"),
     output:
         model="results/heads/{baseline}/model.pt",
         history=report("results/heads/{baseline}/history.csv", caption="../report/train.rst", category="8. Training",
@@ -116,9 +118,9 @@ rule train_baseline:
     conda:
         "../../envs/featgap.yaml"
     shell:
-        "python -m scripts.baselines --manifest {input.manifest} --out-dir {params.out_dir}"
-        " --name {wildcards.baseline} --baseline {params.baseline} --train {params.train}"
-        " --num-classes {params.num_classes} --seed {params.seed} --threads {threads} > {log} 2>&1"
+        "python -m scripts.baselines --manifest {input.manifest:q} --out-dir {params.out_dir:q}"
+        " --name {wildcards.baseline:q} --baseline {params.baseline} --train {params.train}"
+        " --num-classes {params.num_classes} --seed {params.seed} --threads {threads} > {log:q} 2>&1"
 
 
 ALL_TARGETS.extend(expand("results/heads/{head}/{file}", head=HEADS, file=HEAD_FILES))
