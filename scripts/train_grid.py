@@ -88,6 +88,13 @@ class CandidateGrid:
             state[f"{3 * layer}.bias"] = bias.contiguous().cpu()
         return state
 
+    def keep(self, positions: torch.Tensor) -> None:
+        """Keep only the candidates at `positions` (successive halving drops the others)."""
+        for p in self.params:
+            p.value = p.value.detach().index_select(p.axis, positions.to(p.value.device)).contiguous()
+            p.value.requires_grad_(True)
+        self.k = len(positions)
+
     def snapshot(self) -> list[torch.Tensor]:
         return [p.value.detach().clone() for p in self.params]
 
@@ -127,6 +134,13 @@ class GridOptimizer:
         self.momentum, self.betas, self.eps = momentum, betas, eps
         self.state = [[torch.zeros_like(p.value) for _ in range(2 if kind == "adamw" else 1)] for p in params]
         self.t = torch.zeros((), dtype=torch.float64, device=device)  # float64: bias corrections as exact as Python's
+
+    def keep(self, positions: torch.Tensor) -> None:
+        """Keep the state of the candidates at `positions`, after CandidateGrid.keep on the same params."""
+        positions = positions.to(self.lr.device)
+        self.lr, self.wd = self.lr[positions], self.wd[positions]
+        self.state = [[s.index_select(p.axis, positions).contiguous() for s in state]
+                      for p, state in zip(self.params, self.state)]
 
     def tensors(self) -> list[torch.Tensor]:
         """Every tensor a step changes (parameters, moments, step count): saved around a capture."""

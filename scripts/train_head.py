@@ -83,6 +83,11 @@ class HeadConfig:
     standardize: bool = True
     l2_normalize: bool = False
     patience: int | None = None  # early stopping: epochs without holdout improvement
+    # grid: every candidate trains for all epochs. halving: successive halving, i.e. after epochs
+    # min_epochs·eta^i only the best 1/eta of the candidates (by holdout top-1) train on.
+    selection: str = "grid"
+    halving_eta: int = 3
+    halving_min_epochs: int = 1
     refit: bool = True
     calibrate: bool = True  # fit a softmax temperature on the holdout (NLL/ECE; top-1 unchanged)
 
@@ -113,6 +118,10 @@ def _check_head(cfg: HeadConfig, where: str) -> None:
             setattr(cfg, name, [float(value)])
         if not getattr(cfg, name) or any(float(v) < 0 for v in getattr(cfg, name)):
             raise FeatgapError(f"{where}.{name} must be a non-empty list of numbers >= 0")
+    if cfg.selection not in ("grid", "halving"):
+        raise FeatgapError(f"{where}.selection must be grid or halving, got {cfg.selection!r}")
+    if cfg.halving_eta < 2 or cfg.halving_min_epochs < 1:
+        raise FeatgapError(f"{where}: halving_eta must be >= 2 and halving_min_epochs >= 1")
     if cfg.optimizer not in ("adamw", "sgd"):
         raise FeatgapError(f"{where}.optimizer must be adamw or sgd, got {cfg.optimizer!r}")
     if cfg.epochs < 1 or cfg.batch_size < 1:
@@ -135,7 +144,10 @@ def run_grid(data: TrainSet, cfg: HeadConfig, candidates: list[dict], rows: np.n
     """Train all candidates on `rows` for `epochs` (of a cfg.epochs-long schedule).
 
     With `select`, evaluates the holdout every epoch, keeps each candidate's best weights, and
-    stops early after cfg.patience epochs without any candidate improving."""
+    stops early after cfg.patience epochs without any candidate improving. With
+    cfg.selection == "halving" it also drops all but the best 1/eta of the candidates at each rung
+    (`halving_rungs`); the result's "alive" lists the candidates still trained at the end, in the
+    order of the returned grid."""
     device = data.device
     k = len(candidates)
     grid = CandidateGrid(data.dim, data.num_classes, cfg.hidden, k, cfg.dropout, seed, device)
@@ -152,25 +164,30 @@ def run_grid(data: TrainSet, cfg: HeadConfig, candidates: list[dict], rows: np.n
     best_loss = np.full(k, np.inf)
     best_epoch = np.full(k, -1)
     history, stale, step = [], 0, 0
+    alive = np.arange(k)  # positions in `candidates` of the grid's candidates, in grid order
+    rungs = halving_rungs(cfg, epochs) if select and cfg.selection == "halving" else []
+    candidate_epochs = 0
     bar = tqdm(range(epochs), desc=desc, unit="epoch")
     for epoch in bar:
         t0 = time.perf_counter()
         loss_sum, correct, step = train_epoch(data, runner, rows, rng, cfg.batch_size, step, total, warmup)
+        candidate_epochs += len(alive)
         train_loss = (loss_sum / len(rows)).cpu().numpy()
         train_acc = (correct.double() / len(rows)).cpu().numpy()
         if select:
             # float32, never autocast: selection scores the function the saved float32 head computes
             h_loss, h_acc = evaluate_grid(grid, data.holdout_batches(eval_batch_size), contextlib.nullcontext)
-            improved = (h_acc > best_acc) | ((h_acc == best_acc) & (h_loss < best_loss))
-            best_acc = np.where(improved, h_acc, best_acc)
-            best_loss = np.where(improved, h_loss, best_loss)
-            best_epoch = np.where(improved, epoch, best_epoch)
+            improved = (h_acc > best_acc[alive]) | ((h_acc == best_acc[alive]) & (h_loss < best_loss[alive]))
+            best_acc[alive] = np.where(improved, h_acc, best_acc[alive])
+            best_loss[alive] = np.where(improved, h_loss, best_loss[alive])
+            best_epoch[alive] = np.where(improved, epoch, best_epoch[alive])
             grid.keep_best(best, torch.as_tensor(improved, device=device))
             stale = 0 if improved.any() else stale + 1
         else:
-            h_loss = h_acc = np.full(k, np.nan)
+            h_loss = h_acc = np.full(len(alive), np.nan)
         seconds = time.perf_counter() - t0
-        for i, cand in enumerate(candidates):
+        for i, pos in enumerate(alive):
+            cand = candidates[pos]
             history.append({"phase": phase, "epoch": epoch + 1, "candidate": cand["candidate"],
                             "lr": cand["lr"], "weight_decay": cand["weight_decay"],
                             "train_loss": train_loss[i], "train_acc": train_acc[i],
@@ -179,10 +196,32 @@ def run_grid(data: TrainSet, cfg: HeadConfig, candidates: list[dict], rows: np.n
                         holdout=f"{np.nanmax(h_acc):.4f}" if select else "-")
         if select and cfg.patience is not None and stale >= cfg.patience:
             break
+        if epoch + 1 in rungs and len(alive) > 1:
+            # Rank by the best holdout top-1 so far (then loss, then grid order), as the final choice.
+            ranked = sorted(range(len(alive)), key=lambda i: (-best_acc[alive[i]], best_loss[alive[i]], alive[i]))
+            keep = sorted(ranked[: math.ceil(len(alive) / cfg.halving_eta)])
+            positions = torch.as_tensor(keep, dtype=torch.int64)
+            grid.keep(positions)
+            opt.keep(positions)
+            best = [saved.index_select(p.axis, positions.to(saved.device)) for p, saved in zip(grid.params, best)]
+            alive = alive[keep]
+            # The captured step has the old shapes: a new runner captures the smaller grid.
+            runner = StepRunner(grid, opt, smoothing=cfg.label_smoothing, class_weight=weight, device=device,
+                                graphs=cuda_graphs)
     if select:
         grid.restore(best)
     return {"grid": grid, "history": history, "best_acc": best_acc, "best_loss": best_loss,
-            "best_epoch": best_epoch, "epochs_run": epoch + 1}
+            "best_epoch": best_epoch, "epochs_run": epoch + 1, "alive": [int(a) for a in alive],
+            "candidate_epochs": candidate_epochs, "rungs": [r for r in rungs if r <= epoch + 1]}
+
+
+def halving_rungs(cfg: HeadConfig, epochs: int) -> list[int]:
+    """Epochs after which successive halving keeps the best 1/eta: min_epochs·eta^i, before the last."""
+    rungs, rung = [], cfg.halving_min_epochs
+    while rung < epochs:
+        rungs.append(rung)
+        rung *= cfg.halving_eta
+    return rungs
 
 
 def train_epoch(data: TrainSet, runner: StepRunner, rows: np.ndarray, rng: np.random.Generator,
@@ -249,12 +288,14 @@ def train_head(manifest: str | Path, out_dir: str | Path, *, name: str, head: Ma
                       phase="grid", select=has_holdout, desc=f"{name} grid×{len(candidates)}",
                       eval_batch_size=settings.eval_batch_size, cuda_graphs=settings.cuda_graphs)
     grid_s = time.perf_counter() - t_grid
-    # Winner: best holdout top-1, then lower holdout loss, then grid order.
-    order = sorted(range(len(candidates)), key=lambda i: (-result["best_acc"][i], result["best_loss"][i], i))
+    # Winner among the candidates trained to the end (all, unless halving dropped some): best
+    # holdout top-1, then lower holdout loss, then grid order.
+    alive = result["alive"]
+    order = sorted(alive, key=lambda i: (-result["best_acc"][i], result["best_loss"][i], i))
     win = order[0] if has_holdout else 0
     win_epochs = int(result["best_epoch"][win]) + 1 if has_holdout else cfg.epochs
     history = result["history"]
-    state = result["grid"].extract(win)
+    state = result["grid"].extract(alive.index(win))
     arch = {"in_dim": data.dim, "num_classes": num_classes, "hidden": cfg.hidden, "dropout": cfg.dropout}
     calibration = fit_temperature(state, arch, data, settings.eval_batch_size) \
         if cfg.calibrate and has_holdout else None
@@ -294,9 +335,12 @@ def train_head(manifest: str | Path, out_dir: str | Path, *, name: str, head: Ma
         "refit": refit,
         "calibration": calibration,
         "data": data.stats,
+        "halving": {"rungs": result["rungs"], "survivors": [candidates[i]["candidate"] for i in alive]}
+        if cfg.selection == "halving" else None,
         "timing": {"grid_s": round(grid_s, 3), "grid_epochs": result["epochs_run"],
+                   "candidate_epochs": result["candidate_epochs"],
                    "rows_per_s": round(n_fit * result["epochs_run"] / max(grid_s, 1e-9), 1),
-                   "candidate_rows_per_s": round(n_fit * result["epochs_run"] * len(candidates) / max(grid_s, 1e-9), 1)},
+                   "candidate_rows_per_s": round(n_fit * result["candidate_epochs"] / max(grid_s, 1e-9), 1)},
         "meta": meta_block(seed=seed, device=str(device), started=started, inputs=[manifest]),
     }
     write_json(out / "selection.json", selection)

@@ -121,3 +121,14 @@ def test_same_seed_same_bytes_on_gpu(data, tmp_path):
         train_head(data["manifest"], tmp_path / run, name="m", head=MLP,
                    train={"device": "cuda", "holdout_fraction": 0.1}, num_classes=CLASSES, seed=1)
     assert (tmp_path / "a/model.pt").read_bytes() == (tmp_path / "b/model.pt").read_bytes()
+
+
+def test_successive_halving_on_the_gpu(data, tmp_path):
+    """Halving rebuilds the captured step for the smaller grid at each rung: same survivors as on the CPU."""
+    head = {**LINEAR, "lr": [1e-4, 1e-3, 3e-3], "weight_decay": [1e-4, 1e-2, 1.0], "selection": "halving"}
+    runs = {dev: train_head(data["manifest"], tmp_path / dev, name="h", head=head,
+                            train={"device": dev, "holdout_fraction": 0.1}, num_classes=CLASSES, seed=0)
+            for dev in ("cpu", "cuda")}
+    assert runs["cuda"]["halving"]["rungs"] == runs["cpu"]["halving"]["rungs"] == [1, 3]
+    assert runs["cuda"]["halving"]["survivors"] == runs["cpu"]["halving"]["survivors"]
+    assert abs(runs["cuda"]["winner"]["holdout_acc"] - runs["cpu"]["winner"]["holdout_acc"]) <= 0.01
