@@ -173,6 +173,9 @@ class PartConverter:
                     got = handle.readinto(view[carry : carry + room]) if room > 0 else 0
                 filled = carry + got
                 at_end = got == 0 or (end is not None and offset + filled >= end)
+                if not at_end and filled < len(buf):  # a short read (a gzip stream): fill the buffer first
+                    carry = filled
+                    continue
                 cut = filled if at_end else buf.rfind(b"\n", 0, filled) + 1
                 if end is None and not at_end:
                     cut = _after_last_content_line(buf, cut)  # blank lines may be the stream's end
