@@ -15,7 +15,7 @@ from tests.test_train_helpers import make_dataset
 def test_rungs():
     assert halving_rungs(HeadConfig(halving_eta=3, halving_min_epochs=1), 10) == [1, 3, 9]
     assert halving_rungs(HeadConfig(halving_eta=2, halving_min_epochs=2), 10) == [2, 4, 8]
-    assert halving_rungs(HeadConfig(), 3) == [1]
+    assert halving_rungs(HeadConfig(), 10) == [1, 2, 4, 8]  # the default: eta 2
     assert halving_rungs(HeadConfig(), 1) == []
 
 
@@ -54,7 +54,8 @@ def test_halving_matches_the_grid_winner_for_a_third_of_the_work(tmp_path):
             "batch_size": 64, "label_smoothing": 0.1, "refit": False}
     train = {"device": "cpu", "threads": 1, "holdout_fraction": 0.2}
     grid = train_head(data["manifest"], tmp_path / "grid", name="g", head=head, train=train, num_classes=10)
-    halved = train_head(data["manifest"], tmp_path / "half", name="h", head={**head, "selection": "halving"},
+    halved = train_head(data["manifest"], tmp_path / "half", name="h",
+                        head={**head, "selection": "halving", "halving_eta": 3},
                         train=train, num_classes=10)
     assert halved["halving"]["rungs"] == [1, 3] and len(halved["halving"]["survivors"]) == 1
     assert halved["winner"]["holdout_acc"] >= grid["winner"]["holdout_acc"] - 0.001
