@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from scripts import stats, stats_classes
+from scripts import evidence, stats, stats_classes
 from scripts.analysis_common import (
     fmt_p,
     load_per_class,
@@ -43,7 +43,7 @@ from scripts.analysis_common import (
 )
 from scripts.featio import FeatgapError, parse_json_arg, run_cli
 
-DEFAULTS = {"alpha": 0.05, "top_k": 20, "permutations": 10000, "bootstrap": 2000, "null_reps": 500}
+DEFAULTS = {"alpha": 0.05, "top_k": 20, "permutations": 10000, "bootstrap": 2000, "null_reps": 500, "share_reps": 200}
 FILES = ("per_class.csv", "summary.json", "drop_distribution.png", "top_drops.png")
 
 
@@ -167,10 +167,34 @@ def gap(*, metrics1: str | Path, metrics2: str | Path, class_counts: str | Path,
         "top_classes": frame.head(k)[["rank", "class", "name", "train_rows", "acc_test1", "acc_test2", "drop",
                                       "drop_shrunk", "fisher_q"]].to_dict(orient="records"),
     }
+    share = stats_classes.concentrated_share(*counts, reps=int(opts["share_reps"]), n_boot=int(opts["share_reps"]),
+                                             seed=seed)
+    numbers["concentrated_share"] = share
     verdict = _verdict(head, numbers, frame.head(3), alpha)
+    gap_block = {"points": 100 * test["gap"], "ci95": [100 * v for v in intervals["ci_classes"]],
+                 "significant": bool(test["p"] < alpha), "p": test["p"], "alpha": alpha,
+                 "unit": "classes resampled (interval); images within class (permutation p)"}
     return write_summary(files["summary.json"], verdict=verdict, figures=figures, table=files["per_class.csv"],
                          numbers=numbers, started=started, seed=seed, inputs=[metrics1, metrics2, class_counts],
-                         extra={"head": head})
+                         extra={"head": head, "gap": gap_block,
+                                "evidence": concentration_evidence(share, gap_block, frame, alpha)})
+
+
+def concentration_evidence(share: dict, gap_block: dict, frame: pd.DataFrame, alpha: float) -> dict[str, Any]:
+    """class_concentrated: the points carried by classes whose shrunk drop exceeds the common
+    (median) drop, minus what binomial noise under a uniform drop gives. No evidence unless the
+    statistic also exceeds its uniform-drop null (p_upper < alpha)."""
+    points, ci = 100 * share["share"], [100 * v for v in share["ci95"]]
+    beyond_noise = share["p_upper"] < alpha
+    top = ", ".join(str(n) for n in frame["name"].head(3))
+    sentence = (f"Classes that drop more than the common drop carry {points:.1f} points of the gap beyond noise "
+                f"(95% interval {ci[0]:.1f} to {ci[1]:.1f}, classes resampled; uniform-drop null "
+                f"{fmt_p(share['p_upper'])}); "
+                + (f"largest shrunk drops: {top}." if beyond_noise else
+                   "no evidence that the drop is more concentrated than binomial noise around a common drop."))
+    return evidence.block("class_concentrated", points, ci, gap_points=gap_block["points"], sentence=sentence,
+                          unit="classes resampled", max_level="strong" if beyond_noise else "none",
+                          null_p=share["p_upper"])
 
 
 def _verdict(head: str, n: dict[str, Any], top: pd.DataFrame, alpha: float) -> str:

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from scripts import stats
+from scripts import evidence, stats
 from scripts.analysis_common import (
     fmt_p,
     load_per_class,
@@ -107,9 +107,45 @@ def imbalance(*, class_counts: str | Path, metrics1: str | Path, metrics2: str |
                "units": {"group_p": "classes (permutation of the full/reduced labels)", "spearman": "classes"},
                "verdict_rests_on": ["primary_test", "primary_p", "primary_effect"]}
     verdict = _verdict(head, numbers, results, primary, alpha)
+    block = imbalance_evidence(frame, full, primary, min_group, seed)
     return write_summary(files["summary.json"], verdict=verdict, figures=[figure], table=files["per_class.csv"],
                          numbers=numbers, started=started, seed=seed, inputs=[class_counts, metrics1, metrics2],
-                         extra={"head": head})
+                         extra={"head": head, "evidence": block})
+
+
+def imbalance_share(drop: np.ndarray, reduced: np.ndarray) -> float:
+    """Points of the macro gap that go if the classes with fewer training rows dropped like the
+    full classes: (share of reduced classes) × (their mean drop − the full classes' mean drop)."""
+    if reduced.sum() == 0 or (~reduced).sum() == 0:
+        return float("nan")
+    return 100 * float(reduced.mean() * (drop[reduced].mean() - drop[~reduced].mean()))
+
+
+def imbalance_evidence(frame: pd.DataFrame, full: pd.Series, primary: dict, min_group: int, seed: int,
+                       n_boot: int = 2000) -> dict[str, Any]:
+    """Counterfactual share: every class trained on the full number of rows. Interval: classes
+    resampled. Not estimable when one group has fewer than `min_group` classes."""
+    reduced = (~full).to_numpy()
+    if reduced.sum() < min_group or (~reduced).sum() < min_group:
+        return evidence.not_estimable(
+            "imbalance", f"Not estimable: {int(reduced.sum())} classes have fewer training rows than the "
+            f"others and {int((~reduced).sum())} the full number; a comparison needs {min_group} in each.")
+    drop = frame["drop"].to_numpy(float)
+    points = imbalance_share(drop, reduced)
+    rng = np.random.default_rng([seed, 33])
+    draws = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(drop), len(drop))
+        draws.append(imbalance_share(drop[idx], reduced[idx]))
+    draws = np.asarray(draws)
+    ci = stats.bc_interval(draws[np.isfinite(draws)], points)
+    gap = 100 * float(np.mean(drop))
+    sentence = (f"If the {int(reduced.sum())} classes with fewer training rows dropped like the full classes, the "
+                f"gap would shrink by {points:.1f} points (95% interval {ci[0]:.1f} to {ci[1]:.1f}, classes "
+                f"resampled; {primary['test']} {fmt_p(primary['p'])})"
+                + ("." if primary["evidence"] != "none" else ": no evidence that class imbalance explains the gap."))
+    return evidence.block("imbalance", points, ci, gap_points=gap, sentence=sentence, unit="classes resampled",
+                          max_level="strong" if primary["evidence"] != "none" else "none")
 
 
 def _group_permutation_p(reduced: np.ndarray, full: np.ndarray, n_resamples: int, seed: int) -> float:
