@@ -17,16 +17,29 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from scripts import stats
-from scripts.analysis_common import merge_options, pyplot, save_figure, write_summary, write_table
-from scripts.featio import FeatgapError, parse_json_arg, read_split, run_cli, shard_folder
+from scripts import evidence, stats
+from scripts.analysis_common import (
+    merge_options,
+    pyplot,
+    save_figure,
+    write_summary,
+    write_table,
+)
+from scripts.featio import (
+    FeatgapError,
+    parse_json_arg,
+    read_split,
+    run_cli,
+    shard_folder,
+)
 
 DEFAULTS = {
     "alpha": 0.05,
@@ -109,7 +122,7 @@ def domain_classifier(x1: np.ndarray, x2: np.ndarray, y1: np.ndarray, y2: np.nda
     full = make_pipeline(StandardScaler(), LogisticRegression(C=float(opts["C"]), max_iter=2000)).fit(x, y)
     return {
         "auc": auc, "auc_ci95": ci, "fold_auc": fold_auc, "folds": folds, "C": float(opts["C"]),
-        "rows_test1": int(len(i1)), "rows_test2": int(len(i2)),
+        "rows_test1": len(i1), "rows_test2": len(i2),
         "scores": scores, "y": y, "coef": full[-1].coef_[0],
     }
 
@@ -208,17 +221,17 @@ def shift_features(*, test1: str | Path, test2: str | Path, out_dir: str | Path,
         plot_roc(domain, files["domain_roc.png"]),
     ]
     sig = table[table["significant"]].sort_values(["q", "feature"])
-    n_sig, d = int(len(sig)), table.shape[0]
+    n_sig, d = len(sig), table.shape[0]
     shifted = sig[sig["shifted"]]
     ks_sig = int((table["ks_q"] < alpha).sum())
     var_ratio_gmean = float(np.exp(np.mean(np.log(table["var_ratio"].dropna()))))
     lo, hi = domain["auc_ci95"]
     distinguishable = lo > 0.5
     numbers = {
-        "alpha": alpha, "n_features": d, "n_test1": int(len(x1)), "n_test2": int(len(x2)),
+        "alpha": alpha, "n_features": d, "n_test1": len(x1), "n_test2": len(x2),
         "n_significant": n_sig, "share_significant": n_sig / d,
         "significant_features": sig["feature"].head(200).tolist(),
-        "min_effect": min_effect, "n_shifted": int(len(shifted)),
+        "min_effect": min_effect, "n_shifted": len(shifted),
         "shifted_features": shifted["feature"].head(200).tolist(),
         "max_abs_cohens_d": float(table["cohens_d"].abs().max()),
         "median_abs_cohens_d": float(table["cohens_d"].abs().median()),
@@ -270,6 +283,7 @@ def adapt(*, head_path: str | Path, test1: str | Path, test2: str | Path, out_di
     data = {t: read_split(shard_folder(p), features=True, columns=("label",)) for t, p in
             (("test1", test1), ("test2", test2))}
     rows, correct = [], {}
+    set_means = {t: _own_moments(base, split.features)[0] for t, split in data.items()}
     for test, split in data.items():
         y = split.label.astype(np.int64)
         if y.max() >= base.num_classes:
@@ -280,6 +294,11 @@ def adapt(*, head_path: str | Path, test1: str | Path, test2: str | Path, out_di
             "own_mean": (torch.from_numpy(own_mean), torch.from_numpy(train_std)),
             "own_mean_std": (torch.from_numpy(own_mean), torch.from_numpy(np.maximum(own_std, 1e-12))),
         }
+        if test == "test2":
+            # The counterfactual of mean_shift: test set 2 moved onto test set 1's mean, i.e. the
+            # test1 → test2 difference of means taken away (the head then sees x − (m2 − m1)).
+            moved = ckpt["mean"].numpy() + (set_means["test2"] - set_means["test1"])
+            variants["test1_mean"] = (torch.from_numpy(moved.astype(np.float32)), ckpt["std"])
         for variant, (mean, std) in variants.items():
             head = load_head({**ckpt, "mean": mean, "std": std})
             hit, nll = np.empty(len(y), bool), np.empty(len(y))
@@ -290,7 +309,7 @@ def adapt(*, head_path: str | Path, test1: str | Path, test2: str | Path, out_di
                 hit[sl] = logits.argmax(1) == y[sl]
                 nll[sl] = -stats.log_softmax(logits)[np.arange(len(logits)), y[sl]]
             correct[(test, variant)] = hit
-            rows.append({"test": test, "standardisation": variant, "n": int(len(y)), "top1": float(hit.mean()),
+            rows.append({"test": test, "standardisation": variant, "n": len(y), "top1": float(hit.mean()),
                          "nll": float(nll.mean())})
     table = pd.DataFrame(rows)
     acc = {(r["test"], r["standardisation"]): r["top1"] for r in rows}
@@ -317,7 +336,12 @@ def adapt(*, head_path: str | Path, test1: str | Path, test2: str | Path, out_di
         numbers[f"top1_{key[0]}_{key[1]}"] = value
     files = {name: out / name for name in ADAPT_FILES}
     write_table(table, files["adaptation.csv"])
-    figure = plot_adaptation(table, head_name, files["adaptation.png"])
+    figure = plot_adaptation(table[table["standardisation"] != "test1_mean"], head_name, files["adaptation.png"])
+    labels = {t: split.label.astype(np.int64) for t, split in data.items()}
+    reweighted = domain_reweighted_accuracy(data["test1"].features, data["test2"].features, labels["test1"],
+                                            labels["test2"], correct[("test1", "train")], seed)
+    numbers["domain_within_class"] = reweighted
+    block = mean_shift_evidence(correct, labels, reweighted, int(opts["bootstrap"]), seed)
     ch = numbers["test2_own_mean_std_change"]
     lo, hi = numbers["test2_own_mean_std_change_ci95"]
     closed = numbers["gap_closed_share_own_mean_std"]
@@ -333,7 +357,67 @@ def adapt(*, head_path: str | Path, test1: str | Path, test2: str | Path, out_di
            f", so matching the first moments does not close the gap ({closed:+.0%}).")
     )
     return write_summary(files["summary.json"], verdict=verdict, figures=[figure], table=files["adaptation.csv"],
-                         numbers=numbers, started=started, seed=seed, inputs=[head_path, test1, test2])
+                         numbers=numbers, started=started, seed=seed, inputs=[head_path, test1, test2],
+                         extra={"head": head_name, "evidence": block})
+
+
+def class_centred(x: np.ndarray, labels: np.ndarray, means: dict[int, np.ndarray] | None = None) -> np.ndarray:
+    """Rows minus the mean of their class (pooled over both sets when `means` is given), so a
+    domain classifier cannot use what tells classes apart, only how the sets differ within a class."""
+    out = np.asarray(x, dtype=np.float64).copy()
+    for c in np.unique(labels):
+        rows = labels == c
+        out[rows] -= means[c] if means is not None else out[rows].mean(axis=0)
+    return out
+
+
+def domain_reweighted_accuracy(x1: np.ndarray, x2: np.ndarray, y1: np.ndarray, y2: np.ndarray,
+                               correct1: np.ndarray, seed: int, folds: int = 5, max_rows: int = 20000) -> dict:
+    """A linear domain classifier fitted within class (features centred on each class's pooled
+    mean), cross-fitted; test-1 accuracy re-weighted by its out-of-fold odds p(test2 | x) /
+    p(test1 | x), i.e. test set 1 made to look like test set 2 along the directions the sets
+    differ in. The drop from test-1 accuracy to the re-weighted one is the part of the gap
+    that covariate shift along those directions accounts for."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    i1 = stratified_subsample(y1, max_rows, seed)
+    pooled = {c: np.concatenate([x1[y1 == c], x2[y2 == c]]).astype(np.float64).mean(axis=0) for c in np.unique(y1)}
+    z1, z2 = class_centred(x1[i1], y1[i1], pooled), class_centred(x2, y2, pooled)
+    x = np.concatenate([z1, z2])
+    d = np.concatenate([np.zeros(len(z1), int), np.ones(len(z2), int)])
+    prob = np.empty(len(d))
+    for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, d):
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000)).fit(x[train], d[train])
+        prob[test] = model.predict_proba(x[test])[:, 1]
+    odds = np.clip(prob[: len(z1)], 1e-6, 1 - 1e-6)
+    weights = odds / (1 - odds)
+    hit = correct1[i1].astype(float)
+    acc_rw = float(np.sum(weights * hit) / np.sum(weights))
+    ess = float(weights.sum() ** 2 / np.sum(weights**2))
+    return {"auc_within_class": stats.auc(d, prob), "test1_top1": float(hit.mean()), "test1_top1_reweighted": acc_rw,
+            "share_points": 100 * (float(hit.mean()) - acc_rw), "effective_sample_size": ess,
+            "rows_test1": len(i1), "rows_test2": len(z2)}
+
+
+def mean_shift_evidence(correct: dict, labels: dict, reweighted: dict, n_boot: int, seed: int) -> dict[str, Any]:
+    """mean_shift: points of the gap recovered when test set 2 is moved onto test set 1's feature
+    mean (the head unchanged). Interval: classes resampled (paired per-image differences)."""
+    c1 = correct[("test1", "train")].astype(float)
+    before, after = correct[("test2", "train")].astype(float), correct[("test2", "test1_mean")].astype(float)
+    points = 100 * float(after.mean() - before.mean())
+    gap = 100 * float(c1.mean() - before.mean())
+    ci = evidence.class_bootstrap(lambda i1, i2: 100 * float(after[i2].mean() - before[i2].mean()),
+                                  labels["test1"], labels["test2"], n_boot=max(n_boot, 100), seed=seed)
+    sentence = (f"Moving test set 2 onto test set 1's feature mean recovers {points:.1f} of the {gap:.1f} points "
+                f"(95% interval {ci[0]:.1f} to {ci[1]:.1f}, classes resampled); test set 1 re-weighted by a "
+                f"within-class domain classifier's odds (AUC {reweighted['auc_within_class']:.2f}) loses "
+                f"{reweighted['share_points']:.1f} points")
+    sentence += "." if ci[0] > 0 else ": no evidence that a shift of the feature means explains the gap."
+    return evidence.block("mean_shift", points, ci, gap_points=gap, sentence=sentence, unit="classes resampled",
+                          reweighted_share_points=reweighted["share_points"])
 
 
 def plot_adaptation(table: pd.DataFrame, head_name: str, path: Path) -> str:
