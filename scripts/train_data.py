@@ -230,6 +230,15 @@ class TrainSet:
                 x = self.matrix.index_select(0, sl.to(self.matrix.device))
             yield x.to(self.device), self.labels_t[sl.to(self.device)]
 
+    def row_blocks(self, rows: np.ndarray, block_rows: int = 1 << 15) -> Iterator[torch.Tensor]:
+        """Preprocessed features of sorted `rows`, block by block, on the device (bounded memory)."""
+        for start in range(0, len(rows), block_rows):
+            chunk = rows[start : start + block_rows]
+            if self.streaming:
+                yield torch.from_numpy(self.features(chunk)).to(self.device)
+            else:
+                yield self.matrix.index_select(0, torch.from_numpy(chunk).to(self.matrix.device)).to(self.device)
+
     def features(self, rows: np.ndarray) -> np.ndarray:
         """Preprocessed features of `rows` as a host array (for the sklearn baselines)."""
         if not self.streaming:
@@ -240,6 +249,27 @@ class TrainSet:
         out = np.empty_like(block)
         out[order] = block
         return out
+
+
+def whitening_map(data: TrainSet, rows: np.ndarray, dims: int) -> torch.Tensor:
+    """(D, dims) PCA-whitening map of the preprocessed features of `rows`: x @ map has unit variance
+    along the `dims` leading principal axes. Covariance accumulated in float64, block by block."""
+    if not 1 <= dims <= data.dim:
+        raise FeatgapError(f"pca_whiten must be between 1 and the feature dimension {data.dim}, got {dims}")
+    total = torch.zeros(data.dim, dtype=torch.float64, device=data.device)
+    outer = torch.zeros(data.dim, data.dim, dtype=torch.float64, device=data.device)
+    for block in data.row_blocks(np.sort(rows)):
+        wide = block.double()
+        total += wide.sum(0)
+        outer += wide.T @ wide
+    n = len(rows)
+    mean = total / n
+    cov = (outer / n - torch.outer(mean, mean)).cpu()
+    values, vectors = torch.linalg.eigh(cov)  # ascending
+    values, vectors = values.flip(0)[:dims], vectors.flip(1)[:, :dims]
+    # A floor relative to the largest variance keeps near-null directions from exploding.
+    scale = values.clamp_min(1e-6 * float(values[0])).rsqrt()
+    return (vectors * scale).float()
 
 
 def _upload(values: np.ndarray, device: torch.device) -> torch.Tensor:

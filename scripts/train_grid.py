@@ -33,9 +33,12 @@ class CandidateGrid:
     state_dict in the layout of scripts.heads.build_net."""
 
     def __init__(self, dim: int, num_classes: int, hidden: list[int], k: int, dropout: float,
-                 seed: int, device: torch.device):
+                 seed: int, device: torch.device, input_map: torch.Tensor | None = None):
         self.k, self.dropout, self.hidden = k, float(dropout), list(hidden)
-        widths = [dim] + self.hidden + [num_classes]
+        # A fixed linear map applied to every input first (PCA whitening, D → d); `extract` folds it
+        # into the first layer, so the saved head is an ordinary head on the D raw features.
+        self.input_map = None if input_map is None else input_map.to(device=device, dtype=torch.float32)
+        widths = [dim if input_map is None else input_map.shape[1]] + self.hidden + [num_classes]
         gen = torch.Generator().manual_seed(seed)
         self.params: list[Param] = []
         for layer, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
@@ -62,6 +65,8 @@ class CandidateGrid:
 
     def forward(self, x: torch.Tensor, train: bool) -> torch.Tensor:
         """Logits (B, K, C)."""
+        if self.input_map is not None:
+            x = x @ self.input_map
         w0, b0 = self.params[0].value, self.params[1].value
         d, k, h = w0.shape
         out = torch.addmm(b0.reshape(-1), x, w0.view(d, k * h)).view(-1, k, h)
@@ -82,6 +87,8 @@ class CandidateGrid:
             w, b = self.params[2 * layer].value.detach(), self.params[2 * layer + 1].value.detach()
             if layer == 0:
                 weight, bias = w[:, k, :], b[k]
+                if self.input_map is not None:  # x @ M @ W = x @ (M @ W): fold in float64
+                    weight = (self.input_map.double() @ weight.double()).float()
             else:
                 weight, bias = w[k], b[k, 0]
             state[f"{3 * layer}.weight"] = weight.t().contiguous().cpu()
@@ -178,6 +185,23 @@ class GridOptimizer:
             p.value.grad = None
 
 
+@dataclass
+class Regularisers:
+    """Training-time changes to the data or the loss (the saved head is unaffected).
+
+    feature_noise: Gaussian noise of this SD added to every (standardised) input.
+    mixup: Beta(α, α) mixing weight; each row is mixed with its mirror in the batch (a batch is a
+        random draw of rows, so that is a random pairing, and it needs no random permutation
+        inside a captured CUDA graph); the loss mixes the two labels' losses likewise.
+    logit_offset: (C,) added to the logits in the loss only: τ·log(class prior), the logit-adjusted
+        loss of Menon et al. 2021 (prediction uses the raw logits)."""
+
+    feature_noise: float = 0.0
+    mixup: float = 0.0
+    logit_offset: torch.Tensor | None = None
+    seed: int = 0
+
+
 class StepRunner:
     """The training step of the whole grid (forward, loss, backward, update), with the epoch's
     summed loss and correct counts kept on the device.
@@ -190,10 +214,14 @@ class StepRunner:
     runs eagerly on the same tensors."""
 
     def __init__(self, grid: CandidateGrid, opt: GridOptimizer, *, smoothing: float,
-                 class_weight: torch.Tensor | None, device: torch.device, graphs: bool = True):
+                 class_weight: torch.Tensor | None, device: torch.device, graphs: bool = True,
+                 regularisers: Regularisers | None = None):
         self.grid, self.opt = grid, opt
         self.smoothing, self.weight = float(smoothing), class_weight
+        self.reg = regularisers or Regularisers()
         self.scale = torch.ones((), dtype=torch.float32, device=device)
+        self.mix = torch.ones((), dtype=torch.float32, device=device)  # mixup weight of this step
+        self.mix_rng = np.random.default_rng([self.reg.seed, 3])
         self.loss_sum = torch.zeros(grid.k, dtype=torch.float64, device=device)
         self.correct = torch.zeros(grid.k, dtype=torch.int64, device=device)
         self.cuda = device.type == "cuda"
@@ -212,9 +240,20 @@ class StepRunner:
         return contextlib.nullcontext()
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        reg = self.reg
+        if reg.feature_noise:
+            x = x + reg.feature_noise * torch.randn_like(x)
+        if reg.mixup:
+            x = self.mix * x + (1.0 - self.mix) * x.flip(0)
         with self._autocast():
             logits = self.grid.forward(x, train=True)
+        if reg.logit_offset is not None:
+            logits = logits + reg.logit_offset
         loss, per, hit = grid_loss(logits, y, self.smoothing, self.weight)
+        if reg.mixup:
+            loss_b, per_b, _ = grid_loss(logits, y.flip(0), self.smoothing, self.weight)
+            loss = self.mix * loss + (1.0 - self.mix) * loss_b
+            per = self.mix * per + (1.0 - self.mix) * per_b
         loss.backward()
         self.opt.step(self.scale)
         self.loss_sum += per.double()
@@ -222,6 +261,8 @@ class StepRunner:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, scale: float) -> None:
         self.scale.fill_(scale)
+        if self.reg.mixup:
+            self.mix.fill_(float(self.mix_rng.beta(self.reg.mixup, self.reg.mixup)))
         if self.use_graph and self.graph is None:
             self._capture(x, y)
         if self.graph is None or len(x) != self.graph_batch:

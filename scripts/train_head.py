@@ -38,10 +38,11 @@ from scripts.featio import (
     write_json,
 )
 from scripts.heads import build_net, make_checkpoint, save_head
-from scripts.train_data import TrainSet, load_train
+from scripts.train_data import TrainSet, load_train, whitening_map
 from scripts.train_grid import (
     CandidateGrid,
     GridOptimizer,
+    Regularisers,
     StepRunner,
     cosine_scale,
     evaluate_grid,
@@ -91,7 +92,14 @@ class HeadConfig:
     halving_eta: int = 2
     halving_min_epochs: int = 1
     refit: bool = True
-    calibrate: bool = True  # fit a softmax temperature on the holdout (NLL/ECE; top-1 unchanged)
+    calibrate: bool = True
+    # Variants (see the improve stage): PCA-whitening to this many dimensions (folded into the saved
+    # head's first layer), Gaussian feature noise (SD, standardised units), mixup (Beta α), and the
+    # logit-adjusted loss (τ · log class prior; 0 = off). All off by default.
+    pca_whiten: int | None = None
+    feature_noise: float = 0.0
+    mixup: float = 0.0
+    logit_adjustment: float = 0.0  # fit a softmax temperature on the holdout (NLL/ECE; top-1 unchanged)
 
 
 def parse_config(cls, values: Mapping[str, Any] | None, where: str):
@@ -120,6 +128,10 @@ def _check_head(cfg: HeadConfig, where: str) -> None:
             setattr(cfg, name, [float(value)])
         if not getattr(cfg, name) or any(float(v) < 0 for v in getattr(cfg, name)):
             raise FeatgapError(f"{where}.{name} must be a non-empty list of numbers >= 0")
+    if min(cfg.feature_noise, cfg.mixup, cfg.logit_adjustment) < 0:
+        raise FeatgapError(f"{where}: feature_noise, mixup and logit_adjustment must be >= 0")
+    if cfg.pca_whiten is not None and cfg.pca_whiten < 1:
+        raise FeatgapError(f"{where}.pca_whiten must be a number of dimensions >= 1, got {cfg.pca_whiten}")
     if cfg.selection not in ("grid", "halving"):
         raise FeatgapError(f"{where}.selection must be grid or halving, got {cfg.selection!r}")
     if cfg.halving_eta < 2 or cfg.halving_min_epochs < 1:
@@ -142,7 +154,8 @@ def class_weights(counts: np.ndarray, device: torch.device) -> torch.Tensor:
 
 def run_grid(data: TrainSet, cfg: HeadConfig, candidates: list[dict], rows: np.ndarray, *,
              epochs: int, seed: int, phase: str, select: bool, desc: str,
-             eval_batch_size: int = 8192, cuda_graphs: bool = True) -> dict:
+             eval_batch_size: int = 8192, cuda_graphs: bool = True,
+             input_map: torch.Tensor | None = None) -> dict:
     """Train all candidates on `rows` for `epochs` (of a cfg.epochs-long schedule).
 
     With `select`, evaluates the holdout every epoch, keeps each candidate's best weights, and
@@ -152,12 +165,13 @@ def run_grid(data: TrainSet, cfg: HeadConfig, candidates: list[dict], rows: np.n
     order of the returned grid."""
     device = data.device
     k = len(candidates)
-    grid = CandidateGrid(data.dim, data.num_classes, cfg.hidden, k, cfg.dropout, seed, device)
+    grid = CandidateGrid(data.dim, data.num_classes, cfg.hidden, k, cfg.dropout, seed, device, input_map)
     opt = GridOptimizer(grid.params, cfg.optimizer, np.array([c["lr"] for c in candidates]),
                         np.array([c["weight_decay"] for c in candidates]), momentum=cfg.momentum)
     weight = class_weights(data.class_counts(rows), device) if cfg.class_balanced else None
+    reg = regularisers(cfg, data.class_counts(rows), device, seed)
     runner = StepRunner(grid, opt, smoothing=cfg.label_smoothing, class_weight=weight, device=device,
-                        graphs=cuda_graphs)
+                        graphs=cuda_graphs, regularisers=reg)
     steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
     total, warmup = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
     rng = np.random.default_rng([seed, 1 if phase == "grid" else 2])
@@ -209,12 +223,22 @@ def run_grid(data: TrainSet, cfg: HeadConfig, candidates: list[dict], rows: np.n
             alive = alive[keep]
             # The captured step has the old shapes: a new runner captures the smaller grid.
             runner = StepRunner(grid, opt, smoothing=cfg.label_smoothing, class_weight=weight, device=device,
-                                graphs=cuda_graphs)
+                                graphs=cuda_graphs, regularisers=reg)
     if select:
         grid.restore(best)
     return {"grid": grid, "history": history, "best_acc": best_acc, "best_loss": best_loss,
             "best_epoch": best_epoch, "epochs_run": epoch + 1, "alive": [int(a) for a in alive],
             "candidate_epochs": candidate_epochs, "rungs": [r for r in rungs if r <= epoch + 1]}
+
+
+def regularisers(cfg: HeadConfig, counts: np.ndarray, device: torch.device, seed: int) -> Regularisers:
+    """The head's training-time regularisers; the class prior of the logit-adjusted loss is that of
+    the rows being trained on (an unseen class counts as one row, so its log prior stays finite)."""
+    offset = None
+    if cfg.logit_adjustment:
+        prior = np.maximum(counts, 1) / counts.sum()
+        offset = torch.as_tensor(cfg.logit_adjustment * np.log(prior), dtype=torch.float32, device=device)
+    return Regularisers(feature_noise=cfg.feature_noise, mixup=cfg.mixup, logit_offset=offset, seed=seed)
 
 
 def halving_rungs(cfg: HeadConfig, epochs: int) -> list[int]:
@@ -285,10 +309,13 @@ def train_head(manifest: str | Path, out_dir: str | Path, *, name: str, head: Ma
     if len(candidates) > 1 and not has_holdout:
         raise FeatgapError(f"heads.{name}: {len(candidates)} candidates but the holdout is empty "
                            f"(train.holdout_fraction={settings.holdout_fraction}); raise it or use one lr/wd")
+    # PCA whitening is fitted on the rows the grid trains on (never the holdout), once for both phases.
+    input_map = whitening_map(data, data.fit_rows, cfg.pca_whiten) if cfg.pca_whiten else None
     t_grid = time.perf_counter()
     result = run_grid(data, cfg, candidates, data.fit_rows, epochs=cfg.epochs, seed=seed,
                       phase="grid", select=has_holdout, desc=f"{name} grid×{len(candidates)}",
-                      eval_batch_size=settings.eval_batch_size, cuda_graphs=settings.cuda_graphs)
+                      eval_batch_size=settings.eval_batch_size, cuda_graphs=settings.cuda_graphs,
+                      input_map=input_map)
     grid_s = time.perf_counter() - t_grid
     # Winner among the candidates trained to the end (all, unless halving dropped some): best
     # holdout top-1, then lower holdout loss, then grid order.
@@ -306,7 +333,8 @@ def train_head(manifest: str | Path, out_dir: str | Path, *, name: str, head: Ma
         all_rows = np.sort(np.concatenate([data.fit_rows, data.holdout_rows]))
         t_refit = time.perf_counter()
         again = run_grid(data, cfg, [candidates[win]], all_rows, epochs=win_epochs, seed=seed,
-                         phase="refit", select=False, desc=f"{name} refit", cuda_graphs=settings.cuda_graphs)
+                         phase="refit", select=False, desc=f"{name} refit", cuda_graphs=settings.cuda_graphs,
+                         input_map=input_map)
         state = again["grid"].extract(0)
         history += again["history"]
         refit = {"rows": len(all_rows), "epochs": win_epochs, "seconds": round(time.perf_counter() - t_refit, 3)}
