@@ -19,15 +19,29 @@ import html
 import math
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
-from scripts.featio import FEATGAP_VERSION, FeatgapError, atomic_path, parse_json_arg, run_cli
+from scripts.featio import (
+    FEATGAP_VERSION,
+    FeatgapError,
+    atomic_path,
+    parse_json_arg,
+    run_cli,
+    write_json,
+)
 from scripts.report_collect import Analysis, ReportData, collect
-from scripts.report_evidence import HYPOTHESES, Headline, gap_interval, headline
+from scripts.report_evidence import (
+    HYPOTHESES,
+    Headline,
+    answer_json,
+    gap_interval,
+    headline,
+)
 
 DEFAULTS: dict[str, Any] = {
     "title": "featgap: why is test set 2 harder?",
@@ -43,8 +57,13 @@ METRIC_LABELS = {"top1": "top-1", "top5": "top-5", "balanced_accuracy": "balance
 # Summaries are written with sorted keys; tables read better with identifiers first.
 LEADING_COLUMNS = ["rank", "class", "name", "feature", "cluster", "train_rows", "n_features", "acc_test1",
                    "acc_test2", "drop"]
-SECTION_TITLES = {**HYPOTHESES, "gap": "Most-dropped classes", "embedding": "Embedding views",
-                  "adapt": "Adaptation check: re-standardising each test set"}
+SECTION_TITLES = {**HYPOTHESES, "shift": "Feature shift between the test sets (detectable differences)",
+                  "misclass": "Features of the misclassified samples",
+                  "misclass_compare": "Misclassification signature: test set 2 vs test set 1",
+                  "embedding": "Embedding views", "reference_line": "Accuracy on the line: the expected gap",
+                  "train_reference": "Train reference (class means)"}
+# Sections after the ranked causes, in this order; anything else follows alphabetically.
+DESCRIPTIVE = ("reference_line", "gap", "shift", "misclass_compare", "misclass", "embedding")
 
 
 def report_options(config: dict[str, Any]) -> dict[str, Any]:
@@ -69,6 +88,14 @@ def ci_text(ci: Any, digits: int = 2) -> str:
     if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(v, (int, float)) for v in ci):
         return f"[{pct(ci[0], digits)}, {pct(ci[1], digits)}]"
     return ""
+
+
+def share_text(e) -> str:
+    """An evidence block's share of the gap as text: points with interval, or not estimable."""
+    if e.points is None:
+        return "not estimable"
+    ci = e.ci95
+    return f"{e.points:.1f} points" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if None not in ci else "")
 
 
 def fmt_value(value: Any) -> str:
@@ -181,29 +208,22 @@ def pick(items: list[Analysis], *preferred: str) -> Analysis | None:
 
 
 def build_sections(data: ReportData, head_line: Headline, opts: dict, md_dir: Path) -> list[Section]:
+    """The ranked causes' sections first (each analysis's own evidence sentence as the note), then
+    the descriptive analyses, then anything added later."""
     head = data.primary_head() or ""
-    levels = {e.hypothesis: e for e in head_line.ranking}
+    ranked = {e.kind: e for e in head_line.ranking}
+    order = list(ranked) + [k for k in DESCRIPTIVE if k not in ranked]
+    order += sorted(k for k in data.analyses if k not in order)
     sections = []
-    ordered = [e.hypothesis for e in head_line.ranking]
-    for hyp in ordered:
-        items = list(data.analyses.get(hyp, {}).values())
-        prefer = (f"{head}/test2", head, "") if hyp == "misclass" else (head, "")
-        section = analysis_section(hyp, items, pick(items, *prefer), opts, md_dir, level=levels[hyp].level)
-        section.note = levels[hyp].sentence if section.ran else ""
-        if hyp == "shift":  # the adaptation check belongs with the shift hypothesis
-            adapts = list(data.analyses.get("adapt", {}).values())
-            sections.append(section)
-            sections.append(analysis_section("adapt", adapts, pick(adapts, head, ""), opts, md_dir))
-            continue
+    for kind in order:
+        items = list(data.analyses.get(kind, {}).values())
+        if kind not in ranked and not items and kind not in ("gap", "shift", "embedding"):
+            continue  # an optional analysis that this config does not run is simply absent
+        prefer = (f"{head}/test2", head, "") if kind == "misclass" else (head, "")
+        e = ranked.get(kind)
+        section = analysis_section(kind, items, pick(items, *prefer), opts, md_dir, level=e.level if e else "")
+        section.note = e.sentence if e is not None and section.ran else ""
         sections.append(section)
-    gaps = list(data.analyses.get("gap", {}).values())
-    sections.append(analysis_section("gap", gaps, pick(gaps, head, ""), opts, md_dir))
-    embeds = list(data.analyses.get("embedding", {}).values())
-    sections.append(analysis_section("embedding", embeds, pick(embeds, "", head), opts, md_dir))
-    known = set(HYPOTHESES) | {"adapt", "gap", "embedding"}
-    for kind in sorted(set(data.analyses) - known):  # analyses added later still show up
-        items = list(data.analyses[kind].values())
-        sections.append(analysis_section(kind, items, pick(items, head, ""), opts, md_dir))
     return sections
 
 
@@ -360,6 +380,7 @@ def context(data: ReportData, opts: dict, md_dir: Path) -> dict[str, Any]:
         "version": FEATGAP_VERSION,
         "primary": data.primary_head() or "–",
         "headline": head_line,
+        "share_text": share_text,
         "summary": summary_rows(data),
         "references": reference_rows(opts),
         "sections": build_sections(data, head_line, opts, md_dir),
@@ -405,8 +426,11 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
 def render_markdown(ctx: dict[str, Any]) -> str:
     hl: Headline = ctx["headline"]
     out = [f"# {md(ctx['title'])}", "", "## Why is test set 2 harder?", "", md(hl.gap_sentence), ""]
+    if hl.expected_sentence:
+        out += [md(hl.expected_sentence), ""]
     for i, e in enumerate(hl.ranking, 1):
-        out.append(f"{i}. **{md(e.title)}** ({md(e.level)}): {md(e.sentence)}")
+        out.append(f"{i}. **{md(e.title)}** (`{md(e.cause)}`, {md(e.level)}; share {md(share_text(e))}): "
+                   f"{md(e.sentence)}")
     out += ["", md(hl.conclusion), "", "## Summary", ""]
     header = ["model", "kind", "test1 top-1", "95% CI", "test2 top-1", "95% CI", "test1 top-5", "test2 top-5",
               "test1 bal. acc", "test2 bal. acc", "gap (points)"]
@@ -461,8 +485,8 @@ def render_markdown(ctx: dict[str, Any]) -> str:
 # ------------------------------------------------------------------ the step
 def build_report(*, inputs: Sequence[str | os.PathLike], config: dict[str, Any], template: str | os.PathLike,
                  out_html: str | os.PathLike, out_md: str | os.PathLike,
-                 benchmarks: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Collect every input, write index.html and report.md atomically; return the context."""
+                 benchmarks: str | os.PathLike | None = None, out_answer: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Collect every input, write index.html, report.md and answer.json atomically; return the context."""
     opts = report_options(config)
     data = collect(inputs, config, benchmarks)
     wanted = opts["primary_head"]
@@ -472,12 +496,14 @@ def build_report(*, inputs: Sequence[str | os.PathLike], config: dict[str, Any],
     out_md = Path(out_md)
     ctx = context(data, opts, out_md.parent)
     page = render_html(ctx, template)
-    if re.search(r"<(?:link|script)[^>]+(?:src|href)\s*=\s*[\"']?(?:https?:)?//", page, re.I):
+    if re.search(r"<(?:link|script)[^>]+(?:src|href)\s*=\s*[\"']?(?:https?:)?//", page, re.IGNORECASE):
         raise FeatgapError(f"{template}: the page would load an external asset; it must be self-contained")
     with atomic_path(out_html) as tmp:
         tmp.write_text(page, encoding="utf-8")
     with atomic_path(out_md) as tmp:
         tmp.write_text(render_markdown(ctx), encoding="utf-8")
+    if out_answer is not None:
+        write_json(out_answer, {**answer_json(ctx["headline"]), "head": data.primary_head()})
     return ctx
 
 
@@ -489,16 +515,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--benchmarks", default=None, help="the benchmarks/ folder (globbed for *.tsv)")
     parser.add_argument("--html", required=True, help="results/report/index.html")
     parser.add_argument("--markdown", required=True, help="results/report/report.md")
+    parser.add_argument("--answer", default=None, help="results/report/answer.json (the answer for machines)")
     args = parser.parse_args(argv)
     config = parse_json_arg(args.config, "config")
     if not isinstance(config, dict):
         raise FeatgapError("--config: expected a JSON object (the config)")
     ctx = build_report(inputs=args.inputs, config=config, template=args.template, out_html=args.html,
-                       out_md=args.markdown, benchmarks=args.benchmarks)
+                       out_md=args.markdown, benchmarks=args.benchmarks, out_answer=args.answer)
     hl: Headline = ctx["headline"]
     print(hl.gap_sentence)
     for e in hl.ranking:
-        print(f"  {e.level:>8}  {e.title}: {e.sentence}")
+        print(f"  {e.level:>8}  {e.cause}: {e.sentence}")
     print(f"wrote {args.html} and {args.markdown}")
 
 

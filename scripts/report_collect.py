@@ -20,9 +20,10 @@ import csv
 import math
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable
+from typing import Any
 
 from scripts.featio import FeatgapError, read_json
 
@@ -214,7 +215,7 @@ def read_benchmarks(folder: str | os.PathLike) -> list[Benchmark]:
         except (OSError, csv.Error):
             rows = []
 
-        def mean(col: str) -> float | None:
+        def mean(col: str, rows: list = rows) -> float | None:
             values = [v for v in (_float(r.get(col)) for r in rows) if v is not None]
             return sum(values) / len(values) if values else None
 

@@ -1,252 +1,147 @@
 """The answer at the top of the report: why is test set 2 harder?
 
-Each hypothesis (feature shift, class imbalance, overfitting, misclassification features) gets an
-`Evidence`: a level (strong / moderate / weak / none / unclear), a score for ranking and one
-sentence with the numbers behind it, read from the analyses' summary.json `numbers`. An analysis
-may state its own reading as `numbers.evidence` ("strong" | "moderate" | "weak" | "none") or
-`numbers.supported` (bool); otherwise the rules below read the known keys. An analysis that did
-not run is "not run" and ranks last. Plain text only: escaping happens where it is rendered.
+The report does not judge any analysis: each analysis that stands for a cause writes its own
+`evidence` block in summary.json (scripts.evidence: cause, counterfactual share of the gap with
+a 95% interval, level, sentence). This module only reads those blocks for the primary head,
+ranks them and writes the answer:
+
+  * the gap and whether it is significant (the gap analysis's own `gap` block); when it is not,
+    the answer says so and names no cause above "weak";
+  * the expected gap from the reference line (accuracy on the line), when it ran;
+  * the causes ranked by level, then by share of the gap;
+  * the unexplained remainder: the gap minus the summed shares of the causes with at least weak
+    evidence. Causes can overlap (one image can be atypical *and* in a dropping class), so the
+    sum can exceed the gap and the remainder is then negative: it is a lower bound of what no
+    cause accounts for, not a decomposition. Its interval combines the gap's and the shares'
+    interval half-widths in quadrature (treated as independent: approximate).
+
+Plain text only: escaping happens where it is rendered. `answer_json` is the same answer for
+machines (results/report/answer.json).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from scripts.evidence import CAUSES, LEVELS, cap
 from scripts.report_collect import Analysis, ReportData
 
-LEVELS = {"strong": 3, "moderate": 2, "weak": 1, "none": 0}
-HYPOTHESES = {
-    "shift": "Feature shift between the test sets",
-    "imbalance": "Class imbalance in the training set",
-    "overfit": "Overfitting of the head",
-    "misclass": "Features of the misclassified samples",
-}
+# Where each cause's block comes from (analysis kind) and where its section is in the report.
+HYPOTHESES = {"adapt": "Mean shift: moving test set 2 onto test set 1's mean",
+              "difficulty": "Difficulty: how typical the test images are",
+              "gap": "Per-class drop: concentration in some classes",
+              "label_noise": "Label noise: confident disagreements",
+              "imbalance": "Class imbalance in the training set",
+              "overfit": "Overfitting of the head"}
 
 
 @dataclass
 class Evidence:
-    hypothesis: str  # shift | imbalance | overfit | misclass
+    cause: str
     title: str
-    level: str  # strong | moderate | weak | none | unclear | not run
-    score: float  # for ranking; higher = more support
+    kind: str  # the analysis that wrote the block (its report section id)
+    level: str  # strong | moderate | weak | none
+    points: float | None
+    ci95: tuple[float | None, float | None]
     sentence: str
+    estimable: bool = True
+    capped: bool = False  # lowered to weak because the gap itself is not significant
+
+    @property
+    def hypothesis(self) -> str:  # the section anchor
+        return self.kind
 
 
-def num(numbers: dict[str, Any], *keys: str) -> float | None:
-    """The first of `keys` that holds a finite number."""
-    for key in keys:
-        value = numbers.get(key)
-        if isinstance(value, bool):
-            continue
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            return float(value)
-    return None
-
-
-def interval(numbers: dict[str, Any], key: str) -> tuple[float, float] | None:
-    value = numbers.get(key)
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
-        return float(value[0]), float(value[1])
-    return None
-
-
-def stated(analysis: Analysis | None) -> str | None:
-    """The analysis's own reading of its evidence, when it states one."""
-    if analysis is None:
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    for source in (analysis.numbers, analysis.raw):
-        level = source.get("evidence")
-        if isinstance(level, str) and level.lower() in LEVELS:
-            return level.lower()
-        if isinstance(source.get("supported"), bool):
-            return "moderate" if source["supported"] else "none"
-    return None
+    return float(value) if math.isfinite(value) else None
 
 
-def _level(score: float) -> str:
-    return "strong" if score >= 2.5 else "moderate" if score >= 1.5 else "weak" if score >= 0.5 else "none"
-
-
-# ------------------------------------------------------------------ per hypothesis
-def shift_evidence(shift: Analysis | None, adapt: Analysis | None) -> Evidence:
-    title = HYPOTHESES["shift"]
-    if shift is None and adapt is None:
-        return Evidence("shift", title, "not run", -1.0, "The shift analysis did not run.")
-    parts, score = [], 0.0
-    if shift is not None:
-        n = shift.numbers
-        auc, ci = num(n, "domain_auc"), interval(n, "domain_auc_ci95")
-        n_sig, d = num(n, "n_significant"), num(n, "n_features")
-        if auc is not None:
-            separable = ci is not None and ci[0] > 0.5
-            parts.append(f"a domain classifier tells the test sets apart with AUC {auc:.3f}"
-                         + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
-                         + ("" if separable else " (not distinguishable)"))
-            score += (1.5 if auc >= 0.8 else 1.0 if auc >= 0.6 else 0.5) if separable else 0.0
-        if n_sig is not None and d:
-            parts.append(f"{n_sig:.0f} of {d:.0f} features have shifted means")
-    if adapt is not None:
-        a = adapt.numbers
-        closed = num(a, "gap_closed_share_own_mean_std", "gap_closed_share_own_mean")
-        before, after = num(a, "gap_train_standardisation"), num(a, "gap_own_mean_std_test2_only")
-        if closed is not None:
-            text = ("re-standardising test set 2 with its own mean/std "
-                    + (f"closes {closed:.0%} of the gap" if closed > 0.005 else "does not close the gap"))
-            if before is not None and after is not None:
-                text += f" ({before * 100:.1f} → {after * 100:.1f} points)"
-            parts.append(text)
-            if closed < 0.2:
-                text += ": the shift is not a simple change of feature means and scales"
-            parts[-1] = text
-            score += 1.5 if closed >= 0.5 else 1.0 if closed >= 0.2 else 0.5 if closed >= 0.05 else 0.0
-    own = stated(shift)
-    if own is not None:
-        score = float(LEVELS[own])
-    sentence = ("; ".join(parts) + ".") if parts else (shift or adapt).verdict  # type: ignore[union-attr]
-    return Evidence("shift", title, _level(score), score, sentence[:1].upper() + sentence[1:])
-
-
-def generic_evidence(hypothesis: str, analysis: Analysis | None, rules) -> Evidence:
-    title = HYPOTHESES[hypothesis]
-    if analysis is None:
-        return Evidence(hypothesis, title, "not run", -1.0, f"The {hypothesis} analysis did not run.")
-    own = stated(analysis)
-    found = rules(analysis.numbers) if rules else None
-    if own is not None:
-        score = float(LEVELS[own])
-        sentence = found[1] if found else analysis.verdict
-    elif found is not None:
-        score, sentence = found
-    else:
-        return Evidence(hypothesis, title, "unclear", 0.25, analysis.verdict)
-    return Evidence(hypothesis, title, _level(score), score, sentence)
-
-
-def _pair(numbers: dict[str, Any], key: str) -> tuple[float | None, float | None]:
-    """A {rho, p} block (imbalance's spearman_*) as (rho, p)."""
-    block = numbers.get(key)
-    if isinstance(block, dict):
-        return num(block, "rho", "r", "statistic"), num(block, "p", "pvalue", "p_value")
-    return None, None
-
-
-def _imbalance_rule(numbers: dict[str, Any]):
-    """Imbalance explains the gap if classes with fewer training rows drop more. The imbalance
-    analysis names the test its reading rests on (`primary_test`, `primary_p`, `primary_effect`:
-    positive when fewer rows go with a larger drop): Spearman ρ of rows vs drop when a trend is
-    estimable, else full vs reduced classes. Older summaries: Spearman ρ of rows vs drop."""
-    alpha = num(numbers, "alpha") or 0.05
-    lo, hi = num(numbers, "train_rows_min"), num(numbers, "train_rows_max")
-    rows = f"training rows per class range {lo:.0f}–{hi:.0f}; " if lo is not None and hi is not None else ""
-    if "primary_test" in numbers:
-        p, effect = num(numbers, "primary_p"), num(numbers, "primary_effect")
-        if p is None or effect is None:
-            return None  # not estimable: the verdict says why
-        supports = p < alpha and effect > 0
-        text = f"{rows}{numbers['primary_test']}: effect {effect:+.3f} (p={p:.2g})"
-    else:
-        rho, p = _pair(numbers, "spearman_drop")
-        if rho is None:
-            return None
-        supports = p is not None and p < alpha and rho < 0
-        effect = -rho
-        text = f"{rows}Spearman ρ between training rows and the per-class drop is {rho:+.2f}" + (
-            f" (p={p:.2g})" if p is not None else "")
-    score = (2.0 if abs(effect) >= 0.3 else 1.0) if supports else 0.0
-    text += (": classes with fewer training rows drop more." if supports
-             else ": no evidence that classes with fewer training rows drop more.")
-    return score, text[:1].upper() + text[1:]
-
-
-def _overfit_rule(numbers: dict[str, Any]):
-    """Overfitting explains the gap only if the head loses as much from train to holdout as from
-    test 1 to test 2; a test gap far beyond the train–holdout gap is a property of test set 2."""
-    train, holdout = num(numbers, "train_acc"), num(numbers, "holdout_acc")
-    t1, t2 = num(numbers, "test1_acc"), num(numbers, "test2_acc")
-    if train is None or holdout is None or t1 is None or t2 is None:
+def read_block(analysis: Analysis) -> Evidence | None:
+    raw = analysis.raw.get("evidence")
+    if not isinstance(raw, dict) or raw.get("cause") not in CAUSES:
         return None
-    thresholds = numbers.get("thresholds") if isinstance(numbers.get("thresholds"), dict) else {}
-    thr = num(thresholds, "overfit_threshold") or 0.02
-    shift_thr = num(thresholds, "shift_threshold") or 0.02
-    generalisation, gap = train - holdout, t1 - t2
-    if numbers.get("backbone_saw_train") is True:
-        # Train and holdout are images the backbone was trained on, the test sets are not: the
-        # head's own overfitting can be read, but not set against the test-set gap.
-        score = 0.0 if generalisation <= thr else 0.5
-        text = (f"train {train:.1%} vs holdout {holdout:.1%} ({generalisation * 100:+.1f} points), both images the "
-                f"backbone was trained on (backbone_saw_train), so they are not compared with test set 1 vs test set 2 "
-                f"({gap * 100:+.1f} points)")
-        text += ": the head barely overfits." if score == 0 else ": the head overfits its training data."
-        return score, text[:1].upper() + text[1:]
-    if generalisation <= thr:
-        score = 0.0
-    elif gap > generalisation + shift_thr:
-        score = 0.5  # the head overfits, but the test-set gap is much larger than that
-    else:
-        score = 2.0
-    text = (f"train {train:.1%} vs holdout {holdout:.1%} ({generalisation * 100:+.1f} points), "
-            f"holdout vs test set 1 {(holdout - t1) * 100:+.1f} points, test set 1 vs test set 2 "
-            f"{gap * 100:+.1f} points")
-    text += (": the head barely overfits." if score == 0 else
-             ": the test-set gap is far larger than the overfitting gap." if score < 1 else
-             ": overfitting is as large as the test-set gap.")
-    return score, text[:1].upper() + text[1:]
+    share = raw.get("share_of_gap") or {}
+    ci = share.get("ci95") or [None, None]
+    level = raw.get("level") if raw.get("level") in LEVELS else "none"
+    return Evidence(cause=raw["cause"], title=str(raw.get("title") or CAUSES[raw["cause"]]), kind=analysis.kind,
+                    level=level, points=_finite(share.get("points")), ci95=(_finite(ci[0]), _finite(ci[1])),
+                    sentence=str(raw.get("sentence") or analysis.verdict), estimable=bool(raw.get("estimable", True)))
 
 
-def _misclass_rule(numbers: dict[str, Any]):
-    """Misclassified test-2 samples stand out in the features in a way test-1 ones do not. Read
-    from the within-class comparison of the two test sets (misclass_compare) when it ran; a
-    single test set's within-class result alone cannot speak to the gap (score at most weak)."""
-    if "n_features_differ_between_sets" in numbers:
-        n_diff, d = num(numbers, "n_features_differ_between_sets"), num(numbers, "n_features")
-        share = num(numbers, "share_features_differ_between_sets") or 0.0
-        score = 2.0 if share >= 0.05 else 1.0 if (n_diff or 0) > 0 else 0.0
-        text = (f"within class, {n_diff:.0f} of {d:.0f} features separate misclassified from correct images "
-                "differently on test set 2 than on test set 1" if d else "no features to compare")
-        text += "." if score else ": no evidence of a misclassification signature specific to test set 2."
-        return score, text[:1].upper() + text[1:]
-    share, n_sig, d = num(numbers, "share_significant"), num(numbers, "n_significant"), num(numbers, "n_features")
-    if share is None:
+def _for_head(data: ReportData, kind: str, head: str | None) -> Analysis | None:
+    return (data.analysis(kind, head) if head else None) or data.analysis(kind, "") or (
+        data.for_head(kind, head)[0] if data.for_head(kind, head) else None)
+
+
+@dataclass
+class GapBlock:
+    points: float | None
+    ci95: tuple[float | None, float | None]
+    significant: bool | None
+    p: float | None
+
+
+def gap_block(data: ReportData, head: str | None) -> GapBlock | None:
+    analysis = _for_head(data, "gap", head)
+    raw = (analysis.raw.get("gap") if analysis else None) or None
+    if not isinstance(raw, dict):
         return None
-    ratio = num(numbers, "median_var_ratio")
-    score = 0.5 if share >= 0.05 else 0.0
-    text = (f"misclassified samples differ from correct ones in {n_sig:.0f} of {d:.0f} features ({share:.0%})"
-            if n_sig is not None and d else f"{share:.0%} of features differ between misclassified and correct samples")
-    if ratio is not None:
-        text += f", with {ratio:.2f}× the variance (median over features)"
-    text += "; without the comparison with test set 1 this does not show what is specific to test set 2"
-    return score, text[:1].upper() + text[1:] + "."
+    ci = raw.get("ci95") or [None, None]
+    sig = raw.get("significant")
+    return GapBlock(points=_finite(raw.get("points")), ci95=(_finite(ci[0]), _finite(ci[1])),
+                    significant=sig if isinstance(sig, bool) else None, p=_finite(raw.get("p")))
 
 
 def hypotheses(data: ReportData) -> list[Evidence]:
-    """Evidence for each hypothesis for the primary head, strongest first (stable on ties)."""
+    """Every cause's block for the primary head, ranked: level, then share (stable on ties)."""
     head = data.primary_head()
-    shift = data.analysis("shift", "") or data.analysis("shift")
-    adapt = data.analysis("adapt", head or "") or data.analysis("adapt")
-    items = [
-        shift_evidence(shift, adapt),
-        generic_evidence("imbalance", data.analysis("imbalance", head or "") or data.analysis("imbalance"),
-                         _imbalance_rule),
-        generic_evidence("overfit", data.analysis("overfit", head or "") or data.analysis("overfit"),
-                         _overfit_rule),
-        generic_evidence("misclass", _misclass_for(data, head), _misclass_rule),
-    ]
+    found: list[Evidence] = []
+    for kind in HYPOTHESES:
+        analysis = _for_head(data, kind, head)
+        block = read_block(analysis) if analysis is not None else None
+        if block is not None:
+            found.append(block)
+    gap = gap_block(data, head)
+    if gap is not None and gap.significant is False:
+        for e in found:
+            if LEVELS.index(e.level) > LEVELS.index("weak"):
+                e.level, e.capped = cap(e.level, "weak"), True
     order = list(HYPOTHESES)
-    return sorted(items, key=lambda e: (-e.score, order.index(e.hypothesis)))
+    return sorted(found, key=lambda e: (-LEVELS.index(e.level), not e.estimable,
+                                        -(e.points if e.points is not None else -math.inf), order.index(e.kind)))
 
 
-def _misclass_for(data: ReportData, head: str | None) -> Analysis | None:
-    """The test1-vs-test2 comparison of the primary head's misclassification analyses, else its
-    analysis on test 2 (else any for that head)."""
-    found = (data.analysis("misclass_compare", head) if head else None) or data.analysis("misclass_compare")
-    if found is not None:
-        return found
-    found = data.analysis("misclass", f"{head}/test2") if head else None
-    if found is None:
-        mine = data.for_head("misclass", head)
-        found = mine[-1] if mine else data.analysis("misclass")
-    return found
+def unexplained(gap: GapBlock | None, ranking: list[Evidence]) -> dict[str, Any] | None:
+    if gap is None or gap.points is None:
+        return None
+    counted = [e for e in ranking if e.level != "none" and e.points is not None]
+    points = gap.points - sum(e.points for e in counted)  # type: ignore[misc]
+    halves = [(gap.ci95[1] - gap.ci95[0]) / 2] if None not in gap.ci95 else []
+    halves += [(e.ci95[1] - e.ci95[0]) / 2 for e in counted if None not in e.ci95]  # type: ignore[operator]
+    half = math.sqrt(sum(h * h for h in halves)) if halves else None
+    return {"points": points, "ci95": [points - half, points + half] if half is not None else [None, None],
+            "causes_subtracted": [e.cause for e in counted],
+            "method": "gap minus the summed shares of the causes with at least weak evidence (overlapping causes "
+                      "can make it negative); interval: half-widths combined in quadrature"}
+
+
+def reference_line(data: ReportData, head: str | None) -> dict[str, Any] | None:
+    analysis = data.analysis("reference_line", "") or data.analysis("reference_line")
+    if analysis is None:
+        return None
+    heads = analysis.raw.get("heads") or {}
+    row = heads.get(head) if head else None
+    line = analysis.raw.get("line") or {}
+    if not isinstance(row, dict):
+        return None
+    return {"models": line.get("models"), "slope": line.get("slope"), "intercept": line.get("intercept"),
+            "residual_sd_points": line.get("residual_sd_points"), "filter": line.get("filter"), "head": head,
+            "test1_top1": row.get("test1_top1"), "test2_top1": row.get("test2_top1"),
+            "expected_test2_top1": row.get("expected_test2_top1"), "expected_gap": row.get("expected_gap"),
+            "effective_robustness": row.get("effective_robustness"), "ci95": row.get("ci95")}
 
 
 # ------------------------------------------------------------------ the headline
@@ -255,6 +150,10 @@ class Headline:
     gap_sentence: str
     ranking: list[Evidence]
     conclusion: str
+    expected_sentence: str = ""
+    gap: GapBlock | None = None
+    unexplained: dict[str, Any] | None = None
+    reference: dict[str, Any] | None = field(default=None)
 
 
 def top1(metrics: dict, test: str) -> tuple[float | None, tuple[float, float] | None]:
@@ -277,32 +176,75 @@ def gap_interval(m1: dict, m2: dict) -> tuple[float, float, float] | None:
     return gap, gap - half, gap + half
 
 
+def _interval(ci) -> str:
+    return f"{ci[0]:.1f} to {ci[1]:.1f}" if ci and None not in ci else "n/a"
+
+
 def headline(data: ReportData) -> Headline:
     head = data.primary_head()
     ranking = hypotheses(data)
     metrics = data.metrics.get(head or "", {})
     a, _ = top1(metrics, "test1")
     b, _ = top1(metrics, "test2")
+    gap = gap_block(data, head)
     if a is not None and b is not None:
-        g = gap_interval(metrics["test1"], metrics["test2"])
-        gap_text = f"{(a - b) * 100:.1f} points"
-        if g and not math.isnan(g[1]):
-            gap_text += f" (≈95% interval {g[1] * 100:.1f} to {g[2] * 100:.1f})"
         gap_sentence = (f"With the {head} head, top-1 accuracy falls from {a:.2%} on test set 1 to {b:.2%} on "
-                        f"test set 2: a gap of {gap_text}.")
+                        f"test set 2: a gap of {(a - b) * 100:.1f} points")
+        if gap is not None and gap.points is not None:
+            gap_sentence += (f" (per class {gap.points:.1f}, 95% interval {_interval(gap.ci95)}, classes resampled; "
+                             + ("significant" if gap.significant else "not significant")
+                             + (f", stratified permutation p={gap.p:.2g}" if gap.p is not None else "") + ")")
+        gap_sentence += "."
     else:
         gap_sentence = "The evaluation did not run, so the size of the gap is unknown."
-    supported = [e for e in ranking if e.level in ("strong", "moderate")]
-    if supported:
-        names = " and ".join(e.title.lower() for e in supported[:2])
-        conclusion = f"The evidence points first to {names}."
+    reference = reference_line(data, head)
+    expected = ""
+    if reference and reference.get("expected_test2_top1") is not None:
+        er, ci = reference["effective_robustness"], reference.get("ci95") or [None, None]
+        expected = (f"Over {reference['models']} reference models on one probit line, a model at "
+                    f"{reference['test1_top1']:.2f}% on test set 1 is expected at {reference['expected_test2_top1']:.2f}% "
+                    f"on test set 2: an expected gap of {reference['expected_gap']:.1f} points. This head's "
+                    f"effective robustness (observed − expected) is {er:+.1f} points (95% interval {_interval(ci)}), "
+                    + ("so the gap is what every such model shows; the analyses below attribute the observed gap."
+                       if ci[0] is not None and ci[0] <= 0 <= ci[1] else
+                       "so the gap differs from what such models show; the analyses below attribute the observed gap."))
+    rest = unexplained(gap, ranking)
+    conclusion = _conclusion(gap, ranking, rest)
+    return Headline(gap_sentence=gap_sentence, ranking=ranking, conclusion=conclusion, expected_sentence=expected,
+                    gap=gap, unexplained=rest, reference=reference)
+
+
+def _conclusion(gap: GapBlock | None, ranking: list[Evidence], rest: dict | None) -> str:
+    if not ranking:
+        return "No analysis wrote an evidence block, so no cause can be judged."
+    lead = ""
+    if gap is not None and gap.significant is False:
+        lead = "The gap is not significant, so no cause is named above weak. "
+    named = [e for e in ranking if e.level in ("strong", "moderate")]
+    if named:
+        parts = [f"{e.title.lower()} ({e.points:.1f} points, {_interval(e.ci95)})" for e in named[:3]]
+        text = "The gap is explained first by " + "; then ".join(parts) + "."
     elif any(e.level == "weak" for e in ranking):
-        conclusion = f"No hypothesis is strongly supported; the best candidate is {ranking[0].title.lower()}."
-    elif all(e.level == "not run" for e in ranking):
-        conclusion = "No analysis ran, so no hypothesis can be judged."
+        first = next(e for e in ranking if e.level == "weak")
+        text = f"No cause is strongly supported; the best candidate is {first.title.lower()}."
     else:
-        conclusion = "None of the hypotheses tested is clearly supported by these analyses."
-    rejected = [e.title.lower() for e in ranking if e.level == "none"]
-    if rejected:
-        conclusion += " Little or no support for " + ", ".join(rejected) + "."
-    return Headline(gap_sentence=gap_sentence, ranking=ranking, conclusion=conclusion)
+        text = "No evidence that any of the causes tested explains the gap."
+    if rest is not None and rest["points"] is not None:
+        text += f" Unexplained: {rest['points']:.1f} points (95% interval {_interval(rest['ci95'])})."
+    return lead + text
+
+
+def answer_json(hl: Headline) -> dict[str, Any]:
+    """The answer for machines (percent and points)."""
+    gap = hl.gap
+    out: dict[str, Any] = {
+        "gap": {"points": gap.points if gap else None, "ci95": list(gap.ci95) if gap else [None, None],
+                "significant": gap.significant if gap else None},
+        "causes": [{"id": e.cause, "title": e.title, "share_of_gap": e.points, "ci95": list(e.ci95),
+                    "evidence": e.level, "sentence": e.sentence, "estimable": e.estimable} for e in hl.ranking],
+        "unexplained": {"points": (hl.unexplained or {}).get("points"),
+                        "ci95": (hl.unexplained or {}).get("ci95", [None, None])},
+    }
+    if hl.reference is not None:
+        out["reference_line"] = hl.reference
+    return out

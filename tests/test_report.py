@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from test_analysis_fixtures import planted, planted_eval  # noqa: F401 - fixtures
 
-from scripts import report
+from scripts import evidence, report
 from scripts.featio import FeatgapError, write_json
 from scripts.report_collect import analysis_kind, classify, collect, read_benchmarks
-from scripts.report_evidence import headline, hypotheses
+from scripts.report_evidence import hypotheses
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "scripts" / "report_template.html"
@@ -70,16 +70,23 @@ def artifacts(tmp_path, monkeypatch):
         "domain_auc": 0.71, "domain_auc_ci95": [0.68, 0.74], "n_significant": 30, "n_features": 64,
         "top_features": [{"feature": 3, "cohens_d": 0.4, "q": 1e-9}]}, figures=3))
     files.append(_summary(root, "shift/adapt/linear", "Re-standardising closes 30%.", {
-        "gap_closed_share_own_mean_std": 0.3, "gap_train_standardisation": 0.1, "gap_own_mean_std_test2_only": 0.07}))
+        "gap_closed_share_own_mean_std": 0.3, "gap_train_standardisation": 0.1, "gap_own_mean_std_test2_only": 0.07},
+        evidence=evidence.block("mean_shift", 3.0, [1.0, 5.0], gap_points=10.0, sentence=f"Shift {EVIL}.",
+                                unit="classes resampled")))
     files.append(_summary(root, "gap/linear", f"Largest drop: {names[0]}.", {
         "mean_drop": 0.1, "top_classes": [{"rank": 1, "class": 0, "name": names[0], "drop": 0.3}]}, figures=2,
-        head="linear"))
+        head="linear", gap={"points": 10.0, "ci95": [8.0, 12.0], "significant": True, "p": 1e-4},
+        evidence=evidence.block("class_concentrated", 1.0, [-0.5, 2.5], gap_points=10.0, sentence="Uniform.",
+                                unit="classes resampled")))
     files.append(_summary(root, "imbalance/linear", "Imbalance does not explain it.", {
         "alpha": 0.05, "train_rows_min": 732, "train_rows_max": 1300,
-        "spearman_drop": {"rho": 0.02, "p": 0.8}}, head="linear"))
+        "spearman_drop": {"rho": 0.02, "p": 0.8}}, head="linear",
+        evidence=evidence.block("imbalance", 0.2, [-1.0, 1.4], gap_points=10.0, sentence="No evidence.",
+                                unit="classes resampled")))
     files.append(_summary(root, "overfit/linear", "Little overfitting.", {
         "train_acc": 0.83, "holdout_acc": 0.81, "test1_acc": 0.80, "test2_acc": 0.70,
-        "thresholds": {"overfit_threshold": 0.02, "shift_threshold": 0.02}}, figures=3, head="linear"))
+        "thresholds": {"overfit_threshold": 0.02, "shift_threshold": 0.02}}, figures=3, head="linear",
+        evidence=evidence.not_estimable("overfit", "Not estimable.")))
     for test in ("test1", "test2"):
         files.append(_summary(root, f"misclass/linear/{test}", f"On {test}, few features differ.", {
             "n_significant": 2, "n_features": 64, "share_significant": 2 / 64, "median_var_ratio": 1.1},
@@ -108,11 +115,12 @@ def artifacts(tmp_path, monkeypatch):
     return {"files": [str(f) for f in files], "config": config, "names": names}
 
 
-def _build(artifacts, tmp_path, files=None, config=None):
+def _build(artifacts, tmp_path, files=None, config=None, answer=False):
     ctx = report.build_report(inputs=files if files is not None else artifacts["files"],
                               config=config if config is not None else artifacts["config"], template=TEMPLATE,
                               out_html=tmp_path / "results/report/index.html",
-                              out_md=tmp_path / "results/report/report.md", benchmarks=tmp_path / "benchmarks")
+                              out_md=tmp_path / "results/report/report.md", benchmarks=tmp_path / "benchmarks",
+                              out_answer=tmp_path / "results/report/answer.json" if answer else None)
     page = (tmp_path / "results/report/index.html").read_text()
     md = (tmp_path / "results/report/report.md").read_text()
     return ctx, page, md
@@ -151,28 +159,52 @@ def test_summary_table_rows_and_references(artifacts, tmp_path):
     assert "| linear | head | 80.00 |" in md
 
 
-def test_headline_ranks_the_hypotheses_by_evidence(artifacts, tmp_path):
-    ctx, page, _ = _build(artifacts, tmp_path)
-    ranking = [(e.hypothesis, e.level) for e in ctx["headline"].ranking]
-    assert ranking[0] == ("shift", "moderate")  # separable sets (AUC 0.71) and re-standardising closes 30%
-    assert dict(ranking)["imbalance"] == "none" and dict(ranking)["overfit"] == "none"
+def test_headline_ranks_the_causes_from_their_own_blocks(artifacts, tmp_path):
+    ctx, page, md = _build(artifacts, tmp_path, answer=True)
+    ranking = [(e.cause, e.level) for e in ctx["headline"].ranking]
+    assert ranking[0] == ("mean_shift", "moderate")  # 3 of 10 points, interval above 0
+    assert dict(ranking)["imbalance"] == "none" and dict(ranking)["class_concentrated"] == "none"
+    assert dict(ranking)["overfit"] == "none" and not ctx["headline"].ranking[-1].estimable
     assert "80.00% on test set 1 to 70.00% on test set 2" in ctx["headline"].gap_sentence
     assert page.index("Why is test set 2 harder?") < page.index('id="summary-table"')
+    assert "Shift &lt;script&gt;" in page and "not estimable" in md
+    answer = json.loads(Path(tmp_path / "results/report/answer.json").read_text())
+    assert answer["gap"] == {"points": 10.0, "ci95": [8.0, 12.0], "significant": True}
+    assert [c["id"] for c in answer["causes"]][0] == "mean_shift"
+    assert set(answer["causes"][0]) >= {"id", "title", "share_of_gap", "ci95", "evidence", "sentence"}
+    # Unexplained: the gap minus the shares of the causes with evidence (mean_shift only here).
+    assert answer["unexplained"]["points"] == pytest.approx(7.0)
+    assert "reference_line" not in answer  # not configured
 
 
-def test_imbalance_ranks_first_when_it_is_what_the_numbers_say(artifacts, tmp_path):
-    path = Path("results/analysis/imbalance/linear/summary.json")
+def test_the_report_never_rejudges_an_analysis(artifacts, tmp_path):
+    """Numbers that the old report would have read as strong (AUC 0.99, closes 90%) do not change
+    the analysis's own level: only its evidence block counts."""
+    path = Path("results/analysis/shift/adapt/linear/summary.json")
     summary = json.loads(path.read_text())
-    summary["numbers"]["spearman_drop"] = {"rho": -0.6, "p": 1e-6}
+    summary["numbers"]["gap_closed_share_own_mean_std"] = 0.9
+    summary["evidence"] = evidence.block("mean_shift", -0.1, [-1.0, 0.8], gap_points=10.0, sentence="None.",
+                                         unit="classes resampled")
     write_json(path, summary)
-    shift = Path("results/analysis/shift/adapt/linear/summary.json")
-    adapt = json.loads(shift.read_text())
-    adapt["numbers"]["gap_closed_share_own_mean_std"] = 0.0
-    write_json(shift, adapt)
-    data = collect(artifacts["files"], artifacts["config"])
-    ranking = hypotheses(data)
-    assert ranking[0].hypothesis == "imbalance" and ranking[0].level == "moderate"
-    assert "drop more" in ranking[0].sentence
+    imb = Path("results/analysis/imbalance/linear/summary.json")
+    block = json.loads(imb.read_text())
+    block["evidence"] = evidence.block("imbalance", 6.0, [4.0, 8.0], gap_points=10.0, sentence="Rare classes drop.",
+                                       unit="classes resampled")
+    write_json(imb, block)
+    ranking = hypotheses(collect(artifacts["files"], artifacts["config"]))
+    assert (ranking[0].cause, ranking[0].level) == ("imbalance", "strong")
+    assert {e.cause: e.level for e in ranking}["mean_shift"] == "none"
+
+
+def test_no_significant_gap_names_nothing_above_weak(artifacts, tmp_path):
+    path = Path("results/analysis/gap/linear/summary.json")
+    summary = json.loads(path.read_text())
+    summary["gap"] = {"points": 1.0, "ci95": [-1.0, 3.0], "significant": False, "p": 0.4}
+    write_json(path, summary)
+    ctx, _, md = _build(artifacts, tmp_path)
+    assert all(e.level in ("weak", "none") for e in ctx["headline"].ranking)
+    assert ctx["headline"].conclusion.startswith("The gap is not significant")
+    assert "not significant" in ctx["headline"].gap_sentence
 
 
 def test_missing_stages_say_not_run(artifacts, tmp_path):
@@ -181,7 +213,7 @@ def test_missing_stages_say_not_run(artifacts, tmp_path):
     sections = {s.id: s for s in ctx["sections"]}
     assert not sections["shift"].ran and not sections["embedding"].ran
     assert page.count("Not run: this analysis is not enabled") == len([s for s in sections.values() if not s.ran])
-    assert all(e.level == "not run" for e in ctx["headline"].ranking)
+    assert ctx["headline"].ranking == [] and "no cause can be judged" in ctx["headline"].conclusion
     assert "*Not run*" in md
 
 
@@ -268,13 +300,14 @@ def test_report_on_real_analysis_outputs(planted, planted_eval, tmp_path, monkey
     ctx = report.build_report(inputs=files, config={"heads": {"linear": {}}, "seed": 0}, template=TEMPLATE,
                               out_html="results/report/index.html", out_md="results/report/report.md",
                               benchmarks="benchmarks")
-    levels = {e.hypothesis: e.level for e in ctx["headline"].ranking}
-    assert levels["overfit"] == "not run" and all(v != "not run" for k, v in levels.items() if k != "overfit")
-    # The evidence rules read the real keys; imbalance is honestly "unclear" here (1 of 20 classes
-    # has fewer training rows: no group comparison is estimable).
-    assert all(e.level != "unclear" for e in ctx["headline"].ranking if e.hypothesis != "imbalance")
-    imb = json.loads(Path("results/analysis/imbalance/linear/summary.json").read_text())["numbers"]
-    assert levels["imbalance"] == ("unclear" if imb["primary_p"] is None else levels["imbalance"])
+    # Every analysis that stands for a cause wrote its own block, which the report shows as it is.
+    by_cause = {e.cause: e for e in ctx["headline"].ranking}
+    assert set(by_cause) == {"mean_shift", "class_concentrated", "imbalance"}
+    for kind, cause in (("gap/linear", "class_concentrated"), ("imbalance/linear", "imbalance"),
+                        ("shift/adapt/linear", "mean_shift")):
+        own = json.loads(Path(f"results/analysis/{kind}/summary.json").read_text())["evidence"]
+        assert own["cause"] == cause and by_cause[cause].level == own["level"]
+        assert by_cause[cause].points == own["share_of_gap"]["points"]
     ran = {s.id for s in ctx["sections"] if s.ran}
     assert {"shift", "adapt", "gap", "imbalance", "misclass"} <= ran
     gap_section = next(s for s in ctx["sections"] if s.id == "gap")

@@ -49,7 +49,7 @@ rule gap:
         metrics1="results/eval/{head}/test1/metrics.json",
         metrics2="results/eval/{head}/test2/metrics.json",
         counts="results/analysis/class_counts.csv",
-        code=code("gap", "stats", "stats_classes", "analysis_common"),
+        code=code("gap", "stats", "stats_classes", "analysis_common", "evidence"),
     output:
         [report(f, caption="../report/gap.rst", category="2. Per-class drop", subcategory="{head}") if f.endswith(".png") else f for f in expand("results/analysis/gap/{{head}}/{file}", file=GAP_FILES)],
     wildcard_constraints:
@@ -104,7 +104,7 @@ rule shift_adapt:
         model="results/heads/{head}/model.pt",
         test1="results/parquet/test1.manifest.json",
         test2="results/parquet/test2.manifest.json",
-        code=code("shift", "stats", "analysis_common", "heads"),
+        code=code("shift", "stats", "analysis_common", "heads", "evidence"),
     output:
         [report(f, caption="../report/adapt.rst", category="3. Feature shift", subcategory="adaptation {head}") if f.endswith(".png") else f for f in expand("results/analysis/shift/adapt/{{head}}/{file}", file=ADAPT_FILES)],
     wildcard_constraints:
@@ -135,7 +135,7 @@ rule imbalance:
         counts="results/analysis/class_counts.csv",
         metrics1="results/eval/{head}/test1/metrics.json",
         metrics2="results/eval/{head}/test2/metrics.json",
-        code=code("imbalance", "stats", "analysis_common"),
+        code=code("imbalance", "stats", "analysis_common", "evidence"),
     output:
         [report(f, caption="../report/imbalance.rst", category="4. Class imbalance", subcategory="{head}") if f.endswith(".png") else f for f in expand("results/analysis/imbalance/{{head}}/{file}", file=IMBALANCE_FILES)],
     wildcard_constraints:
@@ -163,7 +163,7 @@ rule overfit:
         history="results/heads/{head}/history.csv",
         metrics1="results/eval/{head}/test1/metrics.json",
         metrics2="results/eval/{head}/test2/metrics.json",
-        code=code("overfit", "analysis_common"),
+        code=code("overfit", "analysis_common", "evidence"),
     output:
         [report(f, caption="../report/overfit.rst", category="5. Overfitting", subcategory="{head}") if f.endswith(".png") else f for f in expand("results/analysis/overfit/{{head}}/{file}", file=OVERFIT_FILES)],
     wildcard_constraints:

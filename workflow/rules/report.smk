@@ -22,10 +22,11 @@ rule report:
     input:
         artifacts=REPORT_ARTIFACTS,
         template=REPORT_TEMPLATE,
-        code=code("report", "report_collect", "report_evidence"),
+        code=code("report", "report_collect", "report_evidence", "evidence"),
     output:
         html=report("results/report/index.html", caption="../report/final_report.rst", category="0. Final report"),
         markdown="results/report/report.md",
+        answer="results/report/answer.json",
     params:
         config=as_json(config),
         benchmarks="benchmarks",
@@ -39,7 +40,8 @@ rule report:
     shell:
         "python -m scripts.report --config {params.config} --template {input.template:q}"
         " --benchmarks {params.benchmarks:q} --html {output.html:q} --markdown {output.markdown:q}"
+        " --answer {output.answer:q}"
         " {input.artifacts:q} > {log:q} 2>&1"
 
 
-ALL_TARGETS.extend(["results/report/index.html", "results/report/report.md"])
+ALL_TARGETS.extend(["results/report/index.html", "results/report/report.md", "results/report/answer.json"])
