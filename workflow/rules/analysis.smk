@@ -275,6 +275,37 @@ if EMBED_HEAD is not None:
     ALL_TARGETS.extend(expand("results/analysis/embedding/{file}", file=EMBEDDING_FILES))
 
 
+# Accuracy on the line: only when a reference table is configured (config/eva02.yaml: timm's results).
+REFERENCE_LINE = ANALYSIS.get("reference_line") or {}
+if REFERENCE_LINE.get("test1_table") and REFERENCE_LINE.get("test2_table") and HEADS:
+
+    rule reference_line:
+        input:
+            test1_table=REFERENCE_LINE["test1_table"],
+            test2_table=REFERENCE_LINE["test2_table"],
+            metrics1=expand("results/eval/{head}/test1/metrics.json", head=HEADS),
+            metrics2=expand("results/eval/{head}/test2/metrics.json", head=HEADS),
+            code=code("reference_line", "analysis_common"),
+        output:
+            [report(f, caption="../report/reference_line.rst", category="1. Accuracy on the line") if f.endswith(".png") else f for f in expand("results/analysis/reference_line/{file}", file=["line.csv", "summary.json", "line.png"])],
+        params:
+            out_dir=lambda wc, output: Path(output[0]).parent,
+            min_top1=REFERENCE_LINE.get("min_test1_top1", 80.0),
+            heads=lambda wc, input: " ".join(f"--head {shlex.quote(h)} {shlex.quote(a)} {shlex.quote(b)}" for h, a, b in zip(HEADS, input.metrics1, input.metrics2)),
+        resources:
+            mem_mb=500,
+            runtime=5,
+        log:
+            "logs/analysis/reference_line.log",
+        conda:
+            "../../envs/featgap.yaml"
+        shell:
+            "python -m scripts.reference_line --test1-table {input.test1_table:q} --test2-table {input.test2_table:q}"
+            " --min-test1-top1 {params.min_top1} {params.heads} --out-dir {params.out_dir:q} > {log:q} 2>&1"
+
+    ALL_TARGETS.extend(expand("results/analysis/reference_line/{file}", file=["line.csv", "summary.json", "line.png"]))
+
+
 ALL_TARGETS.extend(
     ["results/analysis/class_counts.csv"]
     + expand("results/analysis/shift/{file}", file=SHIFT_FILES)
