@@ -1,0 +1,105 @@
+"""The improve stage: exact McNemar, paired within-class intervals, and the verdict on planted cases."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from scipy.stats import binomtest
+
+from scripts.generate_demo import DemoSpec, FeatureModel
+from scripts.improve import improve, mcnemar_exact, paired_comparison
+from scripts.train_head import train_head
+from tests.test_train_helpers import make_dataset, write_split_shards
+
+CLASSES, DIM = 10, 24
+
+
+def test_mcnemar_exact_by_hand():
+    base = np.array([1, 1, 0, 0, 1, 0], bool)
+    var = np.array([1, 0, 1, 1, 1, 0], bool)  # 2 gains, 1 loss
+    assert mcnemar_exact(base, var) == pytest.approx(1.0)
+    gains = np.zeros(10, bool), np.ones(10, bool)
+    assert mcnemar_exact(*gains) == pytest.approx(2 * 0.5**10)
+    assert mcnemar_exact(base, base) == 1.0
+    assert mcnemar_exact(*gains) == pytest.approx(binomtest(10, 10).pvalue)
+    for b, c in ((3, 9), (0, 4), (7, 7), (12, 1)):
+        base_ = np.r_[np.ones(b, bool), np.zeros(c, bool)]
+        assert mcnemar_exact(base_, ~base_) == pytest.approx(binomtest(c, b + c).pvalue, rel=1e-12)
+
+
+def test_mcnemar_holds_its_level_with_classes_as_clusters():
+    """Two heads of equal accuracy whose errors share each class's difficulty (the design: classes of
+    50 and 10 images with Beta(9,1) accuracies): the exact McNemar rejects at most ~5 %."""
+    rng = np.random.default_rng(0)
+    rejections, reps = 0, 2000
+    for _ in range(reps):
+        p = np.repeat(rng.beta(9, 1, 100), 10)
+        base, var = rng.random(p.size) < p, rng.random(p.size) < p
+        rejections += mcnemar_exact(base, var) < 0.05
+    assert rejections / reps <= 0.06
+
+
+def test_paired_interval_unit_and_point():
+    labels = {t: np.repeat(np.arange(5), 4) for t in ("test1", "test2")}
+    base = {t: np.tile([True, True, False, False], 5) for t in labels}
+    var = {"test1": base["test1"].copy(), "test2": np.ones(20, bool)}
+    out = paired_comparison(base, var, labels, n_boot=300, seed=0)
+    assert out["test1"]["points"] == 0 and out["test1"]["ci95"] == [0, 0]
+    assert out["test2"]["points"] == pytest.approx(50.0)
+    lo, hi = out["test2"]["ci95"]
+    assert lo <= 50.0 <= hi and lo > 0
+    assert out["gap_change"]["points"] == pytest.approx(-50.0)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Train shards, a test set 1 from the training distribution and a test set 2 whose features are
+    all shifted by a constant (what test-time re-standardisation undoes); a baseline head."""
+    root = tmp_path_factory.mktemp("improve")
+    spec = DemoSpec(classes=CLASSES, dim=DIM, separation=0.9)
+    data = make_dataset(root, spec, 80, 1, shards=1, row_group_rows=128)
+    model, rng = FeatureModel(spec), np.random.default_rng(5)
+    manifests = {}
+    for test, per, shift in (("test1", 50, 0.0), ("test2", 10, 1.5)):
+        labels = np.repeat(np.arange(CLASSES), per).astype(np.int16)
+        feats = np.concatenate([model.sample(c, per, rng, "train") for c in range(CLASSES)]) + shift
+        manifests[test] = write_split_shards(root / test, labels, feats.astype(np.float32), shards=1)
+    head = {"type": "linear", "lr": [1e-2], "weight_decay": [1e-3], "epochs": 4, "batch_size": 64}
+    train = {"device": "cpu", "threads": 1, "holdout_fraction": 0.1}
+    train_head(data["manifest"], root / "base", name="base", head=head, train=train, num_classes=CLASSES)
+    train_head(data["manifest"], root / "noise", name="noise", head={**head, "feature_noise": 0.5}, train=train,
+               num_classes=CLASSES)
+    return {"root": root, **manifests}
+
+
+def test_test_time_restandardisation_is_found_to_help(setup, tmp_path):
+    root = setup["root"]
+    shutil.copy(root / "base/model.pt", tmp_path / "copy.pt")
+    variants = {"same_head": {"kind": "retrain", "models": [str(tmp_path / "copy.pt")]},
+                "noise": {"kind": "retrain", "models": [str(root / "noise/model.pt")], "set": {"feature_noise": 0.5}},
+                "ensemble": {"kind": "ensemble", "models": [str(root / "base/model.pt"), str(root / "noise/model.pt")]},
+                "restandardize": {"kind": "restandardize"}}
+    summary = improve(root / "base/model.pt", variants, setup["test1"], setup["test2"], tmp_path / "out",
+                      baseline_name="base", bootstrap=300, seed=0)
+    rows = {r["name"]: r for r in summary["variants"]}
+    assert rows["same_head"]["delta_test2"]["points"] == 0 and rows["same_head"]["delta_test2"]["mcnemar_p"] == 1
+    assert not rows["same_head"]["improves_test2"]
+    fixed = rows["restandardize"]
+    assert fixed["improves_test2"] and fixed["delta_test2"]["points"] > 10, fixed
+    assert fixed["gap_change"]["points"] < 0 and summary["variants"][0]["name"] == "restandardize"
+    assert summary["verdict"].startswith("restandardize improves test set 2 by +")
+    assert fixed["selected_on"].startswith("nothing to select") and rows["noise"]["selected_on"] == "holdout"
+    saved = json.loads((tmp_path / "out/summary.json").read_text())
+    assert {"baseline", "baseline_test1_top1", "baseline_test2_top1", "variants"} <= set(saved)
+    assert {"points", "ci95", "mcnemar_p"} <= set(saved["variants"][0]["delta_test2"])
+    assert (tmp_path / "out/improve.png").stat().st_size > 0 and (tmp_path / "out/variants.csv").exists()
+
+
+def test_nothing_beyond_noise_is_said_plainly(setup, tmp_path):
+    root = setup["root"]
+    shutil.copy(root / "base/model.pt", tmp_path / "copy.pt")
+    summary = improve(root / "base/model.pt", {"same_head": {"kind": "retrain", "models": [str(tmp_path / "copy.pt")]}},
+                      setup["test1"], setup["test2"], tmp_path / "out", baseline_name="base", bootstrap=100)
+    assert summary["verdict"].startswith("No variant improves test set 2 over the primary head (base) beyond noise")

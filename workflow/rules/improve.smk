@@ -1,0 +1,123 @@
+# Improve stage: what, if anything, makes test set 2 better? Each configured variant of the primary
+# head is trained and selected on the train holdout (improve_train: the same step as train_head,
+# with the variant's keys changed), then every variant is compared with the primary head on the
+# same test images (improve_compare → results/improve/summary.json, variants.csv, improve.png).
+IMPROVE = config.get("improve", {})
+IMPROVE_VARIANTS = IMPROVE.get("variants", {}) if IMPROVE.get("enabled") else {}
+IMPROVE_BASELINE = (
+    IMPROVE.get("baseline")
+    or config.get("report", {}).get("primary_head")
+    or (TRAIN_HEADS[0] if TRAIN_HEADS else None)
+)
+RETRAIN_VARIANTS = [n for n, v in IMPROVE_VARIANTS.items() if v["kind"] == "retrain"]
+
+if IMPROVE_VARIANTS and IMPROVE_BASELINE not in TRAIN_HEADS:
+    raise WorkflowError(
+        f"config improve.baseline: {IMPROVE_BASELINE!r} is not a trained head (heads: {TRAIN_HEADS})"
+    )
+_unknown = {
+    h
+    for v in IMPROVE_VARIANTS.values()
+    if v["kind"] == "ensemble"
+    for h in v.get("heads", [])
+    if h not in HEADS
+}
+if _unknown:
+    raise WorkflowError(
+        f"config improve.variants: ensemble members {sorted(_unknown)} are not configured heads"
+    )
+
+# The one place that says which model files each variant is made of (inputs and the step's JSON).
+VARIANT_MODELS = {
+    name: (
+        [f"results/improve/{name}/model.pt"]
+        if spec["kind"] == "retrain"
+        else [f"results/heads/{h}/model.pt" for h in spec.get("heads", [])]
+    )
+    for name, spec in IMPROVE_VARIANTS.items()
+}
+
+
+rule improve_train:
+    input:
+        manifest="results/parquet/train.manifest.json",
+        qc="results/qc/train.json",
+        code=code("train_head", "train_data", "train_grid", "heads", "device"),
+    output:
+        model="results/improve/{variant}/model.pt",
+        history="results/improve/{variant}/history.csv",
+        selection="results/improve/{variant}/selection.json",
+    wildcard_constraints:
+        variant="|".join(re.escape(v) for v in RETRAIN_VARIANTS) or "no-variants",
+    params:
+        head=lambda wc: as_json(
+            {
+                **config["heads"][IMPROVE_BASELINE],
+                **IMPROVE.get("retrain", {}),
+                **IMPROVE_VARIANTS[wc.variant].get("set", {}),
+            }
+        ),
+        train=as_json(TRAIN),
+        num_classes=config["num_classes"],
+        seed=config["seed"],
+        out_dir=lambda wc, output: Path(output.model).parent,
+    threads: TRAIN.get("threads", 2)
+    resources:
+        mem_mb=TRAIN_MEM_MB,
+        runtime=lambda wc: HEAD_RUNTIME[IMPROVE_BASELINE],
+    log:
+        "logs/improve/{variant}.log",
+    benchmark:
+        "benchmarks/improve/{variant}.tsv"
+    conda:
+        "../../envs/featgap.yaml"
+    shell:
+        "python -m scripts.train_head --manifest {input.manifest:q} --out-dir {params.out_dir:q}"
+        " --name {wildcards.variant:q} --head {params.head} --train {params.train}"
+        " --num-classes {params.num_classes} --seed {params.seed} --threads {threads} > {log:q} 2>&1"
+
+
+rule improve_compare:
+    input:
+        baseline=f"results/heads/{IMPROVE_BASELINE}/model.pt",
+        models=sorted({m for models in VARIANT_MODELS.values() for m in models}),
+        test1="results/parquet/test1.manifest.json",
+        test2="results/parquet/test2.manifest.json",
+        qc=["results/qc/test1.json", "results/qc/test2.json", "results/qc/cross.json"],
+        code=code("improve", "heads", "stats", "analysis_common"),
+    output:
+        summary="results/improve/summary.json",
+        table="results/improve/variants.csv",
+        figure=report("results/improve/improve.png", caption="../report/improve.rst", category="7. Improve"),
+    params:
+        variants=as_json(
+            {
+                name: {"kind": spec["kind"], "models": VARIANT_MODELS[name], "set": spec.get("set", {})}
+                for name, spec in IMPROVE_VARIANTS.items()
+            }
+        ),
+        baseline=IMPROVE_BASELINE,
+        bootstrap=IMPROVE.get("bootstrap", 1000),
+        alpha=IMPROVE.get("alpha", 0.05),
+        seed=config["seed"],
+        out_dir=lambda wc, output: Path(output.summary).parent,
+    threads: 2
+    resources:
+        # Both test splits' features at once (50k + 10k × 1024 float32 = 250 MB) and one head's logits.
+        mem_mb=3000,
+        runtime=30,
+    log:
+        "logs/improve/compare.log",
+    benchmark:
+        "benchmarks/improve/compare.tsv"
+    conda:
+        "../../envs/featgap.yaml"
+    shell:
+        "python -m scripts.improve --baseline {input.baseline:q} --baseline-name {params.baseline:q}"
+        " --variants {params.variants} --test1 {input.test1:q} --test2 {input.test2:q}"
+        " --out-dir {params.out_dir:q} --bootstrap {params.bootstrap} --alpha {params.alpha}"
+        " --seed {params.seed} > {log:q} 2>&1"
+
+
+if IMPROVE_VARIANTS:
+    ALL_TARGETS.extend(rules.improve_compare.output)
