@@ -35,6 +35,6 @@ localrules:
 
 
 rule all:
+    default_target: True
     input:
         ALL_TARGETS,
-    default_target: True

@@ -47,8 +47,18 @@ rule improve_train:
         model="results/improve/{variant}/model.pt",
         history="results/improve/{variant}/history.csv",
         selection="results/improve/{variant}/selection.json",
+    log:
+        "logs/improve/{variant}.log",
+    benchmark:
+        "benchmarks/improve/{variant}.tsv"
     wildcard_constraints:
         variant="|".join(re.escape(v) for v in RETRAIN_VARIANTS) or "no-variants",
+    conda:
+        "../../envs/featgap.yaml"
+    threads: TRAIN.get("threads", 2)
+    resources:
+        mem_mb=TRAIN_MEM_MB,
+        runtime=lambda wc: HEAD_RUNTIME[IMPROVE_BASELINE],
     params:
         head=lambda wc: as_json(
             {
@@ -61,16 +71,6 @@ rule improve_train:
         num_classes=config["num_classes"],
         seed=config["seed"],
         out_dir=lambda wc, output: Path(output.model).parent,
-    threads: TRAIN.get("threads", 2)
-    resources:
-        mem_mb=TRAIN_MEM_MB,
-        runtime=lambda wc: HEAD_RUNTIME[IMPROVE_BASELINE],
-    log:
-        "logs/improve/{variant}.log",
-    benchmark:
-        "benchmarks/improve/{variant}.tsv"
-    conda:
-        "../../envs/featgap.yaml"
     shell:
         "python -m scripts.train_head --manifest {input.manifest:q} --out-dir {params.out_dir:q}"
         " --name {wildcards.variant:q} --head {params.head} --train {params.train}"
@@ -88,11 +88,30 @@ rule improve_compare:
     output:
         summary="results/improve/summary.json",
         table="results/improve/variants.csv",
-        figure=report("results/improve/improve.png", caption="../report/improve.rst", category="7. Improve"),
+        figure=report(
+            "results/improve/improve.png",
+            caption="../report/improve.rst",
+            category="7. Improve",
+        ),
+    log:
+        "logs/improve/compare.log",
+    benchmark:
+        "benchmarks/improve/compare.tsv"
+    conda:
+        "../../envs/featgap.yaml"
+    threads: 2
+    resources:
+        # Both test splits' features at once (50k + 10k × 1024 float32 = 250 MB) and one head's logits.
+        mem_mb=3000,
+        runtime=30,
     params:
         variants=as_json(
             {
-                name: {"kind": spec["kind"], "models": VARIANT_MODELS[name], "set": spec.get("set", {})}
+                name: {
+                    "kind": spec["kind"],
+                    "models": VARIANT_MODELS[name],
+                    "set": spec.get("set", {}),
+                }
                 for name, spec in IMPROVE_VARIANTS.items()
             }
         ),
@@ -101,17 +120,6 @@ rule improve_compare:
         alpha=IMPROVE.get("alpha", 0.05),
         seed=config["seed"],
         out_dir=lambda wc, output: Path(output.summary).parent,
-    threads: 2
-    resources:
-        # Both test splits' features at once (50k + 10k × 1024 float32 = 250 MB) and one head's logits.
-        mem_mb=3000,
-        runtime=30,
-    log:
-        "logs/improve/compare.log",
-    benchmark:
-        "benchmarks/improve/compare.tsv"
-    conda:
-        "../../envs/featgap.yaml"
     shell:
         "python -m scripts.improve --baseline {input.baseline:q} --baseline-name {params.baseline:q}"
         " --variants {params.variants} --test1 {input.test1:q} --test2 {input.test2:q}"
