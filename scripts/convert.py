@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gc
 import math
+import os
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +47,7 @@ from scripts.featio import (
     features_to_arrow,
     fingerprint,
     meta_block,
+    numpy_to_arrow,
     open_shard,
     parse_json_arg,
     read_json,
@@ -58,6 +61,7 @@ from scripts.featio import (
 
 __all__ = ["convert_file", "convert_part", "plan", "write_manifest"]
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+PROBE_BYTES = 1 << 16  # read back from a chunk's planned end to find its last line end
 
 
 # ---------------------------------------------------------------- one part
@@ -83,6 +87,11 @@ class PartConverter:
         self.schema = {self.col_names[i]: dtypes.get(i, pl.Float32 if i in self.layout.features else pl.String)
                        for i in range(len(names))}
         self.feature_cols = [self.col_names[i] for i in plan_["features"]]
+        # The frame's columns are `wanted` in file order; features usually sit there as one run
+        # 0..D-1, which is sliced by position (selecting 1024 names builds 1024 expressions).
+        first = self.wanted.index(plan_["features"][0])
+        in_order = self.wanted[first : first + self.dim] == list(plan_["features"])
+        self.feature_slice = slice(first, first + self.dim) if in_order else None
 
     def check_source_unchanged(self) -> None:
         """Byte ranges are only valid for the file they were planned on."""
@@ -162,7 +171,31 @@ class PartConverter:
 
     def chunks(self, start: int, end: int | None, chunk_bytes: int) -> Iterator[tuple[int, bytes]]:
         """Yield (offset, bytes) of line-aligned chunks of [start, end) (end None: to the end of
-        a gzip stream), reading into one buffer."""
+        a gzip stream)."""
+        if self.compression == "none" and end is not None:
+            yield from self.plain_chunks(start, end, chunk_bytes)
+        else:
+            yield from self.stream_chunks(start, end, chunk_bytes)
+
+    def plain_chunks(self, start: int, end: int, chunk_bytes: int) -> Iterator[tuple[int, bytes]]:
+        """An uncompressed file: find each chunk's last line end first (a small read near its
+        planned end), then read exactly [offset, cut) into a new bytes object, so that the
+        kernel's copy is the only one (a buffer + carry costs a second copy of every byte)."""
+        fd = os.open(self.csv, os.O_RDONLY)
+        try:
+            offset = start
+            while offset < end:
+                cut = end if offset + chunk_bytes >= end else _line_end_before(fd, offset, offset + chunk_bytes, end)
+                data = os.pread(fd, cut - offset, offset)
+                if not data:  # the file shrank after planning: check_source_unchanged ran first
+                    break
+                yield offset, data
+                offset += len(data)
+        finally:
+            os.close(fd)
+
+    def stream_chunks(self, start: int, end: int | None, chunk_bytes: int) -> Iterator[tuple[int, bytes]]:
+        """Line-aligned chunks of a stream that cannot seek (gzip), read into one buffer."""
         buf = bytearray(chunk_bytes)
         offset, carry = start, 0
         with open_source(self.csv, self.compression) as handle:
@@ -209,7 +242,26 @@ class PartConverter:
                 future = pool.submit(parse_next)
                 yield result
 
+    def feature_matrix(self, frame: pl.DataFrame) -> np.ndarray:
+        """The (n, D) float32 row-major matrix of a parsed chunk. Polars copies its columns into a
+        column-major matrix (one memcpy each) and numpy transposes that: together ~1.8× faster
+        than polars' own row-major export (measured; the transpose is the costly part)."""
+        block = frame[:, self.feature_slice] if self.feature_slice is not None else frame.select(self.feature_cols)
+        return np.ascontiguousarray(block.to_numpy(order="fortran"), dtype=np.float32)
+
     def run(self, part: int, out: Path, row_group_rows: int, compression: str, chunk_mb: int) -> int:
+        # Each chunk makes thousands of short-lived Python objects (a 1027-column frame); they
+        # set off full garbage collections that walk every loaded module (~10 % of the job in a
+        # profile). Nothing here builds reference cycles, so collection waits until the end.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._run(part, out, row_group_rows, compression, chunk_mb)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _run(self, part: int, out: Path, row_group_rows: int, compression: str, chunk_mb: int) -> int:
         self.check_source_unchanged()
         rng = self.plan["ranges"][part]
         next_row = rng.get("first_row", 0)
@@ -223,7 +275,7 @@ class PartConverter:
                 with tqdm(total=total, unit="B", unit_scale=True, desc=f"convert part {part}", mininterval=2) as bar:
                     for offset, nbytes, frame in self.parsed_chunks(rng["start"], rng["end"], chunk_mb << 20):
                         n = frame.height
-                        matrix = frame.select(self.feature_cols).to_numpy(order="c")
+                        matrix = self.feature_matrix(frame)
                         labels = frame.get_column(self.col_names[self.plan["label"]]).to_numpy()
                         self.check_values(frame, matrix, labels, offset)
                         if self.plan["index"] is not None:
@@ -231,9 +283,9 @@ class PartConverter:
                         else:
                             row_ids = np.arange(next_row, next_row + n, dtype=np.int64)
                         paths = (frame.get_column(self.col_names[self.plan["path"]]).to_arrow().cast(pa.string())
-                                 if self.plan["path"] is not None else pa.array([""] * n, pa.string()))
+                                 if self.plan["path"] is not None else _empty_strings(n))
                         table = pa.Table.from_arrays(
-                            [pa.array(row_ids, pa.int64()), paths, pa.array(labels.astype(np.int16)),
+                            [numpy_to_arrow(row_ids, np.int64), paths, numpy_to_arrow(labels, np.int16),
                              features_to_arrow(matrix)], schema=schema)
                         writer.write_table(table, row_group_size=row_group_rows)
                         rows += n
@@ -242,6 +294,33 @@ class PartConverter:
             finally:
                 writer.close()
         return rows
+
+
+def _line_end_before(fd: int, offset: int, target: int, end: int) -> int:
+    """The position after the last newline in (offset, target], or, for a line longer than
+    target - offset, after the first newline past target (capped at end)."""
+    probe_end = target
+    while probe_end > offset:
+        probe_start = max(offset, probe_end - PROBE_BYTES)
+        found = os.pread(fd, probe_end - probe_start, probe_start).rfind(b"\n")
+        if found >= 0:
+            return probe_start + found + 1
+        probe_end = probe_start
+    position = target
+    while position < end:
+        block = os.pread(fd, min(PROBE_BYTES, end - position), position)
+        found = block.find(b"\n")
+        if found >= 0:
+            return position + found + 1
+        if not block:
+            break
+        position += len(block)
+    return end
+
+
+def _empty_strings(n: int) -> pa.Array:
+    """n empty strings (a file without a path column), built without pa.array: that imports pandas."""
+    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(np.zeros(n + 1, np.int32)), pa.py_buffer(b"")])
 
 
 def _after_last_content_line(buf: bytearray, cut: int) -> int:

@@ -486,10 +486,20 @@ def parse_json_arg(text: str, name: str) -> Any:
         raise FeatgapError(f"--{name}: not valid JSON ({err})") from None
 
 
+def numpy_to_arrow(values: np.ndarray, dtype: type[np.generic]) -> pa.Array:
+    """A 1-D numeric array as an Arrow array over the same memory (after a cast if needed).
+
+    Not pa.array: for a numpy input it first asks whether it is a pandas object, which imports
+    pandas (~0.5 s, and more on a busy machine) in every conversion job.
+    """
+    values = np.ascontiguousarray(values, dtype=dtype)
+    return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
+
+
 def features_to_arrow(matrix: np.ndarray) -> pa.FixedSizeListArray:
     """(n, D) float32 matrix → fixed_size_list<float32>[D] column, one contiguous buffer."""
     matrix = np.ascontiguousarray(matrix, dtype=np.float32)
-    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
+    return pa.FixedSizeListArray.from_arrays(numpy_to_arrow(matrix.reshape(-1), np.float32), matrix.shape[1])
 
 
 def write_shard(
