@@ -45,6 +45,10 @@ class DemoSpec:
     shift_stage: str = "pre_layernorm"  # or post_layernorm: exactly shift_features move (tests)
     hard_classes: int = 10
     hard_noise: float = 1.6
+    # Planted causes for the answer's scenario tests (all off by default: output unchanged).
+    label_noise: float = 0.0  # share of test-2 images drawn from another class than their label
+    drift_classes: int = 0  # classes whose test-2 mean moves towards another class's mean
+    drift: float = 0.0  # fraction of the way to that class's mean
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -96,6 +100,11 @@ class FeatureModel:
         self.beta = rng.normal(0.0, 0.5, d)
         self.shifted = np.sort(rng.choice(d, size=min(spec.shift_features, d), replace=False))
         self.hard = np.sort(rng.choice(spec.classes, size=min(spec.hard_classes, spec.classes), replace=False))
+        if spec.drift_classes > 0:  # own stream, so the default draws above stay as they were
+            drift_rng = np.random.default_rng([spec.seed, 5])
+            self.drifted = np.sort(drift_rng.choice(spec.classes, size=min(spec.drift_classes, spec.classes),
+                                                    replace=False))
+            self.drift_target = (self.drifted + drift_rng.integers(1, spec.classes, len(self.drifted))) % spec.classes
 
     def sample(self, label: int, n: int, rng: np.random.Generator, split: str) -> np.ndarray:
         s = self.spec
@@ -104,6 +113,14 @@ class FeatureModel:
             noise *= s.test2_noise * (s.hard_noise if label in self.hard else 1.0)
         z = rng.standard_normal((n, s.dim)) + rng.standard_normal((n, s.rank)) @ self.basis
         x = self.means[label] + noise * z
+        if split == "test2" and s.drift_classes > 0 and label in self.drifted:
+            target = self.drift_target[np.searchsorted(self.drifted, label)]
+            x += s.drift * (self.means[target] - self.means[label])
+        if split == "test2" and s.label_noise > 0:
+            # Images of another class filed under this label: a wrong label, not a harder image.
+            flip = np.flatnonzero(rng.random(n) < s.label_noise)
+            others = (label + rng.integers(1, s.classes, len(flip))) % s.classes
+            x[flip] = self.means[others] + noise * z[flip]
         shift = split == "test2" and s.shift_features > 0
         if shift and s.shift_stage == "pre_layernorm":
             # As a real input shift would act. The LayerNorm then moves every feature a little.
