@@ -132,3 +132,18 @@ def test_successive_halving_on_the_gpu(data, tmp_path):
     assert runs["cuda"]["halving"]["rungs"] == runs["cpu"]["halving"]["rungs"] == [1, 3]
     assert runs["cuda"]["halving"]["survivors"] == runs["cpu"]["halving"]["survivors"]
     assert abs(runs["cuda"]["winner"]["holdout_acc"] - runs["cpu"]["winner"]["holdout_acc"]) <= 0.01
+
+
+@pytest.mark.parametrize("change", [{"feature_noise": 0.3}, {"mixup": 0.2}, {"logit_adjustment": 1.0},
+                                    {"pca_whiten": 32}])
+def test_improve_variants_train_on_the_gpu(data, tmp_path, change):
+    """The improve stage's training options inside the captured step: deterministic, and as good as
+    the same variant on the CPU (within 2 points: their noise draws differ between devices)."""
+    head = {**LINEAR, **change}
+    runs = [train_head(data["manifest"], tmp_path / str(i), name="v", head=head,
+                       train={"device": "cuda", "holdout_fraction": 0.1}, num_classes=CLASSES, seed=0)
+            for i in range(2)]
+    assert (tmp_path / "0/model.pt").read_bytes() == (tmp_path / "1/model.pt").read_bytes()
+    cpu = train_head(data["manifest"], tmp_path / "cpu", name="v", head=head,
+                     train={"device": "cpu", "holdout_fraction": 0.1}, num_classes=CLASSES, seed=0)
+    assert abs(runs[0]["winner"]["holdout_acc"] - cpu["winner"]["holdout_acc"]) <= 0.02
