@@ -18,15 +18,15 @@ from scipy import optimize
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts import gap, imbalance, stats, stats_classes  # noqa: E402
-from scripts.difficulty import difficulty_share, nearest_mean_distance  # noqa: E402
-from scripts.evidence import block  # noqa: E402
-from scripts.featio import write_json  # noqa: E402
-from scripts.generate_demo import DemoSpec, FeatureModel  # noqa: E402
-from scripts.label_noise import label_noise_share  # noqa: E402
-from scripts.report_collect import collect  # noqa: E402
-from scripts.report_evidence import answer_json, headline  # noqa: E402
-from scripts.shift import domain_reweighted_accuracy, mean_shift_evidence  # noqa: E402
+from scripts import gap, imbalance, stats, stats_classes
+from scripts.difficulty import difficulty_share, nearest_mean_distance
+from scripts.evidence import block
+from scripts.featio import write_json
+from scripts.generate_demo import DemoSpec, FeatureModel
+from scripts.label_noise import label_noise_share
+from scripts.report_collect import collect
+from scripts.report_evidence import answer_json, headline
+from scripts.shift import domain_reweighted_accuracy, mean_shift_evidence
 
 BASE = {"classes": 100, "dim": 64, "separation": 0.6, "rank": 16, "test2_noise": 1.0, "shift_features": 0,
         "hard_classes": 0, "hard_noise": 1.0}
@@ -58,7 +58,7 @@ class NearestMeanHead:
         z = (x - self.mean) / self.std
         self.means = np.stack([z[y == c].mean(axis=0) for c in np.unique(y)])
         raw = self.raw_logits(holdout_x)
-        nll = lambda t: -np.mean(stats.log_softmax(raw / t)[np.arange(len(holdout_y)), holdout_y])  # noqa: E731
+        nll = lambda t: -np.mean(stats.log_softmax(raw / t)[np.arange(len(holdout_y)), holdout_y])
         self.temperature = float(optimize.minimize_scalar(nll, bounds=(0.05, 100), method="bounded").x)
 
     def raw_logits(self, x):

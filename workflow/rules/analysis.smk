@@ -18,6 +18,8 @@ MISCLASS_COMPARE_FILES = ["compare.csv", "summary.json", "compare.png"]
 # analyses that report holdout numbers state it next to them.
 BACKBONE_SAW_TRAIN = "true" if config.get("backbone_saw_train") else "false"
 EMBEDDING_FILES = ["coords.csv", "summary.json", "pca.png", "tsne.png"]
+DIFFICULTY_FILES = ["typicality.csv", "summary.json", "typicality.png"]
+LABEL_NOISE_FILES = ["disagreements.csv", "summary.json", "confidence.png"]
 
 
 rule class_counts:
@@ -275,6 +277,88 @@ if EMBED_HEAD is not None:
     ALL_TARGETS.extend(expand("results/analysis/embedding/{file}", file=EMBEDDING_FILES))
 
 
+# Train class means and global mean/std in one streaming pass (a few MB): what difficulty needs
+# from train, without ever holding the train matrix.
+rule train_reference:
+    input:
+        train="results/parquet/train.manifest.json",
+        code=code("difficulty", "analysis_common", "evidence"),
+    output:
+        "results/analysis/train_reference.npz",
+    params:
+        num_classes=config["num_classes"],
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    log:
+        "logs/analysis/train_reference.log",
+    benchmark:
+        "benchmarks/analysis/train_reference.tsv"
+    conda:
+        "../../envs/featgap.yaml"
+    shell:
+        "python -m scripts.difficulty reference --train {input.train:q} --num-classes {params.num_classes}"
+        " --out {output:q} > {log:q} 2>&1"
+
+
+rule difficulty:
+    input:
+        reference="results/analysis/train_reference.npz",
+        test1="results/parquet/test1.manifest.json",
+        test2="results/parquet/test2.manifest.json",
+        predictions1="results/eval/{head}/test1/predictions.parquet",
+        predictions2="results/eval/{head}/test2/predictions.parquet",
+        code=code("difficulty", "analysis_common", "evidence", "stats"),
+    output:
+        [report(f, caption="../report/difficulty.rst", category="8. Difficulty", subcategory="{head}") if f.endswith(".png") else f for f in expand("results/analysis/difficulty/{{head}}/{file}", file=DIFFICULTY_FILES)],
+    wildcard_constraints:
+        head=HEAD_PATTERN,
+    params:
+        out_dir=lambda wc, output: Path(output[0]).parent,
+        options=as_json(ANALYSIS.get("difficulty", {})),
+        seed=config["seed"],
+    threads: 2
+    resources:
+        mem_mb=2500,
+        runtime=20,
+    log:
+        "logs/analysis/difficulty.{head}.log",
+    conda:
+        "../../envs/featgap.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} python -m scripts.difficulty share --reference {input.reference:q}"
+        " --test1 {input.test1:q} --test2 {input.test2:q} --predictions1 {input.predictions1:q}"
+        " --predictions2 {input.predictions2:q} --out-dir {params.out_dir:q} --options {params.options}"
+        " --seed {params.seed} --head-name {wildcards.head:q} > {log:q} 2>&1"
+
+
+# label_noise reads only the two predictions tables (a re-scoring with other labels can feed it).
+rule label_noise:
+    input:
+        predictions1="results/eval/{head}/test1/predictions.parquet",
+        predictions2="results/eval/{head}/test2/predictions.parquet",
+        code=code("label_noise", "analysis_common", "evidence", "stats"),
+    output:
+        [report(f, caption="../report/label_noise.rst", category="9. Label noise", subcategory="{head}") if f.endswith(".png") else f for f in expand("results/analysis/label_noise/{{head}}/{file}", file=LABEL_NOISE_FILES)],
+    wildcard_constraints:
+        head=HEAD_PATTERN,
+    params:
+        out_dir=lambda wc, output: Path(output[0]).parent,
+        options=as_json(ANALYSIS.get("label_noise", {})),
+        seed=config["seed"],
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    log:
+        "logs/analysis/label_noise.{head}.log",
+    conda:
+        "../../envs/featgap.yaml"
+    shell:
+        "python -m scripts.label_noise --predictions1 {input.predictions1:q} --predictions2 {input.predictions2:q}"
+        " --out-dir {params.out_dir:q} --options {params.options} --seed {params.seed}"
+        " --head-name {wildcards.head:q} > {log:q} 2>&1"
+
+
 # Accuracy on the line: only when a reference table is configured (config/eva02.yaml: timm's results).
 REFERENCE_LINE = ANALYSIS.get("reference_line") or {}
 if REFERENCE_LINE.get("test1_table") and REFERENCE_LINE.get("test2_table") and HEADS:
@@ -315,4 +399,6 @@ ALL_TARGETS.extend(
     + expand("results/analysis/overfit/{head}/{file}", head=HEADS, file=OVERFIT_FILES)
     + expand("results/analysis/misclass/{head}/{test}/{file}", head=HEADS, test=TESTS, file=MISCLASS_FILES)
     + expand("results/analysis/misclass_compare/{head}/{file}", head=HEADS, file=MISCLASS_COMPARE_FILES)
+    + expand("results/analysis/difficulty/{head}/{file}", head=HEADS, file=DIFFICULTY_FILES)
+    + expand("results/analysis/label_noise/{head}/{file}", head=HEADS, file=LABEL_NOISE_FILES)
 )
