@@ -1,0 +1,38 @@
+"""difficulty and label_noise as the rules run them: from shards and evaluate's predictions."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from test_analysis_fixtures import planted, planted_eval  # noqa: F401 - fixtures
+
+from scripts.difficulty import difficulty, train_reference
+from scripts.featio import read_split, shard_folder
+from scripts.label_noise import label_noise
+
+
+def test_train_reference_matches_the_matrix(planted, tmp_path):  # noqa: F811 - fixture
+    info = train_reference(planted["train"], planted["spec"].classes, tmp_path / "ref.npz")
+    ref = np.load(tmp_path / "ref.npz")
+    split = read_split(shard_folder(planted["train"]), columns=("label",))
+    x, y = split.features.astype(np.float64), split.label.astype(np.int64)
+    assert info["rows"] == len(y)
+    np.testing.assert_allclose(ref["class_means"][3], x[y == 3].mean(axis=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ref["std"], x.std(axis=0), rtol=1e-4)
+
+
+def test_difficulty_and_label_noise_write_their_evidence(planted, planted_eval, tmp_path):  # noqa: F811
+    train_reference(planted["train"], planted["spec"].classes, tmp_path / "ref.npz")
+    p1, p2 = planted_eval["test1"] / "predictions.parquet", planted_eval["test2"] / "predictions.parquet"
+    d = difficulty(reference=tmp_path / "ref.npz", test1=planted["test1"], test2=planted["test2"], predictions1=p1,
+                   predictions2=p2, out_dir=tmp_path / "d", options={"bootstrap": 50}, head_name="linear")
+    n = label_noise(predictions1=p1, predictions2=p2, out_dir=tmp_path / "n", options={"bootstrap": 50},
+                    head_name="linear")
+    for summary, cause in ((d, "difficulty"), (n, "label_noise")):
+        block = json.loads(json.dumps(summary))["evidence"]
+        assert block["cause"] == cause and block["unit"] == "classes resampled"
+        lo, hi = block["share_of_gap"]["ci95"]
+        assert lo <= block["share_of_gap"]["points"] <= hi
+    # The fixture's test set 2 is noisier (test2_noise): its images are less typical.
+    assert d["numbers"]["median_distance_test2"] > d["numbers"]["median_distance_test1"]
+    assert (tmp_path / "n" / "disagreements.csv").is_file() and (tmp_path / "d" / "typicality.png").is_file()
