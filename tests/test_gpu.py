@@ -125,7 +125,8 @@ def test_same_seed_same_bytes_on_gpu(data, tmp_path):
 
 def test_successive_halving_on_the_gpu(data, tmp_path):
     """Halving rebuilds the captured step for the smaller grid at each rung: same survivors as on the CPU."""
-    head = {**LINEAR, "lr": [1e-4, 1e-3, 3e-3], "weight_decay": [1e-4, 1e-2, 1.0], "selection": "halving"}
+    head = {**LINEAR, "lr": [1e-4, 1e-3, 3e-3], "weight_decay": [1e-4, 1e-2, 1.0], "selection": "halving",
+            "halving_eta": 3}
     runs = {dev: train_head(data["manifest"], tmp_path / dev, name="h", head=head,
                             train={"device": dev, "holdout_fraction": 0.1}, num_classes=CLASSES, seed=0)
             for dev in ("cpu", "cuda")}
