@@ -10,6 +10,10 @@ Outputs (DESIGN.md, Evaluation):
   confusions.csv       sparse confusion table: true, pred, count, true_name, pred_name
   confused_pairs.png   the most frequent off-diagonal (true → pred) pairs
 
+With `real_labels` (a ReaL real.json, config evaluate.real_labels for its test set), metrics.json
+also has a `real` block (scripts.real_labels.rescore): ReaL top-1 with its interval beside the
+original top-1 on the same images, and the split of the errors; images are matched by file name.
+
 The split is streamed row group by row group: memory is one row group of features plus the
 (n, 5) prediction columns. Logits come only from scripts.heads.predict_logits, so the head's
 stored preprocessing is always applied.
@@ -43,6 +47,7 @@ from scripts.featio import (
     iter_row_groups,
     meta_block,
     parse_json_arg,
+    read_json,
     run_cli,
     shard_folder,
     split_shape,
@@ -50,7 +55,9 @@ from scripts.featio import (
 )
 
 DEFAULTS = {"batch_size": 8192, "bootstrap": 1000, "ece_bins": 15, "top_confused": 20,
-            "device": "auto", "class_names": None}
+            "device": "auto", "class_names": None,
+            # The config section; the rule passes the file only for its test set (--real-labels).
+            "real_labels": {"file": None, "test": "test1"}}
 METRIC_KEYS = ("top1", "top5", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "nll", "ece")
 
 
@@ -203,12 +210,14 @@ def evaluate(
     test_name: str | None = None,
     logits_fn: Callable[[np.ndarray], np.ndarray] | None = None,
     backbone_saw_train: bool = False,
+    real_labels: str | Path | None = None,
 ) -> dict[str, Any]:
     """Predictions, metrics, confusions and the confused-pairs plot of one head on one split.
 
     `backbone_saw_train` (config key of the same name): the feature extractor was trained on the
     training split, so the temperature fitted on its holdout calibrates on images the backbone
-    has seen; metrics.json states it next to the calibration numbers."""
+    has seen; metrics.json states it next to the calibration numbers. `real_labels`: a ReaL
+    real.json whose file names this split's paths are (metrics.json `real` block)."""
     started = time.perf_counter()
     opts = {**DEFAULTS, **(options or {})}
     unknown = set(opts) - set(DEFAULTS)
@@ -234,6 +243,11 @@ def evaluate(
             return predict_logits(head, x, batch_size=int(opts["batch_size"]))
 
     names = load_class_names(opts["class_names"], num_classes)
+    real = None
+    if real_labels:  # checked before any prediction: a bad file fails at once
+        from scripts.real_labels import load_real
+
+        real = load_real(real_labels, num_classes)
     pred = predict_split(shard_folder(manifest), logits_fn, num_classes)
 
     with atomic_path(out / "predictions.parquet") as tmp:
@@ -270,6 +284,12 @@ def evaluate(
                   ("predictions.parquet", "confusions.csv", "confused_pairs.png")},
         "meta": meta_block(seed=seed, device=device, started=started, inputs=[head_path, manifest]),
     }
+    if real is not None:
+        from scripts.real_labels import rescore
+
+        source = str((read_json(manifest) or {}).get("source") or manifest)
+        metrics["real"] = rescore(paths=pred["path"].tolist(), label=pred["label"], pred=pred["pred"], real=real,
+                                  source=source, test=test_name, n_resamples=int(opts["bootstrap"]), seed=seed)
     metrics["per_class"] = {k: [None if (isinstance(v, float) and np.isnan(v)) else v for v in vals]
                             for k, vals in metrics["per_class"].items()}
     write_json(out / "metrics.json", metrics)
@@ -289,6 +309,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     parser.add_argument("--backbone-saw-train", default="false", choices=["true", "false", "True", "False"],
                         help="config backbone_saw_train: the backbone was trained on the train split")
+    parser.add_argument("--real-labels", default=None,
+                        help="ReaL real.json: re-score this split (its paths are ImageNet val file names)")
     args = parser.parse_args(argv)
     if args.threads:
         import torch
@@ -297,10 +319,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     metrics = evaluate(head_path=args.head, manifest=args.manifest, out_dir=args.out_dir,
                        num_classes=args.num_classes, options=parse_json_arg(args.options, "options"),
                        seed=args.seed, head_name=args.head_name, test_name=args.test_name,
-                       backbone_saw_train=args.backbone_saw_train.lower() == "true")
+                       backbone_saw_train=args.backbone_saw_train.lower() == "true",
+                       real_labels=args.real_labels or None)
     m = metrics["metrics"]
     print(f"{metrics['head']} on {metrics['test']}: top-1 {m['top1']:.4f}, top-5 {m['top5']:.4f}, "
           f"NLL {m['nll']:.4f}, ECE {m['ece']:.4f} ({metrics['n']} rows)")
+    r = metrics.get("real")
+    if r and r["top1"] is not None:
+        print(f"ReaL top-1 {r['top1']:.4f} over {r['n_with_real']} images (original labels, same images: "
+              f"{r['top1_original']:.4f}); errors {r['errors']}")
 
 
 if __name__ == "__main__":
