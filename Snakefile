@@ -21,6 +21,7 @@ wildcard_constraints:
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/real_labels.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/improve.smk"
 include: "workflow/rules/report.smk"

@@ -12,6 +12,14 @@ wrong. Share of the gap = test-2 excess − test-1 excess (points): the accuracy
 gain if its confident disagreements were no more frequent than calibration predicts, relative to
 test set 1. Interval: classes resampled (bias-corrected percentile). The most confident test-2
 disagreements are listed with their paths, to be checked by eye.
+
+With ImageNet ReaL labels for test set 1 (`real_rows`: rows.parquet of the real_labels check, scripts.
+real_labels), the share is bounded by what ReaL supports: on test set 1, a share p of the confident
+disagreements has the prediction in the image's ReaL set (label noise); assuming test set 2's confident
+disagreements are label noise no more often, its extra label noise is at most p × (D2 − D1) points
+(D = confident disagreements per image, points). The evidence block then reports min(calibration share,
+ReaL bound), both computed on the same class resamples; with no confident disagreement on test set 1, p
+is 0 (nothing supports a claim).
 """
 from __future__ import annotations
 
@@ -62,6 +70,45 @@ def label_noise_share(conf1, wrong1, labels1, conf2, wrong2, labels2, *, thresho
             "confident_share_test2": float((conf2 >= threshold).mean())}
 
 
+def real_bounded_share(conf1, wrong1, labels1, in_real1, conf2, wrong2, labels2, *, threshold: float,
+                       n_boot: int, seed: int) -> dict[str, Any]:
+    """min(calibration share, ReaL bound) in points, with its class-resampled interval, and the parts."""
+    conf1, conf2 = np.asarray(conf1, float), np.asarray(conf2, float)
+    wrong1, wrong2, in_real1 = np.asarray(wrong1, bool), np.asarray(wrong2, bool), np.asarray(in_real1, bool)
+    dis1, dis2 = wrong1 & (conf1 >= threshold), wrong2 & (conf2 >= threshold)
+
+    def parts(i1, i2) -> tuple[float, float, float]:
+        d1, d2 = dis1[i1], dis2[i2]
+        p = float(in_real1[i1][d1].mean()) if d1.any() else 0.0
+        bound = 100 * p * (d2.mean() - d1.mean()) if len(i1) and len(i2) else np.nan
+        share = 100 * (excess_rate(conf2[i2], wrong2[i2], threshold) - excess_rate(conf1[i1], wrong1[i1], threshold))
+        return share, float(bound), p
+
+    def bounded(i1, i2) -> float:
+        share, bound, _ = parts(i1, i2)
+        return min(share, bound)
+
+    share, bound, p = parts(np.arange(len(conf1)), np.arange(len(conf2)))
+    return {"points": min(share, bound), "ci95": evidence.class_bootstrap(bounded, labels1, labels2, n_boot=n_boot,
+                                                                         seed=seed),
+            "real_bound_points": bound, "calibration_share_points": share,
+            "real_label_noise_share_test1": p, "bounded_by_real": bound < share,
+            "confident_disagreement_points_test1": 100 * float(dis1.mean()),
+            "confident_disagreement_points_test2": 100 * float(dis2.mean())}
+
+
+def _read_real_rows(path: str | Path, p1: pd.DataFrame) -> np.ndarray:
+    """pred_in_real of test set 1, aligned with its predictions (same rows, same predictions)."""
+    rows = pd.read_parquet(path, columns=["row", "pred", "category"])
+    if len(rows) != len(p1) or not np.array_equal(rows["row"].to_numpy(), p1["row"].to_numpy()):
+        raise FeatgapError(f"{path}: its rows are not those of the test-1 predictions ({len(rows)} vs {len(p1)} rows); "
+                           "expected the real_labels check of the same head: run snakemake again")
+    if not np.array_equal(rows["pred"].to_numpy(), p1["pred"].to_numpy()):
+        raise FeatgapError(f"{path}: predictions differ from the test-1 predictions; expected the real_labels check of "
+                           "the same head: run snakemake again")
+    return (rows["category"] == "in_real").to_numpy()
+
+
 def _read(path: str | Path) -> pd.DataFrame:
     frame = pd.read_parquet(path, columns=["row", "path", "label", "pred", "confidence", "correct"])
     if frame.empty:
@@ -70,7 +117,8 @@ def _read(path: str | Path) -> pd.DataFrame:
 
 
 def label_noise(*, predictions1: str | Path, predictions2: str | Path, out_dir: str | Path,
-                options: dict | None = None, head_name: str | None = None, seed: int = 0) -> dict[str, Any]:
+                options: dict | None = None, head_name: str | None = None, seed: int = 0,
+                real_rows: str | Path | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     opts = merge_options(options, DEFAULTS, "analysis.label_noise")
     out = Path(out_dir)
@@ -85,18 +133,37 @@ def label_noise(*, predictions1: str | Path, predictions2: str | Path, out_dir: 
     files = {name: out / name for name in FILES}
     write_table(examples, files["disagreements.csv"])
     figure = plot_confidence(p1, p2, result["threshold"], head, files["confidence.png"])
+    real = None
+    if real_rows:
+        real = real_bounded_share(p1["confidence"], ~p1["correct"].astype(bool), p1["label"],
+                                  _read_real_rows(real_rows, p1), p2["confidence"], ~p2["correct"].astype(bool),
+                                  p2["label"], threshold=result["threshold"], n_boot=int(opts["bootstrap"]), seed=seed)
     lo, hi = result["ci95"]
     sentence = (f"Test set 2 has {result['excess_test2']:.1f} points of confident disagreements (confidence ≥ "
                 f"{result['threshold']:g}, prediction ≠ label) beyond what calibration predicts, test set 1 "
                 f"{result['excess_test1']:.1f}: {result['points']:.1f} points of the gap (95% interval {lo:.1f} to "
                 f"{hi:.1f}, classes resampled)"
-                + ("." if lo > 0 else ": no evidence that wrong or ambiguous test-2 labels explain the gap."))
-    block = evidence.block("label_noise", result["points"], result["ci95"], gap_points=gap, sentence=sentence,
-                           unit="classes resampled")
-    numbers = {**result, "gap_points": gap, "examples": examples[["path", "label", "pred", "confidence"]]
+                + ("." if lo > 0 or real is not None else
+                   ": no evidence that wrong or ambiguous test-2 labels explain the gap."))
+    points, ci = result["points"], result["ci95"]
+    if real is not None:
+        points, ci = real["points"], real["ci95"]
+        sentence += (f" ReaL labels of test set 1: {real['real_label_noise_share_test1']:.0%} of its confident "
+                     f"disagreements have the prediction in the ReaL set, so test set 2's extra confident disagreements "
+                     f"({real['confident_disagreement_points_test2']:.1f} − "
+                     f"{real['confident_disagreement_points_test1']:.1f} points) support at most "
+                     f"{real['real_bound_points']:.1f} points of label noise; share "
+                     + ("bounded by ReaL" if real["bounded_by_real"] else "within the ReaL bound")
+                     + f": {points:.1f} points (95% interval {ci[0]:.1f} to {ci[1]:.1f}, classes resampled)"
+                     + ("." if ci[0] > 0 else ": no evidence that wrong or ambiguous test-2 labels explain the gap."))
+    block = evidence.block("label_noise", points, ci, gap_points=gap, sentence=sentence, unit="classes resampled",
+                           real_labels=real is not None)
+    numbers = {**result, **({(k if k.startswith("real_") else f"real_{k}"): v for k, v in real.items()}
+                            if real else {}), "gap_points": gap, "examples": examples[["path", "label", "pred", "confidence"]]
                .head(10).to_dict(orient="records")}
     return write_summary(files["summary.json"], verdict=sentence, figures=[figure], table=files["disagreements.csv"],
-                         numbers=numbers, started=started, seed=seed, inputs=[predictions1, predictions2],
+                         numbers=numbers, started=started, seed=seed,
+                         inputs=[predictions1, predictions2] + ([real_rows] if real_rows else []),
                          extra={"head": head, "evidence": block})
 
 
@@ -127,9 +194,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--options", default="{}")
     parser.add_argument("--head-name")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--real-rows", default=None,
+                        help="rows.parquet of the real_labels check of test set 1 (bounds the share by ReaL)")
     args = parser.parse_args(argv)
     summary = label_noise(predictions1=args.predictions1, predictions2=args.predictions2, out_dir=args.out_dir,
-                          options=parse_json_arg(args.options, "options"), head_name=args.head_name, seed=args.seed)
+                          options=parse_json_arg(args.options, "options"), head_name=args.head_name, seed=args.seed,
+                          real_rows=args.real_rows or None)
     print(summary["verdict"])
 
 

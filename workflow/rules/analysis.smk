@@ -337,6 +337,7 @@ rule label_noise:
     input:
         predictions1="results/eval/{head}/test1/predictions.parquet",
         predictions2="results/eval/{head}/test2/predictions.parquet",
+        real=LABEL_NOISE_REAL,  # ReaL check of test set 1 (real_labels.smk), when configured
         code=code("label_noise", "analysis_common", "evidence", "stats"),
     output:
         [report(f, caption="../report/label_noise.rst", category="9. Label noise", subcategory="{head}") if f.endswith(".png") else f for f in expand("results/analysis/label_noise/{{head}}/{file}", file=LABEL_NOISE_FILES)],
@@ -346,6 +347,7 @@ rule label_noise:
         out_dir=lambda wc, output: Path(output[0]).parent,
         options=as_json(ANALYSIS.get("label_noise", {})),
         seed=config["seed"],
+        real=lambda wc, input: " ".join(f"--real-rows {shlex.quote(p)}" for p in input.real),
     resources:
         mem_mb=1000,
         runtime=10,
@@ -356,7 +358,7 @@ rule label_noise:
     shell:
         "python -m scripts.label_noise --predictions1 {input.predictions1:q} --predictions2 {input.predictions2:q}"
         " --out-dir {params.out_dir:q} --options {params.options} --seed {params.seed}"
-        " --head-name {wildcards.head:q} > {log:q} 2>&1"
+        " --head-name {wildcards.head:q} {params.real} > {log:q} 2>&1"
 
 
 # Accuracy on the line: only when a reference table is configured (config/eva02.yaml: timm's results).

@@ -10,6 +10,21 @@ HEAD_PATTERN = "|".join(re.escape(h) for h in HEADS) or "no-heads-configured"
 CLASS_NAMES = [config["evaluate"]["class_names"]] if config["evaluate"].get("class_names") else []
 EVAL_FILES = ["predictions.parquet", "metrics.json", "confusions.csv", "confused_pairs.png"]
 
+# ImageNet ReaL labels (evaluate.real_labels): re-score the one test set whose paths are ImageNet
+# val file names. A shipped file is found beside the Snakefile; a missing one stops before any job.
+REAL = config["evaluate"].get("real_labels") or {}
+REAL_FILE = REAL.get("file")
+REAL_TEST = REAL.get("test", "test1")
+if REAL_FILE and not Path(REAL_FILE).exists() and Path(workflow.basedir, REAL_FILE).is_file():
+    REAL_FILE = str(Path(workflow.basedir, REAL_FILE))
+if REAL_FILE and not Path(REAL_FILE).is_file():
+    raise WorkflowError(f"config key evaluate.real_labels.file: file not found: {REAL_FILE}")
+
+
+def real_labels_for(wildcards):
+    """The ReaL file for the test set it belongs to, else nothing."""
+    return [REAL_FILE] if REAL_FILE and wildcards.test == REAL_TEST else []
+
 
 rule evaluate:
     input:
@@ -17,7 +32,8 @@ rule evaluate:
         manifest="results/parquet/{test}.manifest.json",
         qc=["results/qc/{test}.json", "results/qc/cross.json"],  # per-split and cross-split QC first
         names=CLASS_NAMES,
-        code=code("evaluate", "stats", "analysis_common", "heads", "device"),
+        real=real_labels_for,
+        code=code("evaluate", "stats", "analysis_common", "heads", "device", "real_labels", "evidence"),
     output:
         predictions="results/eval/{head}/{test}/predictions.parquet",
         metrics="results/eval/{head}/{test}/metrics.json",
@@ -33,6 +49,7 @@ rule evaluate:
         seed=config["seed"],
         # The temperature was fitted on a train holdout: say so when the backbone saw train.
         backbone_saw_train="true" if config.get("backbone_saw_train") else "false",
+        real=lambda wc, input: " ".join(f"--real-labels {shlex.quote(p)}" for p in input.real),
     threads: 2
     resources:
         # One row group of features and of float64 log-probabilities (8192 × C) at a time, plus
@@ -48,7 +65,7 @@ rule evaluate:
     shell:
         "python -m scripts.evaluate --head {input.model:q} --manifest {input.manifest:q} --out-dir {params.out_dir:q}"
         " --num-classes {params.num_classes} --options {params.options} --seed {params.seed}"
-        " --backbone-saw-train {params.backbone_saw_train}"
+        " --backbone-saw-train {params.backbone_saw_train} {params.real}"
         " --head-name {wildcards.head:q} --test-name {wildcards.test:q} --threads {threads} > {log:q} 2>&1"
 
 

@@ -1,0 +1,57 @@
+# ReaL check (on when evaluate.real_labels.file is set): per head, the ReaL test set's errors split
+# into prediction-in-ReaL / no valid label / genuine, the enrichment of confident disagreements for
+# label noise, and rows.parquet, with which label_noise (analysis.smk) bounds its test-2 share when
+# the ReaL test set is test set 1. Included after evaluate.smk (REAL_FILE, REAL_TEST) and before
+# analysis.smk (LABEL_NOISE_REAL).
+REAL_LABELS_FILES = ["errors.csv", "rows.parquet", "summary.json", "real_errors.png"]
+LABEL_NOISE_REAL = (
+    ["results/analysis/real_labels/{head}/rows.parquet"]
+    if REAL_FILE and REAL_TEST == "test1"
+    else []
+)
+
+if REAL_FILE and HEADS:
+
+    rule real_labels:
+        input:
+            predictions=f"results/eval/{{head}}/{REAL_TEST}/predictions.parquet",
+            real=REAL_FILE,
+            names=CLASS_NAMES,
+            code=code("real_labels", "analysis_common", "evidence", "stats"),
+        output:
+            [
+                (
+                    report(f, caption="../report/real_labels.rst", category="9. Label noise", subcategory="{head}")
+                    if f.endswith(".png")
+                    else f
+                )
+                for f in expand("results/analysis/real_labels/{{head}}/{file}", file=REAL_LABELS_FILES)
+            ],
+        wildcard_constraints:
+            head=HEAD_PATTERN,
+        params:
+            out_dir=lambda wc, output: Path(output[0]).parent,
+            options=as_json(config["analysis"]["real_labels"]),
+            # The same "confident" as the label_noise cause it calibrates.
+            threshold=config["analysis"]["label_noise"]["threshold"],
+            num_classes=config["num_classes"],
+            source=config["data"][REAL_TEST],
+            names=CLASS_NAMES[0] if CLASS_NAMES else "",
+            test=REAL_TEST,
+            seed=config["seed"],
+        resources:
+            mem_mb=1000,
+            runtime=10,
+        log:
+            "logs/analysis/real_labels.{head}.log",
+        benchmark:
+            "benchmarks/analysis/real_labels.{head}.tsv"
+        conda:
+            "../../envs/featgap.yaml"
+        shell:
+            "python -m scripts.real_labels --predictions {input.predictions:q} --real {input.real:q}"
+            " --out-dir {params.out_dir:q} --num-classes {params.num_classes} --threshold {params.threshold}"
+            " --source {params.source:q} --class-names {params.names:q} --options {params.options}"
+            " --head-name {wildcards.head:q} --test-name {params.test:q} --seed {params.seed} > {log:q} 2>&1"
+
+    ALL_TARGETS.extend(expand("results/analysis/real_labels/{head}/{file}", head=HEADS, file=REAL_LABELS_FILES))
