@@ -41,6 +41,8 @@ from scripts.report_evidence import (
     answer_json,
     gap_interval,
     headline,
+    improve_enabled,
+    improve_ranking,
 )
 
 DEFAULTS: dict[str, Any] = {
@@ -61,9 +63,12 @@ SECTION_TITLES = {**HYPOTHESES, "shift": "Feature shift between the test sets (d
                   "misclass": "Features of the misclassified samples",
                   "misclass_compare": "Misclassification signature: test set 2 vs test set 1",
                   "embedding": "Embedding views", "reference_line": "Accuracy on the line: the expected gap",
-                  "train_reference": "Train reference (class means)"}
-# Sections after the ranked causes, in this order; anything else follows alphabetically.
-DESCRIPTIVE = ("reference_line", "gap", "shift", "misclass_compare", "misclass", "embedding")
+                  "train_reference": "Train reference (class means)",
+                  "real_labels": "ReaL labels: test set 1's errors re-judged",
+                  "improve": "What improves test set 2?"}
+# Sections after the ranked causes (and the improve stage), in this order; anything else follows
+# alphabetically.
+DESCRIPTIVE = ("reference_line", "real_labels", "gap", "shift", "misclass_compare", "misclass", "embedding")
 
 
 def report_options(config: dict[str, Any]) -> dict[str, Any]:
@@ -212,10 +217,14 @@ def build_sections(data: ReportData, head_line: Headline, opts: dict, md_dir: Pa
     the descriptive analyses, then anything added later."""
     head = data.primary_head() or ""
     ranked = {e.kind: e for e in head_line.ranking}
-    order = list(ranked) + [k for k in DESCRIPTIVE if k not in ranked]
+    order = list(ranked) + ["improve"] + [k for k in DESCRIPTIVE if k not in ranked]
     order += sorted(k for k in data.analyses if k not in order)
     sections = []
     for kind in order:
+        if kind == "improve":
+            if improve_enabled(data):  # absent when the stage is off
+                sections.append(improve_section(data, md_dir))
+            continue
         items = list(data.analyses.get(kind, {}).values())
         if kind not in ranked and not items and kind not in ("gap", "shift", "embedding"):
             continue  # an optional analysis that this config does not run is simply absent
@@ -225,6 +234,54 @@ def build_sections(data: ReportData, head_line: Headline, opts: dict, md_dir: Pa
         section.note = e.sentence if e is not None and section.ran else ""
         sections.append(section)
     return sections
+
+
+def _delta(block: Any) -> str:
+    """A paired difference from the improve stage: '+0.42 [−0.10, +0.95]' (points)."""
+    block = block if isinstance(block, dict) else {}
+    points, ci = block.get("points"), block.get("ci95")
+    if not isinstance(points, (int, float)) or not math.isfinite(points):
+        return "–"
+    text = f"{points:+.2f}"
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(v, (int, float)) for v in ci):
+        text += f" [{ci[0]:+.2f}, {ci[1]:+.2f}]"
+    return text
+
+
+def improve_section(data: ReportData, md_dir: Path) -> Section:
+    """Variants of the primary head ranked by their test-2 gain, with intervals, the test-1 change,
+    the flag for gains bought with a test-1 loss, the stage's figure and its verdict."""
+    summary = data.improve
+    title = SECTION_TITLES["improve"]
+    if summary is None:
+        return Section(id="improve", title=title, ran=False, level="not run")
+    rows = []
+    for rank, v in enumerate(improve_ranking(summary), 1):
+        flag = ("gains on test set 2 only by losing on test set 1" if v.get("gains_test2_by_losing_test1") else
+                "improves test set 2" if v.get("improves_test2") else
+                "loses on test set 1" if v.get("hurts_test1") else "within noise")
+        changes = v.get("changes") if isinstance(v.get("changes"), dict) else {}
+        rows.append([fmt_value(rank), str(v.get("name", "")), str(v.get("kind", "")),
+                     ", ".join(f"{k}={fmt_value(x)}" for k, x in changes.items()) or "–",
+                     fmt_value(v.get("test2_top1")), _delta(v.get("delta_test2")),
+                     fmt_value((v.get("delta_test2") or {}).get("mcnemar_p_holm")), fmt_value(v.get("test1_top1")),
+                     _delta(v.get("delta_test1")), _delta(v.get("gap_change")), flag])
+    table = {"title": "variants, ranked by test-2 gain",
+             "columns": ["rank", "variant", "kind", "changes", "test 2 top-1 %", "test 2 change (points) [95% CI]",
+                         "Holm p (test 2)", "test 1 top-1 %", "test 1 change (points) [95% CI]",
+                         "gap change (points) [95% CI]", "flag"],
+             "rows": rows, "more": 0}
+    method = summary.get("method") or {}
+    figure = Path(data.improve_path or "").parent / "improve.png"
+    numbers = [("baseline (primary head)", str(summary.get("baseline", "–"))),
+               ("baseline test 1 top-1 %", fmt_value(summary.get("baseline_test1_top1"))),
+               ("baseline test 2 top-1 %", fmt_value(summary.get("baseline_test2_top1"))),
+               ("interval", str(method.get("interval", "–"))), ("test", str(method.get("test", "–")))]
+    return Section(id="improve", title=title, ran=True, verdict=str(summary.get("verdict") or ""),
+                   subject=f"variants of {summary.get('baseline', '–')}", numbers=numbers, tables=[table],
+                   figures=[embed(str(figure), md_dir)], table=str(figure.with_name("variants.csv")),
+                   note="Not a cause of the gap: what the configured variants of the primary head change on both "
+                        "test sets, compared on the same images.")
 
 
 # ------------------------------------------------------------------ tables
@@ -241,6 +298,10 @@ def summary_rows(data: ReportData) -> list[dict[str, str]]:
             cells[f"{test}_top1_ci"] = ci_text(cis.get("top1"))
             cells[f"{test}_top5"] = pct(values.get("top5"))
             cells[f"{test}_bal"] = pct(values.get("balanced_accuracy"))
+        real = next((b["real"] for t, b in sorted(m.items()) if isinstance(b.get("real"), dict)), None)
+        cells["real_top1"] = pct(real.get("top1")) if real else "–"
+        cells["real_top1_ci"] = ci_text((real.get("ci95") or {}).get("top1")) if real else ""
+        cells["real_test"] = str(real.get("test", "")) if real else ""
         g = gap_interval(m["test1"], m["test2"]) if "test1" in m and "test2" in m else None
         cells["gap"] = f"{g[0] * 100:.2f}" if g else "–"
         cells["gap_ci"] = f"[{g[1] * 100:.2f}, {g[2] * 100:.2f}]" if g and not math.isnan(g[1]) else ""
@@ -375,13 +436,15 @@ def qc_rows(data: ReportData) -> list[dict[str, str]]:
 # ------------------------------------------------------------------ rendering
 def context(data: ReportData, opts: dict, md_dir: Path) -> dict[str, Any]:
     head_line = headline(data)
+    summary = summary_rows(data)
     return {
         "title": str(opts["title"]),
         "version": FEATGAP_VERSION,
         "primary": data.primary_head() or "–",
         "headline": head_line,
         "share_text": share_text,
-        "summary": summary_rows(data),
+        "summary": summary,
+        "real_test": next((r["real_test"] for r in summary if r["real_test"]), ""),
         "references": reference_rows(opts),
         "sections": build_sections(data, head_line, opts, md_dir),
         "models": model_details(data, opts, md_dir),
@@ -431,14 +494,20 @@ def render_markdown(ctx: dict[str, Any]) -> str:
     for i, e in enumerate(hl.ranking, 1):
         out.append(f"{i}. **{md(e.title)}** (`{md(e.cause)}`, {md(e.level)}; share {md(share_text(e))}): "
                    f"{md(e.sentence)}")
-    out += ["", md(hl.conclusion), "", "## Summary", ""]
+    out += ["", md(hl.conclusion), ""]
+    if hl.real_sentence:
+        out += [f"ReaL labels (not a cause): {md(hl.real_sentence)}", ""]
+    if hl.improve_sentence:
+        out += [f"What improves test set 2 (not a cause): {md(hl.improve_sentence)}", ""]
+    out += ["## Summary", ""]
+    real = ctx["real_test"]
     header = ["model", "kind", "test1 top-1", "95% CI", "test2 top-1", "95% CI", "test1 top-5", "test2 top-5",
-              "test1 bal. acc", "test2 bal. acc", "gap (points)"]
+              "test1 bal. acc", "test2 bal. acc", "gap (points)"] + ([f"{real} ReaL top-1 [95% CI]"] if real else [])
     rows = [[r["model"], r["kind"], r["test1_top1"], r["test1_top1_ci"], r["test2_top1"], r["test2_top1_ci"],
              r["test1_top5"], r["test2_top5"], r["test1_bal"], r["test2_bal"], f"{r['gap']} {r['gap_ci']}".strip()]
-            for r in ctx["summary"]]
+            + ([f"{r['real_top1']} {r['real_top1_ci']}".strip()] if real else []) for r in ctx["summary"]]
     rows += [[r["model"], "reference" + (f" ({r['note']})" if r["note"] else ""), r["test1_top1"], "", r["test2_top1"],
-              "", "", "", "", "", r["gap"]] for r in ctx["references"]]
+              "", "", "", "", "", r["gap"]] + ([""] if real else []) for r in ctx["references"]]
     out += md_table(header, rows) if rows else ["No model was evaluated.", ""]
     for s in ctx["sections"]:
         out += [f"## {md(s.title)}", ""]
@@ -447,6 +516,8 @@ def render_markdown(ctx: dict[str, Any]) -> str:
             continue
         if s.level:
             out += [f"Evidence: **{md(s.level)}**" + (f": {md(s.note)}" if s.note else ""), ""]
+        elif s.note:
+            out += [md(s.note), ""]
         out += [f"Verdict ({md(s.subject)}): {md(s.verdict)}", ""]
         if s.numbers:
             out += md_table(["number", "value"], s.numbers)

@@ -10,6 +10,8 @@ them by their place in the layout of DESIGN.md and reads them:
     results/analysis/{kind}/.../summary.json      analyses: kind = gap, shift, imbalance, overfit,
                                                   misclass, embedding; an `adapt` folder anywhere
                                                   below analysis/ marks the adaptation check
+    results/improve/summary.json                  what improves test set 2 (improve stage; its
+                                                  figure improve.png beside it)
     benchmarks/{stage}/....tsv                    Snakemake benchmark files (globbed, not inputs)
 
 Anything missing is simply absent here; the report then says "not run".
@@ -33,6 +35,7 @@ _PATTERNS = {
     "selection": re.compile(r"(?:^|/)heads/(?P<head>[^/]+)/selection\.json$"),
     "metrics": re.compile(r"(?:^|/)eval/(?P<head>[^/]+)/(?P<test>[^/]+)/metrics\.json$"),
     "analysis": re.compile(r"(?:^|/)analysis/(?P<rest>.+)/summary\.json$"),
+    "improve": re.compile(r"(?:^|/)improve/summary\.json$"),
 }
 
 
@@ -78,6 +81,8 @@ class ReportData:
     benchmarks: list[Benchmark] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # declared inputs that do not exist
     sources: dict[str, str] = field(default_factory=dict)  # "kind:key" -> path read
+    improve: dict[str, Any] | None = None  # results/improve/summary.json
+    improve_path: str | None = None
 
     # ------------------------------------------------------------ model lists
     def baselines(self) -> list[str]:
@@ -176,6 +181,12 @@ def collect(inputs: Iterable[str | os.PathLike], config: dict[str, Any],
             if "metrics" not in content:
                 raise FeatgapError(f"{path}: no 'metrics' block (was it written by scripts.evaluate?)")
             data.metrics.setdefault(fields["head"], {})[fields["test"]] = content
+        elif kind == "improve":
+            content = _read(path)
+            for need in ("variants", "verdict"):
+                if need not in content:
+                    raise FeatgapError(f"{path}: no '{need}' key (was it written by scripts.improve?)")
+            data.improve, data.improve_path = content, path
         elif kind == "analysis":
             content = _read(path)
             akind, key = analysis_kind(fields["rest"])

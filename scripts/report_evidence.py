@@ -15,6 +15,10 @@ ranks them and writes the answer:
     cause accounts for, not a decomposition. Its interval combines the gap's and the shares'
     interval half-widths in quadrature (treated as independent: approximate).
 
+Two statements that are not causes follow the ranking: the ReaL re-scoring of test set 1 (how much
+of its error rate is label noise rather than model error: evaluate's `real` block and the
+real_labels check; label_noise itself is bounded by it) and the improve stage's verdict.
+
 Plain text only: escaping happens where it is rendered. `answer_json` is the same answer for
 machines (results/report/answer.json).
 """
@@ -154,6 +158,10 @@ class Headline:
     gap: GapBlock | None = None
     unexplained: dict[str, Any] | None = None
     reference: dict[str, Any] | None = field(default=None)
+    real: dict[str, Any] | None = None
+    real_sentence: str = ""
+    improve_sentence: str = ""
+    improve: dict[str, Any] | None = None
 
 
 def top1(metrics: dict, test: str) -> tuple[float | None, tuple[float, float] | None]:
@@ -178,6 +186,45 @@ def gap_interval(m1: dict, m2: dict) -> tuple[float, float, float] | None:
 
 def _interval(ci) -> str:
     return f"{ci[0]:.1f} to {ci[1]:.1f}" if ci and None not in ci else "n/a"
+
+
+def real_labels(data: ReportData, head: str | None) -> dict[str, Any] | None:
+    """The ReaL re-scoring of the head (evaluate's `real` block) and its check (real_labels/{head})."""
+    for test, m in sorted(data.metrics.get(head or "", {}).items()):
+        block = m.get("real")
+        if not isinstance(block, dict) or _finite(block.get("top1")) is None:
+            continue
+        check = _for_head(data, "real_labels", head)
+        raw = check.raw if check is not None else {}
+        return {"test": test, "top1": block.get("top1"), "ci95": (block.get("ci95") or {}).get("top1"),
+                "top1_original": block.get("top1_original"), "n_images": block.get("n_images"),
+                "n_with_real": block.get("n_with_real"), "errors": block.get("errors") or {},
+                "enrichment": raw.get("enrichment"), "calibration": raw.get("calibration")}
+    return None
+
+
+def _real_sentence(head: str | None, real: dict[str, Any] | None) -> str:
+    if not real:
+        return ""
+    n, errors = real["n_images"] or 0, real["errors"]
+    ci = real["ci95"]
+    text = (f"With ReaL labels ({real['n_with_real']:,} of {n:,} {real['test']} images have a valid one), the {head} "
+            f"head scores {100 * real['top1']:.2f}% top-1"
+            + (f" (95% interval {100 * ci[0]:.2f} to {100 * ci[1]:.2f}, images resampled within class)"
+               if ci and None not in ci else "")
+            + f" against {100 * real['top1_original']:.2f}% with the original labels on the same images.")
+    if n and errors.get("errors") is not None:
+        pts = {k: 100 * (errors.get(k) or 0) / n for k in ("errors", "in_real", "no_label", "genuine")}
+        text += (f" Of its {pts['errors']:.1f} points of errors, {pts['in_real']:.1f} are label noise (the prediction "
+                 f"is in the ReaL set), {pts['no_label']:.1f} images with no valid label and {pts['genuine']:.1f} "
+                 "genuine model errors.")
+    enrich = real.get("enrichment") or {}
+    ratio, eci = _finite(enrich.get("ratio")), enrich.get("ratio_ci95") or [None, None]
+    if ratio is not None and None not in eci:
+        text += (f" Confident disagreements are {'enriched' if eci[0] > 1 else 'not shown to be enriched'} for label "
+                 f"noise (×{ratio:.2f}, 95% interval {eci[0]:.2f} to {eci[1]:.2f}, classes resampled); the label-noise "
+                 "share of test set 2 is bounded by this calibration.")
+    return text
 
 
 def headline(data: ReportData) -> Headline:
@@ -210,8 +257,26 @@ def headline(data: ReportData) -> Headline:
                        "so the gap differs from what such models show; the analyses below attribute the observed gap."))
     rest = unexplained(gap, ranking)
     conclusion = _conclusion(gap, ranking, rest)
+    real = real_labels(data, head)
+    improve = data.improve if improve_enabled(data) else None
     return Headline(gap_sentence=gap_sentence, ranking=ranking, conclusion=conclusion, expected_sentence=expected,
-                    gap=gap, unexplained=rest, reference=reference)
+                    gap=gap, unexplained=rest, reference=reference, real=real, real_sentence=_real_sentence(head, real),
+                    improve_sentence=str(improve.get("verdict") or "") if improve else "", improve=improve)
+
+
+def improve_ranking(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The improve stage's variants ranked by their test-2 gain (largest first; stable on ties)."""
+    variants = [v for v in summary.get("variants") or [] if isinstance(v, dict)]
+
+    def gain(v: dict[str, Any]) -> float:
+        points = _finite((v.get("delta_test2") or {}).get("points"))
+        return -math.inf if points is None else points
+
+    return sorted(variants, key=lambda v: -gain(v))
+
+
+def improve_enabled(data: ReportData) -> bool:
+    return bool((data.config.get("improve") or {}).get("enabled"))
 
 
 def _conclusion(gap: GapBlock | None, ranking: list[Evidence], rest: dict | None) -> str:
@@ -247,4 +312,17 @@ def answer_json(hl: Headline) -> dict[str, Any]:
     }
     if hl.reference is not None:
         out["reference_line"] = hl.reference
+    if hl.real is not None:
+        out["real_labels"] = {k: hl.real[k] for k in ("test", "top1", "ci95", "top1_original", "n_with_real", "errors",
+                                                     "enrichment", "calibration")}
+    if hl.improve is not None:
+        out["improve"] = {"verdict": hl.improve_sentence, "baseline": hl.improve.get("baseline"), "variants": [
+            {"name": v.get("name"), "kind": v.get("kind"),
+             "test2_change_points": (v.get("delta_test2") or {}).get("points"),
+             "test2_ci95": (v.get("delta_test2") or {}).get("ci95"),
+             "test1_change_points": (v.get("delta_test1") or {}).get("points"),
+             "test1_ci95": (v.get("delta_test1") or {}).get("ci95"),
+             "improves_test2": v.get("improves_test2"),
+             "gains_test2_by_losing_test1": v.get("gains_test2_by_losing_test1")}
+            for v in improve_ranking(hl.improve)]}
     return out

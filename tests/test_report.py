@@ -139,7 +139,7 @@ def test_every_string_from_data_or_config_is_escaped(artifacts, tmp_path):
 
 
 def test_page_is_self_contained(artifacts, tmp_path):
-    ctx, page, _ = _build(artifacts, tmp_path)
+    _, page, _ = _build(artifacts, tmp_path)
     assert not re.search(r"(?:src|href)\s*=\s*[\"']?(?:https?:)?//", page)
     assert "<link" not in page and "@import" not in page
     srcs = re.findall(r"<img src=\"([^\"]+)\"", page)
@@ -148,7 +148,7 @@ def test_page_is_self_contained(artifacts, tmp_path):
 
 
 def test_summary_table_rows_and_references(artifacts, tmp_path):
-    ctx, page, md = _build(artifacts, tmp_path)
+    ctx, _, md = _build(artifacts, tmp_path)
     rows = {r["model"]: r for r in ctx["summary"]}
     assert list(rows) == ["linear", "logreg"]  # heads first, then baselines
     assert rows["linear"]["test1_top1"] == "80.00" and rows["linear"]["test2_top1"] == "70.00"
@@ -170,7 +170,7 @@ def test_headline_ranks_the_causes_from_their_own_blocks(artifacts, tmp_path):
     assert "Shift &lt;script&gt;" in page and "not estimable" in md
     answer = json.loads(Path(tmp_path / "results/report/answer.json").read_text())
     assert answer["gap"] == {"points": 10.0, "ci95": [8.0, 12.0], "significant": True}
-    assert [c["id"] for c in answer["causes"]][0] == "mean_shift"
+    assert answer["causes"][0]["id"] == "mean_shift"
     assert set(answer["causes"][0]) >= {"id", "title", "share_of_gap", "ci95", "evidence", "sentence"}
     # Unexplained: the gap minus the shares of the causes with evidence (mean_shift only here).
     assert answer["unexplained"]["points"] == pytest.approx(7.0)
@@ -201,7 +201,7 @@ def test_no_significant_gap_names_nothing_above_weak(artifacts, tmp_path):
     summary = json.loads(path.read_text())
     summary["gap"] = {"points": 1.0, "ci95": [-1.0, 3.0], "significant": False, "p": 0.4}
     write_json(path, summary)
-    ctx, _, md = _build(artifacts, tmp_path)
+    ctx, _, _ = _build(artifacts, tmp_path)
     assert all(e.level in ("weak", "none") for e in ctx["headline"].ranking)
     assert ctx["headline"].conclusion.startswith("The gap is not significant")
     assert "not significant" in ctx["headline"].gap_sentence
@@ -271,7 +271,7 @@ def test_cli_writes_both_files(artifacts, tmp_path, capsys):
     assert "top-1 accuracy falls" in capsys.readouterr().out
 
 
-def test_report_on_real_analysis_outputs(planted, planted_eval, tmp_path, monkeypatch):
+def test_report_on_real_analysis_outputs(planted, planted_eval, tmp_path, monkeypatch):  # noqa: F811 - fixtures
     """evaluate → gap / imbalance / shift / misclass as the rules run them; the report reads them all."""
     from scripts import gap, imbalance, misclass, shift
     from scripts.analysis_common import class_counts
@@ -314,3 +314,80 @@ def test_report_on_real_analysis_outputs(planted, planted_eval, tmp_path, monkey
     assert gap_section.tables and gap_section.tables[0]["title"] == "top_classes"
     page = Path("results/report/index.html").read_text()
     assert page.count("<img ") >= 6 and "figure missing" not in page
+
+
+def _variant(name, d1, d2, *, improves=False, hurts=False, kind="retrain"):
+    return {"name": name, "kind": kind, "changes": {"mixup": 0.2} if kind == "retrain" else {},
+            "test1_top1": 80 + d1, "test2_top1": 70 + d2,
+            "delta_test1": {"points": d1, "ci95": [d1 - 0.5, d1 + 0.5], "mcnemar_p": 0.5, "mcnemar_p_holm": 0.5},
+            "delta_test2": {"points": d2, "ci95": [d2 - 0.8, d2 + 0.8], "mcnemar_p": 0.01,
+                            "mcnemar_p_holm": 0.01 if improves else 0.6},
+            "gap_change": {"points": d1 - d2, "ci95": [d1 - d2 - 1, d1 - d2 + 1]}, "selected_on": "holdout",
+            "improves_test2": improves, "hurts_test1": hurts, "gains_test2_by_losing_test1": improves and hurts}
+
+
+@pytest.fixture
+def improved(artifacts):
+    out = Path("results/improve")
+    _png(out / "improve.png")
+    verdict = f"No variant improves test set 2 {EVIL} beyond noise. Gains on test set 2 only by losing on test set 1: mixup."
+    # Written in the stage's own order, which the report must not rely on.
+    write_json(out / "summary.json", {
+        "baseline": "linear", "baseline_test1_top1": 80.0, "baseline_test2_top1": 70.0, "verdict": verdict,
+        "variants": [_variant("noise", 0.0, -0.3), _variant("mixup", -2.0, 1.5, improves=True, hurts=True),
+                     _variant(f"ens{EVIL}", 0.2, 0.4, kind="ensemble")],
+        "method": {"interval": "within-class bootstrap", "test": "exact McNemar, Holm", "alpha": 0.05},
+        "meta": _meta()})
+    files = artifacts["files"] + [str(out / "summary.json"), str(out / "variants.csv"), str(out / "improve.png")]
+    return {**artifacts, "files": files, "config": {**artifacts["config"], "improve": {"enabled": True}}}
+
+
+def test_improve_section_ranks_variants_and_flags_traded_gains(improved, tmp_path):
+    ctx, page, md = _build(improved, tmp_path, answer=True)
+    section = next(s for s in ctx["sections"] if s.id == "improve")
+    rows = section.tables[0]["rows"]
+    assert [r[1] for r in rows] == ["mixup", f"ens{EVIL}", "noise"]  # by test-2 gain: +1.5, +0.4, −0.3
+    assert rows[0][5] == "+1.50 [+0.70, +2.30]" and rows[0][8] == "-2.00 [-2.50, -1.50]"
+    assert rows[0][-1] == "gains on test set 2 only by losing on test set 1" and rows[2][-1] == "within noise"
+    assert section.figures[0].src.startswith("data:image/png;base64,")
+    assert section.verdict.startswith("No variant improves test set 2")
+    # The verdict follows the causes in the answer and is not one of them.
+    assert page.index('class="conclusion"') < page.index('id="improve-answer"') < page.index('id="summary-table"')
+    assert "What improves test set 2 (not a cause)" in md and "&lt;script&gt;" in page.split('id="improve"')[1]
+    assert "ens<script>" not in page
+    answer = json.loads(Path(tmp_path / "results/report/answer.json").read_text())
+    assert "improve" not in [c["id"] for c in answer["causes"]]
+    assert answer["improve"]["variants"][0]["name"] == "mixup"
+    assert answer["improve"]["variants"][0]["gains_test2_by_losing_test1"] is True
+    # The stage switched off: no section, no sentence, even with a stale summary among the inputs.
+    off = {**improved["config"], "improve": {"enabled": False}}
+    ctx, page, md = _build(improved, tmp_path, config=off, answer=True)
+    assert "improve" not in {s.id for s in ctx["sections"]} and 'id="improve' not in page
+    assert "improve" not in json.loads(Path(tmp_path / "results/report/answer.json").read_text())
+    # On, but its summary missing: the section says "not run".
+    files = [f for f in improved["files"] if "improve" not in f]
+    ctx, _, _ = _build(improved, tmp_path, files=files)
+    assert not next(s for s in ctx["sections"] if s.id == "improve").ran
+
+
+def test_real_labels_beside_top1_and_in_the_answer(artifacts, tmp_path):
+    path = Path("results/eval/linear/test1/metrics.json")
+    metrics = json.loads(path.read_text())
+    metrics["real"] = {"test": "test1", "top1": 0.85, "ci95": {"top1": [0.84, 0.86]}, "top1_original": 0.81,
+                       "n_images": 100, "n_with_real": 90, "errors": {"errors": 20, "in_real": 8, "no_label": 2,
+                                                                       "genuine": 10}}
+    write_json(path, metrics)
+    files = artifacts["files"] + [str(_summary(Path("."), "real_labels/linear", f"ReaL {EVIL}.", {
+        "errors_in_real": 8, "examples_in_real": [{"path": f"val/{EVIL}.JPEG", "label_name": "tench"}]},
+        head="linear", enrichment={"ratio": 2.5, "ratio_ci95": [1.5, 4.0]}))]
+    ctx, page, md = _build(artifacts, tmp_path, files=files, answer=True)
+    rows = {r["model"]: r for r in ctx["summary"]}
+    assert (rows["linear"]["real_top1"], rows["linear"]["real_top1_ci"]) == ("85.00", "[84.00, 86.00]")
+    assert rows["logreg"]["real_top1"] == "–" and "test1 ReaL top-1 %" in page and "test1 ReaL top-1" in md
+    sentence = ctx["headline"].real_sentence
+    assert "85.00% top-1 (95% interval 84.00 to 86.00" in sentence and "against 81.00%" in sentence
+    assert "Of its 20.0 points of errors, 8.0 are label noise" in sentence and "enriched for label noise (×2.50" in sentence
+    section = next(s for s in ctx["sections"] if s.id == "real_labels")
+    assert section.ran and section.tables[0]["title"] == "examples_in_real" and "val/&lt;script&gt;" in page
+    answer = json.loads(Path(tmp_path / "results/report/answer.json").read_text())
+    assert answer["real_labels"]["top1"] == 0.85 and answer["real_labels"]["errors"]["genuine"] == 10

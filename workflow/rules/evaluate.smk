@@ -21,18 +21,13 @@ if REAL_FILE and not Path(REAL_FILE).is_file():
     raise WorkflowError(f"config key evaluate.real_labels.file: file not found: {REAL_FILE}")
 
 
-def real_labels_for(wildcards):
-    """The ReaL file for the test set it belongs to, else nothing."""
-    return [REAL_FILE] if REAL_FILE and wildcards.test == REAL_TEST else []
-
-
 rule evaluate:
     input:
         model="results/heads/{head}/model.pt",
         manifest="results/parquet/{test}.manifest.json",
         qc=["results/qc/{test}.json", "results/qc/cross.json"],  # per-split and cross-split QC first
         names=CLASS_NAMES,
-        real=real_labels_for,
+        real=lambda wc: [REAL_FILE] if REAL_FILE and wc.test == REAL_TEST else [],  # its own test set only
         code=code("evaluate", "stats", "analysis_common", "heads", "device", "real_labels", "evidence"),
     output:
         predictions="results/eval/{head}/{test}/predictions.parquet",

@@ -14,6 +14,8 @@ REPORT_ARTIFACTS = list(
         + expand("results/parquet/{split}.manifest.json", split=SPLITS)
         + expand("results/qc/{split}.json", split=SPLITS)
         + expand("results/heads/{head}/selection.json", head=list(config.get("heads") or {}))
+        # The improve stage's summary and figure (also final targets of improve.smk when it is on).
+        + (list(rules.improve_compare.output) if IMPROVE_VARIANTS else [])
     )
 )
 
