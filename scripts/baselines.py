@@ -24,9 +24,10 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -177,7 +178,7 @@ def train_baseline(manifest: str | Path, out_dir: str | Path, *, name: str, base
     with threadpool_limits(limits=threads):
         runs = (fit_sgd if cfg.type == "sgd" else fit_logreg)(data, cfg, hold_x, hold_y, seed, threads)
     fit_s = time.perf_counter() - t_fit
-    key = lambda r: (-np.nan_to_num(r["holdout_acc"], nan=-1.0), np.nan_to_num(r["holdout_loss"], nan=np.inf),  # noqa: E731
+    key = lambda r: (-np.nan_to_num(r["holdout_acc"], nan=-1.0), np.nan_to_num(r["holdout_loss"], nan=np.inf),
                      r["candidate"])
     win = min(runs, key=key)
     grid_key = "alpha" if cfg.type == "sgd" else "C"
@@ -190,7 +191,7 @@ def train_baseline(manifest: str | Path, out_dir: str | Path, *, name: str, base
     out = Path(out_dir)
     save_head(out / "model.pt", checkpoint)
     write_history(out / "history.csv", [row for run in runs for row in run["history"]])
-    strip = lambda r: {k: v for k, v in r.items() if k not in ("state", "history")}  # noqa: E731
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("state", "history")}
     rows_fit = runs[0]["rows"] * (cfg.epochs if cfg.type == "sgd" else 1) * len(runs)
     selection = {
         "head": name,

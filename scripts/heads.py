@@ -27,8 +27,9 @@ to features scaled differently from those it was trained on. `evaluate` and the 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -135,7 +136,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise FeatgapError(f"{path}: head file not found")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling error means a bad file
+    except Exception as err:
         raise FeatgapError(f"{path}: not a loadable featgap head ({err})") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise FeatgapError(f"{path}: expected a dict with format={FORMAT!r}")

@@ -185,8 +185,8 @@ def misclass(*, predictions: str | Path, manifest: str | Path, out_dir: str | Pa
         f"On {test}, {numbers['n_misclassified']} misclassified samples differ from the {numbers['n_correct']} correct ones "
         f"in {n_sig} of {d} features within their class (BH q < {alpha}; {numbers['n_significant_unadjusted']} "
         "without removing class means)"
-        + (f"; k-means finds {len(clusters)} group{'s' if len(clusters) != 1 else ''}, the largest ({largest['n_features']} features) with "
-           f"{largest['description']}" if largest else "")
+        + (f"; k-means finds {len(clusters)} group{'s' if len(clusters) != 1 else ''}, "
+           f"the largest ({largest['n_features']} features) with {largest['description']}" if largest else "")
         + f"; within class, misclassified samples have {numbers['median_var_ratio']:.2f}× the variance (median over "
         "features). Whether this explains the gap is read from the comparison with the other test set."
     )

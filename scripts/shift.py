@@ -247,7 +247,9 @@ def shift_features(*, test1: str | Path, test2: str | Path, out_dir: str | Path,
                  + (f"; {len(shifted)} of them with |Cohen's d| ≥ {min_effect:g}, largest {numbers['max_abs_cohens_d']:.2f})"
                     if n_sig else ")"))
     verdict = (
-        f"{'Test set 2 features differ from test set 1' if (n_sig or distinguishable) else 'No feature shift detected between the test sets'}: "
+        ("Test set 2 features differ from test set 1" if (n_sig or distinguishable)
+           else "No feature shift detected between the test sets")
+        + ": "
         f"{mean_part}, {ks_sig} differ in distribution (KS q < {alpha}), variances are "
         f"{var_ratio_gmean:.2f}× those of test set 1 on average, and a cross-validated domain classifier "
         f"separates the sets with AUC {domain['auc']:.3f} [{lo:.3f}, {hi:.3f}]"

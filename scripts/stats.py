@@ -407,8 +407,8 @@ def bootstrap_ci(
             draws.setdefault(key, []).append(value)
     alpha = (1.0 - confidence) / 2.0
     out = {}
-    for key, vals in draws.items():
-        vals = np.asarray(vals, dtype=np.float64)
+    for key, values in draws.items():
+        vals = np.asarray(values, dtype=np.float64)
         if point is not None and key in point and np.isfinite(point[key]):
             estimate = float(point[key])
             lo_q, hi_q = _bias_corrected_levels(vals, estimate, alpha)

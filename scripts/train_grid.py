@@ -13,6 +13,7 @@ candidates start from the same initial weights, so the holdout compares hyperpar
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -41,7 +42,7 @@ class CandidateGrid:
         widths = [dim if input_map is None else input_map.shape[1]] + self.hidden + [num_classes]
         gen = torch.Generator().manual_seed(seed)
         self.params: list[Param] = []
-        for layer, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+        for layer, (fan_in, fan_out) in enumerate(itertools.pairwise(widths)):
             if not self.hidden:
                 # A linear probe is convex: zero init is the canonical, seed-free start.
                 w = torch.zeros(fan_in, fan_out)
@@ -323,7 +324,7 @@ class _SmoothedCE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, y: torch.Tensor, smoothing: float) -> torch.Tensor:
-        batch, k, c = logits.shape
+        batch, k, _c = logits.shape
         # bf16 logits (CUDA autocast): the softmax in float32; float32/64 stay as they are.
         logp = (logits.float() if logits.element_size() < 4 else logits).log_softmax(-1)
         index = y.view(batch, 1, 1).expand(batch, k, 1)

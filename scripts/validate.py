@@ -39,7 +39,7 @@ from scripts.featio import (
 
 
 def label_path_table(folder: Path) -> pl.DataFrame:
-    tables = [t for t in iter_row_groups(folder, columns=("row", "path", "label"))]
+    tables = list(iter_row_groups(folder, columns=("row", "path", "label")))
     return pl.from_arrow(pa.concat_tables(tables))
 
 

@@ -11,8 +11,8 @@ sys.path.insert(0, str(ROOT))
 
 from scripts.generate_demo import DemoSpec, generate  # noqa: E402
 
-TINY = dict(classes=12, dim=32, train_scale=0.05, test1_per_class=20, test2_per_class=10, rank=8,
-            shift_features=4, hard_classes=3, separation=0.8)
+TINY = {"classes": 12, "dim": 32, "train_scale": 0.05, "test1_per_class": 20, "test2_per_class": 10, "rank": 8,
+            "shift_features": 4, "hard_classes": 3, "separation": 0.8}
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from scripts.featio import read_split, shard_folder
 from scripts.label_noise import label_noise
 
 
-def test_train_reference_matches_the_matrix(planted, tmp_path):  # noqa: F811 - fixture
+def test_train_reference_matches_the_matrix(planted, tmp_path):
     info = train_reference(planted["train"], planted["spec"].classes, tmp_path / "ref.npz")
     ref = np.load(tmp_path / "ref.npz")
     split = read_split(shard_folder(planted["train"]), columns=("label",))
@@ -21,7 +21,7 @@ def test_train_reference_matches_the_matrix(planted, tmp_path):  # noqa: F811 - 
     np.testing.assert_allclose(ref["std"], x.std(axis=0), rtol=1e-4)
 
 
-def test_difficulty_and_label_noise_write_their_evidence(planted, planted_eval, tmp_path):  # noqa: F811
+def test_difficulty_and_label_noise_write_their_evidence(planted, planted_eval, tmp_path):
     train_reference(planted["train"], planted["spec"].classes, tmp_path / "ref.npz")
     p1, p2 = planted_eval["test1"] / "predictions.parquet", planted_eval["test2"] / "predictions.parquet"
     d = difficulty(reference=tmp_path / "ref.npz", test1=planted["test1"], test2=planted["test2"], predictions1=p1,

@@ -16,8 +16,9 @@ from scripts import heads
 from scripts.featio import write_json, write_shard
 from scripts.generate_demo import DemoSpec, FeatureModel, train_counts
 
-SPEC = dict(classes=20, dim=48, rank=8, test1_per_class=60, test2_per_class=40, train_scale=0.05,
-            shift_features=5, shift_size=0.5, shift_stage="post_layernorm", hard_classes=4, hard_noise=2.0, separation=0.6, seed=3)
+SPEC = {"classes": 20, "dim": 48, "rank": 8, "test1_per_class": 60, "test2_per_class": 40, "train_scale": 0.05,
+        "shift_features": 5, "shift_size": 0.5, "shift_stage": "post_layernorm", "hard_classes": 4, "hard_noise": 2.0,
+        "separation": 0.6, "seed": 3}
 
 
 def sample_split(model: FeatureModel, counts: np.ndarray, split: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -34,10 +35,10 @@ def write_split(root: Path, split: str, feats: np.ndarray, labels: np.ndarray, p
     for i in range(parts):
         lo, hi = bounds[i], bounds[i + 1]
         write_shard(folder / f"part-{i:05d}.parquet", row=np.arange(lo, hi), label=labels[lo:hi],
-                    path_col=[f"{split}/c{l}/{r}.JPEG" for l, r in zip(labels[lo:hi], range(lo, hi))],
+                    path_col=[f"{split}/c{lab}/{r}.JPEG" for lab, r in zip(labels[lo:hi], range(lo, hi))],
                     features=feats[lo:hi], row_group_rows=500)
     manifest = root / f"{split}.manifest.json"
-    write_json(manifest, {"rows": int(len(labels)), "dim": int(feats.shape[1]), "split": split})
+    write_json(manifest, {"rows": len(labels), "dim": int(feats.shape[1]), "split": split})
     return manifest
 
 

@@ -38,7 +38,7 @@ def expect_failure(csv, tmp_path, *fragments, **kwargs):
         assert fragment in message, message
     assert not list((tmp_path / "shards").glob("part-*.parquet*")) if (tmp_path / "shards").exists() else True
     assert not list(tmp_path.glob("*.manifest.json"))
-    assert not [p for p in tmp_path.rglob(".*tmp*")]
+    assert not list(tmp_path.rglob(".*tmp*"))
     return message
 
 

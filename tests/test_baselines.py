@@ -25,7 +25,7 @@ def small(tmp_path_factory):
 @pytest.mark.parametrize("baseline", [{"type": "sgd", "alpha": [1e-4, 1e-2], "epochs": 2, "chunk_rows": 100},
                                       {"type": "logreg", "C": [0.1, 1.0], "subsample": 200}])
 def test_baseline_contract(small, tmp_path, baseline):
-    sel = train_baseline(small["manifest"], tmp_path, name=baseline["type"], baseline=baseline, train=SETTINGS,
+    train_baseline(small["manifest"], tmp_path, name=baseline["type"], baseline=baseline, train=SETTINGS,
                          num_classes=8, seed=0)
     ckpt = torch.load(tmp_path / "model.pt", weights_only=True)
     assert ckpt["kind"] == "linear" and ckpt["state_dict"]["0.weight"].shape == (8, 16)

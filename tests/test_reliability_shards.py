@@ -60,13 +60,13 @@ def test_row_counts_are_checked_against_the_manifest(tmp_path, split):
     data = json.loads(manifest.read_text())
     data["rows"] = 200
     manifest.write_text(json.dumps(data))
-    with pytest.raises(FeatgapError, match="240 rows in 3 shards, but test1.manifest.json records 200"):
+    with pytest.raises(FeatgapError, match=r"240 rows in 3 shards, but test1.manifest.json records 200"):
         read_split(split, features=False)
 
 
 def test_listed_shard_that_is_missing(split):
     (split / "part-00002.parquet").unlink()
-    with pytest.raises(FeatgapError, match="part-00002.parquet: listed in .* but missing; run snakemake again"):
+    with pytest.raises(FeatgapError, match=r"part-00002.parquet: listed in .* but missing; run snakemake again"):
         split_shape(split)
 
 
@@ -78,7 +78,7 @@ def test_truncated_shard_is_refused_on_read_and_removed_by_the_manifest_step(tin
                                            r"\(truncated .*delete it and run snakemake again"):
         read_split(split)
     plan_path = tmp_path / "test1.plan.json"
-    with pytest.raises(FeatgapError, match="not a complete Parquet shard .*removed it: run snakemake again"):
+    with pytest.raises(FeatgapError, match=r"not a complete Parquet shard .*removed it: run snakemake again"):
         write_manifest(plan_path, sorted(split.glob("part-*.parquet")), tmp_path / "again.manifest.json")
     assert not shard.exists()  # so Snakemake sees it missing and rebuilds it
 
@@ -89,7 +89,7 @@ def test_flipped_feature_bytes_are_refused_not_read(split):
     data[len(data) // 3] ^= 0x40  # inside the features of a row group
     shard.write_bytes(bytes(data))  # same size: only the checksums can tell
     for read in (lambda: read_split(split), lambda: list(iter_row_groups(split)), lambda: verify_split(split)):
-        with pytest.raises(FeatgapError, match="part-00000.parquet: .*corrupt.*delete it and run snakemake again"):
+        with pytest.raises(FeatgapError, match=r"part-00000.parquet: .*corrupt.*delete it and run snakemake again"):
             read()
 
 
@@ -100,7 +100,7 @@ def test_qc_verifies_whole_file_checksums(tmp_path, split):
     data = json.loads(manifest.read_text())
     data["shards"][1]["crc32"] ^= 1
     manifest.write_text(json.dumps(data))
-    with pytest.raises(FeatgapError, match="part-00001.parquet: CRC-32 differs"):
+    with pytest.raises(FeatgapError, match=r"part-00001.parquet: CRC-32 differs"):
         validate_split(manifest, "test1", num_classes=12)
 
 
@@ -110,7 +110,7 @@ def test_csv_changed_after_planning_is_refused(tiny_csv, tmp_path):
     plan_path = tmp_path / "p.json"
     write_json(plan_path, plan(csv, 1, dim=32))
     csv.write_bytes(csv.read_bytes().replace(b"val/", b"VAL/", 1))  # same size
-    with pytest.raises(FeatgapError, match="changed since its conversion was planned; run snakemake again"):
+    with pytest.raises(FeatgapError, match=r"changed since its conversion was planned; run snakemake again"):
         convert_part(plan_path, 0, tmp_path / "part-00000.parquet", num_classes=12)
 
 

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from workflow_helpers import ROOT, TINY_CONFIG, command, environment, planned_jobs, snakemake, write_config
 
 WORKFLOW_FILES = ["Snakefile", "workflow", "scripts", "config", "profiles", "envs", "resources"]
@@ -170,10 +169,10 @@ def test_sigkill_then_rerun_gives_identical_outputs(uninterrupted, tmp_path, sta
     write_config(tmp_path, slow_config())
     if stage == "convert":
         folder = tmp_path / "results/parquet/train"
-        started = lambda: folder.exists() and any(p.name.startswith(".part-") for p in folder.iterdir())  # noqa: E731
+        started = lambda: folder.exists() and any(p.name.startswith(".part-") for p in folder.iterdir())
     else:
         log = tmp_path / "logs/train/linear.log"
-        started = lambda: log.exists() and "epoch" in log.read_text(errors="replace")  # noqa: E731
+        started = lambda: log.exists() and "epoch" in log.read_text(errors="replace")
     assert run_and_kill(tmp_path, TARGETS, started), f"the workflow finished before {stage} could be killed"
     assert not (tmp_path / "results/heads/linear/model.pt").exists()
     # What a user does after a crash: release Snakemake's lock, then finish the incomplete jobs.

@@ -66,15 +66,15 @@ def slurm_cluster():
     """A running single-node cluster: reused if already up, else started here and stopped afterwards."""
     _skip_unless_possible()
     running_before = shutil.which("scontrol") is not None and subprocess.run(
-        ["scontrol", "ping"], capture_output=True, text=True).stdout.count("UP") > 0
-    result = subprocess.run([str(SLURM_DIR / "start_cluster.sh")], capture_output=True, text=True, timeout=900)
+        ["scontrol", "ping"], check=False, capture_output=True, text=True).stdout.count("UP") > 0
+    result = subprocess.run([str(SLURM_DIR / "start_cluster.sh")], check=False, capture_output=True, text=True, timeout=900)
     if result.returncode == 3:
         pytest.skip(result.stderr.strip().splitlines()[-1])
     assert result.returncode == 0, f"start_cluster.sh failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
     reused = running_before and "reusing" in result.stderr
     yield
     if not reused and os.environ.get("FEATGAP_SLURM_KEEP") != "1":
-        subprocess.run([str(SLURM_DIR / "stop_cluster.sh")], capture_output=True, timeout=120)
+        subprocess.run([str(SLURM_DIR / "stop_cluster.sh")], check=False, capture_output=True, timeout=120)
 
 
 def _env():
@@ -103,7 +103,7 @@ class _Run:
             self.proc.kill()
             self.proc.wait()
             _cancel_jobs_of(self.workdir)
-            queue = subprocess.run(["squeue", "--states=all", "-o", "%i %j %T %R %Z"], capture_output=True,
+            queue = subprocess.run(["squeue", "--states=all", "-o", "%i %j %T %R %Z"], check=False, capture_output=True,
                                    text=True).stdout
             pytest.fail(f"{' '.join(self.cmd)} did not finish within {timeout} s (a job status that never "
                         f"arrives hangs the SLURM executor):\n{self.log.read_text()[-6000:]}\nsqueue:\n{queue}")
@@ -116,15 +116,15 @@ class _Run:
 
 def _cancel_jobs_of(workdir: Path):
     """Cancel the jobs a timed-out run left behind: those whose working directory is `workdir`."""
-    queue = subprocess.run(["squeue", "-h", "-o", "%i|%Z"], capture_output=True, text=True).stdout
+    queue = subprocess.run(["squeue", "-h", "-o", "%i|%Z"], check=False, capture_output=True, text=True).stdout
     ids = [line.split("|")[0] for line in queue.splitlines() if line.split("|")[-1] == str(workdir)]
     if ids:
-        subprocess.run(["scancel", *ids], capture_output=True)
+        subprocess.run(["scancel", *ids], check=False, capture_output=True)
 
 
 def _scontrol_jobs(run_id: str) -> list[dict]:
     """The jobs of one Snakemake run as slurmctld still remembers them (MinJobAge), as key=value dicts."""
-    out = subprocess.run(["scontrol", "show", "job", "--oneliner"], capture_output=True, text=True).stdout
+    out = subprocess.run(["scontrol", "show", "job", "--oneliner"], check=False, capture_output=True, text=True).stdout
     jobs = []
     for line in out.splitlines():
         fields = dict(re.findall(r"(\w+)=(\S*)", line))
@@ -262,7 +262,7 @@ def test_profile_trains_on_cuda_with_a_gpu_sized_time_limit(tmp_path):
         out = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), "-n", "--profile", str(PROFILE),
                               "--workflow-profile", "none", "--executor", "local", "--cores", "1",
                               "--configfile", str(ROOT / "config/eva02.yaml"), str(paths), *extra],
-                             capture_output=True, text=True, timeout=300, env=_env())
+                             check=False, capture_output=True, text=True, timeout=300, env=_env())
         assert out.returncode == 0, out.stderr[-2000:]
         blocks = re.findall(r"rule train_head:.*?resources: ([^\n]+)", out.stdout + out.stderr, re.S)
         assert len(blocks) == 2, out.stdout[-2000:]  # linear and mlp

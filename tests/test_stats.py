@@ -9,7 +9,7 @@ from sklearn.calibration import calibration_curve
 
 from scripts import stats
 
-TOL = dict(rtol=1e-9, atol=1e-12)
+TOL = {"rtol": 1e-9, "atol": 1e-12}
 
 
 @pytest.fixture

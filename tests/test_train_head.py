@@ -101,15 +101,15 @@ def test_early_stopping_and_class_balanced(small, tmp_path):
 
 
 def test_config_errors(small, tmp_path):
-    run = lambda head, train=SETTINGS: train_head(small["manifest"], tmp_path, name="x", head=head,  # noqa: E731
+    run = lambda head, train=SETTINGS: train_head(small["manifest"], tmp_path, name="x", head=head,
                                                    train=train, num_classes=12)
-    with pytest.raises(FeatgapError, match="unknown key"):
+    with pytest.raises(FeatgapError, match=r"unknown key"):
         run({"learning_rate": 1})
-    with pytest.raises(FeatgapError, match="hidden widths"):
+    with pytest.raises(FeatgapError, match=r"hidden widths"):
         run({"type": "mlp"})
-    with pytest.raises(FeatgapError, match="holdout is empty"):
+    with pytest.raises(FeatgapError, match=r"holdout is empty"):
         run(FAST, {**SETTINGS, "holdout_fraction": 0.0})
-    with pytest.raises(FeatgapError, match="row 600 has label 10, expected 0..9"):
+    with pytest.raises(FeatgapError, match=r"row 600 has label 10, expected 0..9"):
         train_head(small["manifest"], tmp_path, name="x", head=FAST, train=SETTINGS, num_classes=10)
 
 
@@ -138,7 +138,7 @@ def test_cuda_path(small, tmp_path):
 def test_cuda_request_without_gpu_fails_clearly(small, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
-    with pytest.raises(FeatgapError, match="no CUDA device"):
+    with pytest.raises(FeatgapError, match=r"no CUDA device"):
         train_head(small["manifest"], tmp_path, name="x", head=FAST, train={**SETTINGS, "device": "cuda"},
                    num_classes=12)
 

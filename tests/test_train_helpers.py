@@ -5,6 +5,7 @@ Also holds a test of the helper itself, so that pytest collecting this file is m
 """
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +19,11 @@ def write_split_shards(folder: Path, labels: np.ndarray, features: np.ndarray, *
     """Write rows in the given order into `shards` part files + a minimal manifest; return it."""
     folder = Path(folder)
     bounds = np.linspace(0, len(labels), shards + 1).astype(int)
-    for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+    for i, (lo, hi) in enumerate(itertools.pairwise(bounds)):
         write_shard(folder / f"part-{i:05d}.parquet", row=np.arange(lo, hi), path_col=None,
                     label=labels[lo:hi], features=features[lo:hi], row_group_rows=row_group_rows)
     manifest = folder.with_name(f"{folder.name}.manifest.json")
-    write_json(manifest, {"rows": int(len(labels)), "dim": int(features.shape[1]), "shards": int(shards)})
+    write_json(manifest, {"rows": len(labels), "dim": int(features.shape[1]), "shards": int(shards)})
     return manifest
 
 

@@ -2,7 +2,6 @@
 import json
 
 import pytest
-
 from workflow_helpers import TINY_CONFIG, snakemake, write_config
 
 DATA_TARGETS = [f"results/qc/{split}.json" for split in ("train", "test1", "test2")]

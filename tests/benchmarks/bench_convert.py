@@ -100,7 +100,7 @@ def main() -> None:
                       "max_peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
                       "output_mb": rs[0]["output_mb"], "runs": rs} for name, rs in runs.items()}
     base = summary.get("polars_sink", {}).get("median_mb_s")
-    for name, s in summary.items():
+    for s in summary.values():
         s["ratio_vs_polars"] = s["median_mb_s"] / base if base else None
     size = csv.stat().st_size
     report = {"csv_bytes": size, "threads": args.threads, "rounds": args.rounds, "peers": summary,

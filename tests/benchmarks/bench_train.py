@@ -256,7 +256,8 @@ def logreg_accuracy(data: dict, fit_x, threads: int, c_grid: list[float], holdou
         model.coef_, model.intercept_ = fits[best["C"]]
         model.fit(fit_x, y)
     return {"scores": scores, "C": best["C"], "test_acc": float((model.predict(test_x) == data["test_labels"]).mean()),
-            "converged": not any(issubclass(w.category, ConvergenceWarning) for w in caught), "iterations": int(model.n_iter_.max()),
+            "converged": not any(issubclass(w.category, ConvergenceWarning) for w in caught),
+            "iterations": int(model.n_iter_.max()),
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -307,27 +308,27 @@ def markdown(result: dict) -> str:
     s, lines = result.get("speed"), [f"# Train benchmark ({result['machine']})", ""]
     if "load" in result:
         ld = result["load"]
-        lines += [f"- train matrix load ({ld['matrix_mb']} MB, 100k × 1024): **{ld['read_mb_s']} MB/s**, "
-                  f"peak RSS {ld['peak_rss_mb']} MB (matrix + {ld['peak_rss_over_matrix_mb']} MB)"]
+        lines += [(f"- train matrix load ({ld['matrix_mb']} MB, 100k × 1024): **{ld['read_mb_s']} MB/s**, "
+                  f"peak RSS {ld['peak_rss_mb']} MB (matrix + {ld['peak_rss_over_matrix_mb']} MB)")]
     for threads, sp in (s or {}).items():
         lines += [f"- **{threads}**: float32 matmul rate (median of rounds) {sp['median_matmul_rate_gflops']:.1f} GFLOP/s",
-                  f"  - linear head epoch, K=1: {sp['median_epoch_k1_gflops']:.1f} GFLOP/s = "
+                  (f"  - linear head epoch, K=1: {sp['median_epoch_k1_gflops']:.1f} GFLOP/s = "
                   f"**{100 * sp['median_k1_vs_matmul']:.0f}%** of matmul ({sp['median_epoch_k1_rows_per_s']:.0f} rows/s); "
-                  f"K=4 candidates: {sp['median_epoch_k4_gflops']:.1f} GFLOP/s = **{100 * sp['median_k4_vs_matmul']:.0f}%**",
-                  f"  - best round: K=1 {100 * sp['best_k1_vs_matmul']:.0f}%, K=4 {100 * sp['best_k4_vs_matmul']:.0f}%; "
+                  f"K=4 candidates: {sp['median_epoch_k4_gflops']:.1f} GFLOP/s = **{100 * sp['median_k4_vs_matmul']:.0f}%**"),
+                  (f"  - best round: K=1 {100 * sp['best_k1_vs_matmul']:.0f}%, K=4 {100 * sp['best_k4_vs_matmul']:.0f}%; "
                   f"step by step (the step's two GEMMs timed alone right after each step, median): "
                   f"K=1 {100 * sp['paired_steps']['k1']['median_step_vs_gemms']:.0f}%, "
-                  f"K=4 {100 * sp['paired_steps']['k4']['median_step_vs_gemms']:.0f}%",
-                  f"  - SGDClassifier.partial_fit (n_jobs={sp['threads']}): {sp['sgd_partial_fit']['rows_per_s']} rows/s "
-                  f"→ head K=1 is **{sp['head_k1_vs_sgd_rows_per_s']}×** faster"]
+                  f"K=4 {100 * sp['paired_steps']['k4']['median_step_vs_gemms']:.0f}%"),
+                  (f"  - SGDClassifier.partial_fit (n_jobs={sp['threads']}): {sp['sgd_partial_fit']['rows_per_s']} rows/s "
+                  f"→ head K=1 is **{sp['head_k1_vs_sgd_rows_per_s']}×** faster")]
     if "accuracy" in result:
         a = result["accuracy"]
-        lines += [f"- accuracy ({a['train_rows']} train rows, {a['classes']} classes × {a['dim']} features), "
+        lines += [(f"- accuracy ({a['train_rows']} train rows, {a['classes']} classes × {a['dim']} features), "
                   f"on {a['test_rows']} test rows: linear head **{100 * a['head']['test_acc']:.2f}%** "
                   f"(eva02 config, {a['head']['seconds']} s, peak RSS {a['head']['peak_rss_mb']} MB) vs "
                   f"LogisticRegression(C={a['logreg']['C']}) **{100 * a['logreg']['test_acc']:.2f}%** "
                   f"({a['logreg']['seconds']} s, converged: {a['logreg']['converged']}) → "
-                  f"{a['head_minus_logreg_points']:+.2f} points"]
+                  f"{a['head_minus_logreg_points']:+.2f} points")]
     if "full_size_estimate" in result:
         e = result["full_size_estimate"]
         lines += [f"- expected full 1.28M-row linear head (eva02 config) on this CPU: **{e['cpu_minutes']} min**"]

@@ -31,16 +31,16 @@ rule class_counts:
         code=code("analysis_common"),
     output:
         "results/analysis/class_counts.csv",
-    params:
-        num_classes=config["num_classes"],
-        names=config["evaluate"].get("class_names") or "",
-    resources:
-        mem_mb=1000,
-        runtime=10,
     log:
         "logs/analysis/class_counts.log",
     conda:
         "../../envs/featgap.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        num_classes=config["num_classes"],
+        names=config["evaluate"].get("class_names") or "",
     shell:
         "python -m scripts.analysis_common --train {input.train:q} --test1 {input.test1:q} --test2 {input.test2:q}"
         " --num-classes {params.num_classes} --class-names={params.names:q} --out {output:q} > {log:q} 2>&1"
@@ -53,20 +53,27 @@ rule gap:
         counts="results/analysis/class_counts.csv",
         code=code("gap", "stats", "stats_classes", "analysis_common", "evidence"),
     output:
-        [report(f, caption="../report/gap.rst", category="2. Per-class drop", subcategory="{head}") if f.endswith(".png") else f for f in expand("results/analysis/gap/{{head}}/{file}", file=GAP_FILES)],
+        [
+            (
+                report(f, caption="../report/gap.rst", category="2. Per-class drop", subcategory="{head}")
+                if f.endswith(".png")
+                else f
+            )
+            for f in expand("results/analysis/gap/{{head}}/{file}", file=GAP_FILES)
+        ],
+    log:
+        "logs/analysis/gap.{head}.log",
     wildcard_constraints:
         head=HEAD_PATTERN,
+    conda:
+        "../../envs/featgap.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=10,
     params:
         out_dir=lambda wc, output: Path(output[0]).parent,
         options=as_json(ANALYSIS.get("gap", {})),
         seed=config["seed"],
-    resources:
-        mem_mb=1000,
-        runtime=10,
-    log:
-        "logs/analysis/gap.{head}.log",
-    conda:
-        "../../envs/featgap.yaml"
     shell:
         "python -m scripts.gap --metrics1 {input.metrics1:q} --metrics2 {input.metrics2:q}"
         " --class-counts {input.counts:q} --out-dir {params.out_dir:q} --options {params.options}"
@@ -79,23 +86,30 @@ rule shift:
         test2="results/parquet/test2.manifest.json",
         code=code("shift", "stats", "analysis_common"),
     output:
-        [report(f, caption="../report/shift.rst", category="3. Feature shift", subcategory="test sets") if f.endswith(".png") else f for f in expand("results/analysis/shift/{file}", file=SHIFT_FILES)],
-    params:
-        out_dir=lambda wc, output: Path(output[0]).parent,
-        options=as_json(ANALYSIS.get("shift", {})),
-        seed=config["seed"],
-    threads: 2
-    resources:
-        # Both test splits' features (60k × 1024 float32 ≈ 250 MB) + float64 blocks for KS and
-        # the domain classifier's sample; measured 0.93 GB, 49 s at 50k/10k × 1024 (2 cores).
-        mem_mb=2500,
-        runtime=30,
+        [
+            (
+                report(f, caption="../report/shift.rst", category="3. Feature shift", subcategory="test sets")
+                if f.endswith(".png")
+                else f
+            )
+            for f in expand("results/analysis/shift/{file}", file=SHIFT_FILES)
+        ],
     log:
         "logs/analysis/shift.log",
     benchmark:
         "benchmarks/analysis/shift.tsv"
     conda:
         "../../envs/featgap.yaml"
+    threads: 2
+    resources:
+        # Both test splits' features (60k × 1024 float32 ≈ 250 MB) + float64 blocks for KS and
+        # the domain classifier's sample; measured 0.93 GB, 49 s at 50k/10k × 1024 (2 cores).
+        mem_mb=2500,
+        runtime=30,
+    params:
+        out_dir=lambda wc, output: Path(output[0]).parent,
+        options=as_json(ANALYSIS.get("shift", {})),
+        seed=config["seed"],
     shell:
         "OMP_NUM_THREADS={threads} python -m scripts.shift features --test1 {input.test1:q} --test2 {input.test2:q}"
         " --out-dir {params.out_dir:q} --options {params.options} --seed {params.seed} > {log:q} 2>&1"
@@ -108,24 +122,31 @@ rule shift_adapt:
         test2="results/parquet/test2.manifest.json",
         code=code("shift", "stats", "analysis_common", "heads", "evidence"),
     output:
-        [report(f, caption="../report/adapt.rst", category="3. Feature shift", subcategory="adaptation {head}") if f.endswith(".png") else f for f in expand("results/analysis/shift/adapt/{{head}}/{file}", file=ADAPT_FILES)],
+        [
+            (
+                report(f, caption="../report/adapt.rst", category="3. Feature shift", subcategory="adaptation {head}")
+                if f.endswith(".png")
+                else f
+            )
+            for f in expand("results/analysis/shift/adapt/{{head}}/{file}", file=ADAPT_FILES)
+        ],
+    log:
+        "logs/analysis/shift_adapt.{head}.log",
+    benchmark:
+        "benchmarks/analysis/shift_adapt.{head}.tsv"
     wildcard_constraints:
         head=HEAD_PATTERN,
-    params:
-        out_dir=lambda wc, output: Path(output[0]).parent,
-        options=as_json(ANALYSIS.get("shift_adapt", {})),
-        seed=config["seed"],
+    conda:
+        "../../envs/featgap.yaml"
     threads: 2
     resources:
         # Both test splits' features + one batch of logits; measured 1.3 GB at 50k/10k × 1024, 1000 classes.
         mem_mb=2500,
         runtime=20,
-    log:
-        "logs/analysis/shift_adapt.{head}.log",
-    benchmark:
-        "benchmarks/analysis/shift_adapt.{head}.tsv"
-    conda:
-        "../../envs/featgap.yaml"
+    params:
+        out_dir=lambda wc, output: Path(output[0]).parent,
+        options=as_json(ANALYSIS.get("shift_adapt", {})),
+        seed=config["seed"],
     shell:
         "OMP_NUM_THREADS={threads} python -m scripts.shift adapt --head {input.model:q} --head-name {wildcards.head:q}"
         " --test1 {input.test1:q} --test2 {input.test2:q} --out-dir {params.out_dir:q} --options {params.options}"
@@ -139,20 +160,27 @@ rule imbalance:
         metrics2="results/eval/{head}/test2/metrics.json",
         code=code("imbalance", "stats", "analysis_common", "evidence"),
     output:
-        [report(f, caption="../report/imbalance.rst", category="4. Class imbalance", subcategory="{head}") if f.endswith(".png") else f for f in expand("results/analysis/imbalance/{{head}}/{file}", file=IMBALANCE_FILES)],
+        [
+            (
+                report(f, caption="../report/imbalance.rst", category="4. Class imbalance", subcategory="{head}")
+                if f.endswith(".png")
+                else f
+            )
+            for f in expand("results/analysis/imbalance/{{head}}/{file}", file=IMBALANCE_FILES)
+        ],
+    log:
+        "logs/analysis/imbalance.{head}.log",
     wildcard_constraints:
         head=HEAD_PATTERN,
+    conda:
+        "../../envs/featgap.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=10,
     params:
         out_dir=lambda wc, output: Path(output[0]).parent,
         options=as_json(ANALYSIS.get("imbalance", {})),
         seed=config["seed"],
-    resources:
-        mem_mb=1000,
-        runtime=10,
-    log:
-        "logs/analysis/imbalance.{head}.log",
-    conda:
-        "../../envs/featgap.yaml"
     shell:
         "python -m scripts.imbalance --class-counts {input.counts:q} --metrics1 {input.metrics1:q}"
         " --metrics2 {input.metrics2:q} --out-dir {params.out_dir:q} --options {params.options}"
@@ -167,20 +195,27 @@ rule overfit:
         metrics2="results/eval/{head}/test2/metrics.json",
         code=code("overfit", "analysis_common", "evidence"),
     output:
-        [report(f, caption="../report/overfit.rst", category="5. Overfitting", subcategory="{head}") if f.endswith(".png") else f for f in expand("results/analysis/overfit/{{head}}/{file}", file=OVERFIT_FILES)],
+        [
+            (
+                report(f, caption="../report/overfit.rst", category="5. Overfitting", subcategory="{head}")
+                if f.endswith(".png")
+                else f
+            )
+            for f in expand("results/analysis/overfit/{{head}}/{file}", file=OVERFIT_FILES)
+        ],
+    log:
+        "logs/analysis/overfit.{head}.log",
     wildcard_constraints:
         head=HEAD_PATTERN,
+    conda:
+        "../../envs/featgap.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=10,
     params:
         out_dir=lambda wc, output: Path(output[0]).parent,
         options=as_json(ANALYSIS.get("overfit", {})),
         backbone_saw_train=BACKBONE_SAW_TRAIN,
-    resources:
-        mem_mb=1000,
-        runtime=10,
-    log:
-        "logs/analysis/overfit.{head}.log",
-    conda:
-        "../../envs/featgap.yaml"
     shell:
         "python -m scripts.overfit --selection {input.selection:q} --history {input.history:q}"
         " --metrics1 {input.metrics1:q} --metrics2 {input.metrics2:q} --out-dir {params.out_dir:q}"
@@ -194,22 +229,34 @@ rule misclass:
         manifest="results/parquet/{test}.manifest.json",
         code=code("misclass", "stats", "stats_classes", "analysis_common"),
     output:
-        [report(f, caption="../report/misclass.rst", category="6. Misclassified samples", subcategory="{head} {test}") if f.endswith(".png") else f for f in expand("results/analysis/misclass/{{head}}/{{test}}/{file}", file=MISCLASS_FILES)],
+        [
+            (
+                report(
+                    f,
+                    caption="../report/misclass.rst",
+                    category="6. Misclassified samples",
+                    subcategory="{head} {test}",
+                )
+                if f.endswith(".png")
+                else f
+            )
+            for f in expand("results/analysis/misclass/{{head}}/{{test}}/{file}", file=MISCLASS_FILES)
+        ],
+    log:
+        "logs/analysis/misclass.{head}.{test}.log",
     wildcard_constraints:
         head=HEAD_PATTERN,
         test="|".join(TESTS),
-    params:
-        out_dir=lambda wc, output: Path(output[0]).parent,
-        options=as_json(ANALYSIS.get("misclass", {})),
-        seed=config["seed"],
+    conda:
+        "../../envs/featgap.yaml"
     threads: 2
     resources:
         mem_mb=3000,
         runtime=15,
-    log:
-        "logs/analysis/misclass.{head}.{test}.log",
-    conda:
-        "../../envs/featgap.yaml"
+    params:
+        out_dir=lambda wc, output: Path(output[0]).parent,
+        options=as_json(ANALYSIS.get("misclass", {})),
+        seed=config["seed"],
     shell:
         "OMP_NUM_THREADS={threads} python -m scripts.misclass --predictions {input.predictions:q}"
         " --manifest {input.manifest:q} --out-dir {params.out_dir:q} --options {params.options} --seed {params.seed}"
@@ -224,19 +271,31 @@ rule misclass_compare:
         features2="results/analysis/misclass/{head}/test2/features.csv",
         code=code("misclass", "stats", "stats_classes", "analysis_common"),
     output:
-        [report(f, caption="../report/misclass_compare.rst", category="6. Misclassified samples", subcategory="{head} test1 vs test2") if f.endswith(".png") else f for f in expand("results/analysis/misclass_compare/{{head}}/{file}", file=MISCLASS_COMPARE_FILES)],
+        [
+            (
+                report(
+                    f,
+                    caption="../report/misclass_compare.rst",
+                    category="6. Misclassified samples",
+                    subcategory="{head} test1 vs test2",
+                )
+                if f.endswith(".png")
+                else f
+            )
+            for f in expand("results/analysis/misclass_compare/{{head}}/{file}", file=MISCLASS_COMPARE_FILES)
+        ],
+    log:
+        "logs/analysis/misclass_compare.{head}.log",
     wildcard_constraints:
         head=HEAD_PATTERN,
-    params:
-        out_dir=lambda wc, output: Path(output[0]).parent,
-        options=as_json(ANALYSIS.get("misclass", {})),
+    conda:
+        "../../envs/featgap.yaml"
     resources:
         mem_mb=1000,
         runtime=10,
-    log:
-        "logs/analysis/misclass_compare.{head}.log",
-    conda:
-        "../../envs/featgap.yaml"
+    params:
+        out_dir=lambda wc, output: Path(output[0]).parent,
+        options=as_json(ANALYSIS.get("misclass", {})),
     shell:
         "python -m scripts.misclass compare --features1 {input.features1:q} --features2 {input.features2:q}"
         " --out-dir {params.out_dir:q} --options {params.options} --head-name {wildcards.head:q} > {log:q} 2>&1"
@@ -252,22 +311,25 @@ if EMBED_HEAD is not None:
             predictions2=f"results/eval/{EMBED_HEAD}/test2/predictions.parquet",
             code=code("embedding", "shift", "stats", "analysis_common"),
         output:
-            [report(f, caption="../report/embedding.rst", category="7. Embedding") if f.endswith(".png") else f for f in expand("results/analysis/embedding/{file}", file=EMBEDDING_FILES)],
-        params:
-            out_dir=lambda wc, output: Path(output[0]).parent,
-            options=as_json(ANALYSIS.get("embedding", {})),
-            seed=config["seed"],
-            head=EMBED_HEAD,
-        threads: 2
-        resources:
-            mem_mb=3000,
-            runtime=30,
+            [
+                report(f, caption="../report/embedding.rst", category="7. Embedding") if f.endswith(".png") else f
+                for f in expand("results/analysis/embedding/{file}", file=EMBEDDING_FILES)
+            ],
         log:
             "logs/analysis/embedding.log",
         benchmark:
             "benchmarks/analysis/embedding.tsv"
         conda:
             "../../envs/featgap.yaml"
+        threads: 2
+        resources:
+            mem_mb=3000,
+            runtime=30,
+        params:
+            out_dir=lambda wc, output: Path(output[0]).parent,
+            options=as_json(ANALYSIS.get("embedding", {})),
+            seed=config["seed"],
+            head=EMBED_HEAD,
         shell:
             "OMP_NUM_THREADS={threads} python -m scripts.embedding --test1 {input.test1:q} --test2 {input.test2:q}"
             " --predictions1 {input.predictions1:q} --predictions2 {input.predictions2:q} --out-dir {params.out_dir:q}"
@@ -285,17 +347,17 @@ rule train_reference:
         code=code("difficulty", "analysis_common", "evidence"),
     output:
         "results/analysis/train_reference.npz",
-    params:
-        num_classes=config["num_classes"],
-    resources:
-        mem_mb=2000,
-        runtime=30,
     log:
         "logs/analysis/train_reference.log",
     benchmark:
         "benchmarks/analysis/train_reference.tsv"
     conda:
         "../../envs/featgap.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        num_classes=config["num_classes"],
     shell:
         "python -m scripts.difficulty reference --train {input.train:q} --num-classes {params.num_classes}"
         " --out {output:q} > {log:q} 2>&1"
@@ -310,21 +372,28 @@ rule difficulty:
         predictions2="results/eval/{head}/test2/predictions.parquet",
         code=code("difficulty", "analysis_common", "evidence", "stats"),
     output:
-        [report(f, caption="../report/difficulty.rst", category="8. Difficulty", subcategory="{head}") if f.endswith(".png") else f for f in expand("results/analysis/difficulty/{{head}}/{file}", file=DIFFICULTY_FILES)],
+        [
+            (
+                report(f, caption="../report/difficulty.rst", category="8. Difficulty", subcategory="{head}")
+                if f.endswith(".png")
+                else f
+            )
+            for f in expand("results/analysis/difficulty/{{head}}/{file}", file=DIFFICULTY_FILES)
+        ],
+    log:
+        "logs/analysis/difficulty.{head}.log",
     wildcard_constraints:
         head=HEAD_PATTERN,
-    params:
-        out_dir=lambda wc, output: Path(output[0]).parent,
-        options=as_json(ANALYSIS.get("difficulty", {})),
-        seed=config["seed"],
+    conda:
+        "../../envs/featgap.yaml"
     threads: 2
     resources:
         mem_mb=2500,
         runtime=20,
-    log:
-        "logs/analysis/difficulty.{head}.log",
-    conda:
-        "../../envs/featgap.yaml"
+    params:
+        out_dir=lambda wc, output: Path(output[0]).parent,
+        options=as_json(ANALYSIS.get("difficulty", {})),
+        seed=config["seed"],
     shell:
         "OMP_NUM_THREADS={threads} python -m scripts.difficulty share --reference {input.reference:q}"
         " --test1 {input.test1:q} --test2 {input.test2:q} --predictions1 {input.predictions1:q}"
@@ -340,21 +409,28 @@ rule label_noise:
         real=LABEL_NOISE_REAL,  # ReaL check of test set 1 (real_labels.smk), when configured
         code=code("label_noise", "analysis_common", "evidence", "stats"),
     output:
-        [report(f, caption="../report/label_noise.rst", category="9. Label noise", subcategory="{head}") if f.endswith(".png") else f for f in expand("results/analysis/label_noise/{{head}}/{file}", file=LABEL_NOISE_FILES)],
+        [
+            (
+                report(f, caption="../report/label_noise.rst", category="9. Label noise", subcategory="{head}")
+                if f.endswith(".png")
+                else f
+            )
+            for f in expand("results/analysis/label_noise/{{head}}/{file}", file=LABEL_NOISE_FILES)
+        ],
+    log:
+        "logs/analysis/label_noise.{head}.log",
     wildcard_constraints:
         head=HEAD_PATTERN,
+    conda:
+        "../../envs/featgap.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=10,
     params:
         out_dir=lambda wc, output: Path(output[0]).parent,
         options=as_json(ANALYSIS.get("label_noise", {})),
         seed=config["seed"],
         real=lambda wc, input: " ".join(f"--real-rows {shlex.quote(p)}" for p in input.real),
-    resources:
-        mem_mb=1000,
-        runtime=10,
-    log:
-        "logs/analysis/label_noise.{head}.log",
-    conda:
-        "../../envs/featgap.yaml"
     shell:
         "python -m scripts.label_noise --predictions1 {input.predictions1:q} --predictions2 {input.predictions2:q}"
         " --out-dir {params.out_dir:q} --options {params.options} --seed {params.seed}"
@@ -373,18 +449,30 @@ if REFERENCE_LINE.get("test1_table") and REFERENCE_LINE.get("test2_table") and H
             metrics2=expand("results/eval/{head}/test2/metrics.json", head=HEADS),
             code=code("reference_line", "analysis_common"),
         output:
-            [report(f, caption="../report/reference_line.rst", category="1. Accuracy on the line") if f.endswith(".png") else f for f in expand("results/analysis/reference_line/{file}", file=["line.csv", "summary.json", "line.png"])],
-        params:
-            out_dir=lambda wc, output: Path(output[0]).parent,
-            min_top1=REFERENCE_LINE.get("min_test1_top1", 80.0),
-            heads=lambda wc, input: " ".join(f"--head {shlex.quote(h)} {shlex.quote(a)} {shlex.quote(b)}" for h, a, b in zip(HEADS, input.metrics1, input.metrics2)),
-        resources:
-            mem_mb=500,
-            runtime=5,
+            [
+                (
+                    report(f, caption="../report/reference_line.rst", category="1. Accuracy on the line")
+                    if f.endswith(".png")
+                    else f
+                )
+                for f in expand(
+                    "results/analysis/reference_line/{file}", file=["line.csv", "summary.json", "line.png"]
+                )
+            ],
         log:
             "logs/analysis/reference_line.log",
         conda:
             "../../envs/featgap.yaml"
+        resources:
+            mem_mb=500,
+            runtime=5,
+        params:
+            out_dir=lambda wc, output: Path(output[0]).parent,
+            min_top1=REFERENCE_LINE.get("min_test1_top1", 80.0),
+            heads=lambda wc, input: " ".join(
+                f"--head {shlex.quote(h)} {shlex.quote(a)} {shlex.quote(b)}"
+                for h, a, b in zip(HEADS, input.metrics1, input.metrics2)
+            ),
         shell:
             "python -m scripts.reference_line --test1-table {input.test1_table:q} --test2-table {input.test2_table:q}"
             " --min-test1-top1 {params.min_top1} {params.heads} --out-dir {params.out_dir:q} > {log:q} 2>&1"

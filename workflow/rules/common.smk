@@ -7,7 +7,6 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 
 # Files the workflow ships (resources/imagenet_classes.txt) are found beside the Snakefile when
@@ -27,9 +26,8 @@ ALL_TARGETS = []
 
 # Steps run as `python -m scripts.<step>` from any working directory (and in cluster jobs,
 # which parse this file again).
-os.environ.update(
-    PYTHONPATH=os.pathsep.join(p for p in (workflow.basedir, os.environ.get("PYTHONPATH")) if p)
-)
+os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (workflow.basedir, os.environ.get("PYTHONPATH")) if p))
+
 
 def part_ids(split):
     """Shard ids of a split: one per configured byte-range part."""

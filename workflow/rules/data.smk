@@ -12,6 +12,10 @@ if config["demo"]["enabled"]:
             test1=config["data"]["test1"],
             test2=config["data"]["test2"],
             truth=f"{config['demo']['out_dir']}/truth.json",
+        log:
+            "logs/generate_demo.log",
+        conda:
+            "../../envs/featgap.yaml"
         params:
             out_dir=lambda wc, output: Path(output.truth).parent,
             spec=" ".join(
@@ -19,10 +23,6 @@ if config["demo"]["enabled"]:
                 for key, value in config["demo"].items()
                 if key not in ("enabled", "out_dir") and value is not None
             ),
-        log:
-            "logs/generate_demo.log",
-        conda:
-            "../../envs/featgap.yaml"
         shell:
             "python -m scripts.generate_demo --out-dir {params.out_dir:q} {params.spec} > {log:q} 2>&1"
 
@@ -33,16 +33,16 @@ rule plan_convert:
         code=code("convert", "csv_source", "csv_diagnose"),
     output:
         "results/parquet/{split}.plan.json",
+    log:
+        "logs/convert/{split}.plan.log",
+    conda:
+        "../../envs/featgap.yaml"
     params:
         parts=lambda wc: config["convert"]["parts"][wc.split],
         columns=as_json(config["columns"]),
         dim=config["dim"],
         # Content, not only mtime: a CSV edited with its mtime kept still reruns the conversion.
         source=lambda wc: "generated" if config["demo"]["enabled"] else source_stamp(config["data"][wc.split]),
-    log:
-        "logs/convert/{split}.plan.log",
-    conda:
-        "../../envs/featgap.yaml"
     shell:
         "python -m scripts.convert plan --csv {input.csv:q} --out {output:q} --parts {params.parts}"
         " --columns {params.columns} --dim {params.dim} > {log:q} 2>&1"
@@ -55,22 +55,22 @@ rule convert_part:
         code=code("convert", "csv_source", "csv_diagnose"),
     output:
         "results/parquet/{split}/part-{part}.parquet",
-    params:
-        num_classes=config["num_classes"],
-        row_group_rows=config["convert"]["row_group_rows"],
-        compression=config["convert"]["compression"],
-        chunk_mb=config["convert"]["chunk_mb"],
-    threads: 2
-    resources:
-        # Measured: ~700 MB at 64 MB chunks, whatever the file size; ≥30 MB/s even on a busy node.
-        mem_mb=lambda wc: 700 + 8 * config["convert"]["chunk_mb"],
-        runtime=lambda wc, input: 5 + int(input.size_mb / config["convert"]["parts"][wc.split] / 30 / 60),
     log:
         "logs/convert/{split}.{part}.log",
     benchmark:
         "benchmarks/convert/{split}.{part}.tsv"
     conda:
         "../../envs/featgap.yaml"
+    threads: 2
+    resources:
+        # Measured: ~700 MB at 64 MB chunks, whatever the file size; ≥30 MB/s even on a busy node.
+        mem_mb=lambda wc: 700 + 8 * config["convert"]["chunk_mb"],
+        runtime=lambda wc, input: 5 + int(input.size_mb / config["convert"]["parts"][wc.split] / 30 / 60),
+    params:
+        num_classes=config["num_classes"],
+        row_group_rows=config["convert"]["row_group_rows"],
+        compression=config["convert"]["compression"],
+        chunk_mb=config["convert"]["chunk_mb"],
     shell:
         "POLARS_MAX_THREADS={threads} python -m scripts.convert part --plan {input.plan:q} --part {wildcards.part}"
         " --out {output:q} --num-classes {params.num_classes} --row-group-rows {params.row_group_rows}"
@@ -85,14 +85,14 @@ rule manifest:
         code=code("convert", "csv_source", "csv_diagnose"),
     output:
         "results/parquet/{split}.manifest.json",
-    resources:
-        # Streams every shard once for its CRC-32 (~1.5 GB/s from cache, ≥100 MB/s from disk).
-        mem_mb=1000,
-        runtime=lambda wc, input: 5 + int(input.size_mb / 100 / 60),
     log:
         "logs/convert/{split}.manifest.log",
     conda:
         "../../envs/featgap.yaml"
+    resources:
+        # Streams every shard once for its CRC-32 (~1.5 GB/s from cache, ≥100 MB/s from disk).
+        mem_mb=1000,
+        runtime=lambda wc, input: 5 + int(input.size_mb / 100 / 60),
     shell:
         "python -m scripts.convert manifest --plan {input.plan:q} --out {output:q} {input.parts:q} > {log:q} 2>&1"
 
@@ -103,22 +103,21 @@ rule validate_split:
         code=code("validate"),
     output:
         "results/qc/{split}.json",
-    params:
-        expected=lambda wc: as_json(config["validate"].get("expected", {}).get(wc.split, {})),
-        num_classes=config["num_classes"],
-        on_violation=config["validate"]["on_violation"],
-        layout=config["validate"]["layout"],
-    resources:
-        # Labels and paths of the whole split in memory (~1 KB a row at most), features streamed.
-        mem_mb=lambda wc: 1000
-        + (config["validate"].get("expected", {}).get(wc.split, {}).get("rows") or 0) // 1000,
-        runtime=30,
     log:
         "logs/validate/{split}.log",
     benchmark:
         "benchmarks/validate/{split}.tsv"
     conda:
         "../../envs/featgap.yaml"
+    resources:
+        # Labels and paths of the whole split in memory (~1 KB a row at most), features streamed.
+        mem_mb=lambda wc: 1000 + (config["validate"].get("expected", {}).get(wc.split, {}).get("rows") or 0) // 1000,
+        runtime=30,
+    params:
+        expected=lambda wc: as_json(config["validate"].get("expected", {}).get(wc.split, {})),
+        num_classes=config["num_classes"],
+        on_violation=config["validate"]["on_violation"],
+        layout=config["validate"]["layout"],
     shell:
         "python -m scripts.validate --manifest {input.manifest:q} --split {wildcards.split} --out {output:q}"
         " --expected {params.expected} --num-classes {params.num_classes}"
@@ -134,19 +133,18 @@ rule qc_cross:
         code=code("qc_cross"),
     output:
         "results/qc/cross.json",
-    params:
-        on_violation=config["validate"]["on_violation"],
-    resources:
-        # Labels and paths of the three splits (~200 bytes a row), no features.
-        mem_mb=lambda wc: 1000
-        + (config["validate"].get("expected", {}).get("train", {}).get("rows") or 0) // 2000,
-        runtime=30,
     log:
         "logs/validate/cross.log",
     benchmark:
         "benchmarks/validate/cross.tsv"
     conda:
         "../../envs/featgap.yaml"
+    resources:
+        # Labels and paths of the three splits (~200 bytes a row), no features.
+        mem_mb=lambda wc: 1000 + (config["validate"].get("expected", {}).get("train", {}).get("rows") or 0) // 2000,
+        runtime=30,
+    params:
+        on_violation=config["validate"]["on_violation"],
     shell:
         "python -m scripts.qc_cross --train {input.train:q} --test1 {input.test1:q} --test2 {input.test2:q}"
         " --out {output:q} --on-violation {params.on_violation:q} > {log:q} 2>&1"

@@ -5,27 +5,17 @@
 IMPROVE = config.get("improve", {})
 IMPROVE_VARIANTS = IMPROVE.get("variants", {}) if IMPROVE.get("enabled") else {}
 IMPROVE_BASELINE = (
-    IMPROVE.get("baseline")
-    or config.get("report", {}).get("primary_head")
-    or (TRAIN_HEADS[0] if TRAIN_HEADS else None)
+    IMPROVE.get("baseline") or config.get("report", {}).get("primary_head") or (TRAIN_HEADS[0] if TRAIN_HEADS else None)
 )
 RETRAIN_VARIANTS = [n for n, v in IMPROVE_VARIANTS.items() if v["kind"] == "retrain"]
 
 if IMPROVE_VARIANTS and IMPROVE_BASELINE not in TRAIN_HEADS:
-    raise WorkflowError(
-        f"config improve.baseline: {IMPROVE_BASELINE!r} is not a trained head (heads: {TRAIN_HEADS})"
-    )
+    raise WorkflowError(f"config improve.baseline: {IMPROVE_BASELINE!r} is not a trained head (heads: {TRAIN_HEADS})")
 _unknown = {
-    h
-    for v in IMPROVE_VARIANTS.values()
-    if v["kind"] == "ensemble"
-    for h in v.get("heads", [])
-    if h not in HEADS
+    h for v in IMPROVE_VARIANTS.values() if v["kind"] == "ensemble" for h in v.get("heads", []) if h not in HEADS
 }
 if _unknown:
-    raise WorkflowError(
-        f"config improve.variants: ensemble members {sorted(_unknown)} are not configured heads"
-    )
+    raise WorkflowError(f"config improve.variants: ensemble members {sorted(_unknown)} are not configured heads")
 
 # The one place that says which model files each variant is made of (inputs and the step's JSON).
 VARIANT_MODELS = {

@@ -19,20 +19,13 @@ if set(TRAIN_HEADS) & set(BASELINES):
 
 
 # Train rows for resource estimates: validate.expected, else the demo's size, else 1.3M.
-TRAIN_ROWS = config.get("validate", {}).get("expected", {}).get("train", {}).get(
-    "rows"
-) or (
-    config["demo"].get("train_rows")
-    or int(1300 * config["demo"].get("train_scale", 1.0) * config["demo"]["classes"])
+TRAIN_ROWS = config.get("validate", {}).get("expected", {}).get("train", {}).get("rows") or (
+    config["demo"].get("train_rows") or int(1300 * config["demo"].get("train_scale", 1.0) * config["demo"]["classes"])
     if config["demo"].get("enabled")
     else 1_300_000
 )
 # Memory: the in-memory matrix (or the streaming budget) + logits, optimiser state, libraries.
-TRAIN_MEM_MB = int(
-    min(TRAIN_ROWS * config["dim"] * 4 / 2**20, TRAIN.get("memory_budget_mb", 12000))
-    * 1.1
-    + 2000
-)
+TRAIN_MEM_MB = int(min(TRAIN_ROWS * config["dim"] * 4 / 2**20, TRAIN.get("memory_budget_mb", 12000)) * 1.1 + 2000)
 # Minutes, at least 10. On the CPU: K candidates × epochs × 4·N·D·width flops at a conservative
 # 30 GFLOP/s (2 cores), doubled for the refit and the holdout passes. On CUDA (train.device: cuda or
 # cuda:N, as profiles/slurm sets when it asks for a GPU): loading at 50 MB/s plus every grid and
@@ -100,9 +93,7 @@ rule train_baseline:
     input:
         manifest="results/parquet/train.manifest.json",
         qc="results/qc/train.json",  # QC must pass (or warn) before training; it also checks checksums
-        code=code(
-            "baselines", "train_head", "train_data", "train_grid", "heads", "device"
-        ),
+        code=code("baselines", "train_head", "train_data", "train_grid", "heads", "device"),
     output:
         model="results/heads/{baseline}/model.pt",
         history=report(
