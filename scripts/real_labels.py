@@ -435,7 +435,7 @@ def plot_errors(cats: np.ndarray, conf: np.ndarray, threshold: float, head: str,
     right.set_xlabel(f"calibrated confidence of the error (confident: ≥ {threshold:g})")
     right.set_ylabel("share of the errors")
     right.set_ylim(0, 1.08)
-    right.legend(fontsize=7, loc="lower left")
+    right.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.suptitle(mpl_text(f"{head} on {test}: errors by ReaL label"))
     return save_figure(fig, path)
 

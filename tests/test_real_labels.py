@@ -210,3 +210,43 @@ def test_cli(val, capsys):
         run_cli(main, ["--predictions", str(val["pred"]), "--real", str(val["root"] / "nope.json"), "--out-dir",
                        str(val["root"] / "cli2"), "--num-classes", "4", "--threshold", "0.8"])
     assert exit_.value.code == 1 and "nope.json: ReaL labels file not found" in capsys.readouterr().err
+
+
+def _tiny_real(path: Path, classes: int = 12, per_class: int = 20) -> Path:
+    """A ReaL file for the tiny demo's test set 1 (val numbers 1.. in class order): mostly the
+    label, some with a second class, some with none, some with another class only."""
+    entries = []
+    for n in range(1, classes * per_class + 1):
+        label = (n - 1) // per_class
+        entries.append([] if n % 11 == 0 else [(label + 1) % classes] if n % 13 == 0 else
+                       [label, (label + 1) % classes] if n % 7 == 0 else [label])
+    path.write_text(json.dumps(entries))
+    return path
+
+
+def test_workflow_wires_real_labels(tmp_path):
+    """Through Snakemake: evaluate re-scores test set 1 only, real_labels runs, label_noise is bounded;
+    a missing file stops before any job, naming the config key."""
+    from workflow_helpers import TINY_CONFIG, snakemake, write_config
+
+    config = {**TINY_CONFIG, "heads": {"linear": TINY_CONFIG["heads"]["linear"]}, "baselines": {},
+              "improve": {"enabled": False},
+              "evaluate": {**TINY_CONFIG["evaluate"], "real_labels": {"file": str(tmp_path / "missing.json")}}}
+    write_config(tmp_path, config)
+    result = snakemake(tmp_path, "-n", check=False)
+    assert result.returncode != 0 and "evaluate.real_labels.file: file not found" in result.stdout + result.stderr
+    config["evaluate"]["real_labels"]["file"] = str(_tiny_real(tmp_path / "real.json"))
+    write_config(tmp_path, config)
+    snakemake(tmp_path, "results/analysis/label_noise/linear/summary.json")
+    m1 = json.loads((tmp_path / "results/eval/linear/test1/metrics.json").read_text())
+    m2 = json.loads((tmp_path / "results/eval/linear/test2/metrics.json").read_text())
+    assert "real" not in m2 and m1["real"]["n_with_real"] == 240 - 240 // 11
+    pred = pd.read_parquet(tmp_path / "results/eval/linear/test1/predictions.parquet")
+    numbers = pred["path"].str.extract(r"ILSVRC2012_val_(\d{8})")[0].astype(int).to_numpy()
+    entries = json.loads((tmp_path / "real.json").read_text())
+    hits = [p in entries[n - 1] for n, p in zip(numbers, pred["pred"]) if entries[n - 1]]
+    assert m1["real"]["top1"] == pytest.approx(np.mean(hits))
+    noise = json.loads((tmp_path / "results/analysis/label_noise/linear/summary.json").read_text())
+    assert noise["evidence"]["real_labels"] is True and "ReaL" in noise["evidence"]["sentence"]
+    check = json.loads((tmp_path / "results/analysis/real_labels/linear/summary.json").read_text())
+    assert check["error_split"]["errors"] == int((pred["label"] != pred["pred"]).sum())
