@@ -17,9 +17,11 @@ import os
 import platform
 import shutil
 import sys
+import threading
 import time
 import zlib
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from scripts import shard_pages
 
 FEATGAP_VERSION = "0.1.0"
 FINGERPRINT_BYTES = 1 << 20  # hash of the first and last MB: cheap on a 13 GB file, catches edits
@@ -351,13 +355,31 @@ def read_row_group(path: Path, pfile: pq.ParquetFile, group: int, columns: Seque
         raise FeatgapError(f"{path}: row group {group} is corrupt ({_first_line(err)}); {REBUILD_HINT}") from None
 
 
+def arrow_to_numpy(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A numeric Arrow array without nulls as numpy (a view when it is one chunk).
+
+    By its buffer, not Array.to_numpy: that imports pandas (~0.5 s per job, more when busy).
+    """
+    chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
+    parts = []
+    for chunk in chunks:
+        if chunk.null_count or not pa.types.is_integer(chunk.type) and not pa.types.is_floating(chunk.type):
+            parts.append(chunk.to_numpy(zero_copy_only=False))
+            continue
+        dtype = np.dtype(chunk.type.to_pandas_dtype())
+        parts.append(np.frombuffer(chunk.buffers()[1], dtype=dtype, count=len(chunk), offset=chunk.offset * dtype.itemsize))
+    if not parts:
+        return np.empty(0, dtype=np.dtype(values.type.to_pandas_dtype()))
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
 def features_to_numpy(column: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
     """A fixed_size_list<float32>[dim] column as an (n, dim) float32 view/array (no per-row work)."""
     chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
     parts = []
     for chunk in chunks:
         flat = chunk.flatten() if chunk.offset == 0 else chunk.values.slice(chunk.offset * dim, len(chunk) * dim)
-        parts.append(flat.to_numpy(zero_copy_only=False).reshape(-1, dim))
+        parts.append(arrow_to_numpy(flat).reshape(-1, dim))
     if not parts:
         return np.empty((0, dim), dtype=np.float32)
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
@@ -395,12 +417,16 @@ def read_split(
     columns: Sequence[str] = ("row", "path", "label"),
     rows: np.ndarray | None = None,
     out: np.ndarray | None = None,
+    threads: int | None = None,
 ) -> Split:
     """Read a split's shards, row group by row group, into preallocated arrays.
 
-    Peak memory is the result plus one row group: the feature matrix is never held twice.
-    `rows` (sorted positional indices) selects a subset while streaming; `out` lets the
-    caller supply the feature buffer (e.g. pinned memory).
+    Row groups are decoded in `threads` threads (default: the cores this process may use, at most
+    READ_THREADS), each straight into its rows of the matrix (scripts/shard_pages.py; pyarrow
+    for shards in another layout), so peak memory is the result plus one column chunk per
+    thread: the feature matrix is never held twice. `rows` (sorted positional indices) selects a
+    subset while streaming; `out` lets the caller supply the feature buffer (e.g. pinned memory).
+    Every page's CRC-32 is checked either way.
     """
     shards = open_split(folder)
     n_total = sum(pfile.metadata.num_rows for _, pfile in shards)
@@ -412,37 +438,95 @@ def read_split(
         matrix = out if out is not None else np.empty((n, dim), dtype=np.float32)
         if matrix.shape != (n, dim):
             raise ValueError(f"out has shape {matrix.shape}, expected {(n, dim)}")
-    pieces: dict[str, list[np.ndarray]] = {name: [] for name in columns}
-    cols = list(columns) + (["features"] if features else [])
+    tasks: list[_GroupTask] = []
     start, filled = 0, 0
     for shard, pfile in shards:
+        lock = threading.Lock()  # pyarrow calls on one ParquetFile, one thread at a time
         for group in range(pfile.num_row_groups):
             g_rows = pfile.metadata.row_group(group).num_rows
-            if want is None:
-                local = None
-            else:
+            local = None
+            if want is not None:
                 lo, hi = np.searchsorted(want, [start, start + g_rows])
                 local = want[lo:hi] - start
-                if len(local) == 0:
-                    start += g_rows
-                    continue
-            table = read_row_group(shard, pfile, group, cols)
-            if local is not None:
-                table = table.take(pa.array(local))
-            for name in columns:
-                values = table.column(name).to_numpy(zero_copy_only=False)
-                pieces[name].append(values)
-            if matrix is not None:
-                block = features_to_numpy(table.column("features"), dim)
-                matrix[filled : filled + len(block)] = block
-            filled += table.num_rows
+            if local is None or len(local):
+                tasks.append(_GroupTask(shard, pfile, lock, group, filled, local))
+                filled += g_rows if local is None else len(local)
             start += g_rows
+
+    def one(task: _GroupTask) -> dict[str, np.ndarray]:
+        return _read_group(task, list(columns), matrix, dim)
+
+    workers = min(len(tasks), threads or _read_threads())
+    if workers > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(one, tasks))
+    else:
+        results = [one(task) for task in tasks]
     merged = {
-        name: (np.concatenate(values) if values else np.empty(0)) for name, values in pieces.items()
+        name: (np.concatenate([r[name] for r in results]) if results else np.empty(0)) for name in columns
     }
     return Split(
         row=merged.get("row"), path=merged.get("path"), label=merged.get("label"), features=matrix
     )
+
+
+READ_THREADS = 4  # decoding is ~1 GB/s per core; more threads than this only queue on the disk
+
+
+def _read_threads() -> int:
+    return max(1, min(READ_THREADS, len(os.sched_getaffinity(0))))
+
+
+@dataclass
+class _GroupTask:
+    shard: Path
+    pfile: pq.ParquetFile
+    lock: threading.Lock
+    group: int
+    at: int  # first row of this group's rows in the result
+    local: np.ndarray | None  # the group's rows to keep (None: all)
+
+
+def _read_group(task: _GroupTask, columns: list[str], matrix: np.ndarray | None, dim: int) -> dict[str, np.ndarray]:
+    """One row group: its small columns through pyarrow, its features into `matrix`."""
+    values: dict[str, np.ndarray] = {}
+    if columns:
+        with task.lock:
+            table = read_row_group(task.shard, task.pfile, task.group, columns)
+        if task.local is not None:
+            table = table.take(pa.array(task.local))
+        for name in columns:
+            column = table.column(name)
+            values[name] = (arrow_to_numpy(column) if pa.types.is_integer(column.type)
+                            else column.to_numpy(zero_copy_only=False))
+    if matrix is not None:
+        _features_into(task, matrix, dim)
+    return values
+
+
+def _features_into(task: _GroupTask, matrix: np.ndarray, dim: int) -> None:
+    g_rows = task.pfile.metadata.row_group(task.group).num_rows
+    count = g_rows if task.local is None else len(task.local)
+    target = matrix[task.at : task.at + count]
+    whole = target if task.local is None and target.flags.c_contiguous else np.empty((g_rows, dim), np.float32)
+    column = _features_leaf(task.pfile)
+    try:
+        done = column is not None and shard_pages.features_into(task.shard, task.pfile, task.group, column, whole)
+    except shard_pages.PageChecksumError as err:
+        raise FeatgapError(f"{task.shard}: row group {task.group} is corrupt ({err}); {REBUILD_HINT}") from None
+    if not done:  # another layout: pyarrow decodes it
+        with task.lock:
+            table = read_row_group(task.shard, task.pfile, task.group, ["features"])
+        np.copyto(whole, features_to_numpy(table.column("features"), dim))
+    if whole is not target:
+        target[:] = whole if task.local is None else whole[task.local]
+
+
+def _features_leaf(pfile: pq.ParquetFile) -> int | None:
+    """The Parquet leaf column index of `features` (its one float leaf), or None."""
+    leaves = [i for i in range(pfile.metadata.num_columns)
+              if pfile.schema.column(i).path.split(".")[0] == "features"]
+    return leaves[0] if len(leaves) == 1 else None
 
 
 def iter_row_groups(
