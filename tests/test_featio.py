@@ -58,3 +58,92 @@ def test_fingerprint_changes_with_content_and_meta_block(tmp_path):
     assert fingerprint(path)["sha256_head_tail"] != first["sha256_head_tail"]
     meta = meta_block(seed=3, inputs=[path])
     assert meta["seed"] == 3 and meta["inputs"][0]["size"] == 3_000_000 and "featgap_version" in meta
+
+
+# ---------------------------------------------------------------- page-by-page feature reader
+def _write(path, feats, **options):
+    """A shard in the contract's schema with pyarrow options the page reader must cope with."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from scripts.featio import features_to_arrow, shard_schema
+
+    n, dim = feats.shape
+    table = pa.Table.from_arrays([pa.array(np.arange(n), pa.int64()), pa.array([f"p{i}" for i in range(n)]),
+                                  pa.array(np.arange(n) % 3, pa.int16()), features_to_arrow(feats)],
+                                 schema=shard_schema(dim))
+    pq.write_table(table, path, row_group_size=16, **{"use_dictionary": ["path"], **options})
+
+
+@pytest.mark.parametrize("options, fast", [
+    ({"compression": "none", "write_page_checksum": True}, True),
+    # statistics put a Statistics struct (binaries) into every page header: skipped, still fast
+    ({"compression": "none", "write_page_checksum": True, "write_statistics": True}, True),
+    ({"compression": "none", "write_page_checksum": True, "data_page_size": 64}, True),  # many pages
+    ({"compression": "zstd", "write_page_checksum": True}, False),  # compressed: pyarrow decodes
+    ({"compression": "none", "write_page_checksum": False}, False),  # no checksum to verify: pyarrow
+    ({"compression": "none", "write_page_checksum": True, "data_page_version": "2.0"}, False),
+    ({"compression": "none", "write_page_checksum": True, "use_dictionary": True}, False),
+])
+def test_page_reader_is_exact_or_declines(tmp_path, options, fast):
+    import pyarrow.parquet as pq
+
+    from scripts import shard_pages
+    from scripts.featio import _features_leaf
+
+    feats = np.random.default_rng(1).standard_normal((40, 12)).astype(np.float32)
+    feats[3, 4] = -0.0
+    feats[5] = np.float32(3.4e38)
+    _write(tmp_path / "part-00000.parquet", feats, **options)
+    pfile = pq.ParquetFile(tmp_path / "part-00000.parquet")
+    out = np.full((16, 12), np.nan, np.float32)
+    assert shard_pages.features_into(tmp_path / "part-00000.parquet", pfile, 0, _features_leaf(pfile), out) is fast
+    if fast:
+        assert np.array_equal(out.view(np.uint32), feats[:16].view(np.uint32))
+    for threads in (1, 3):  # either way read_split returns the same bits
+        got = read_split(tmp_path, threads=threads)
+        assert np.array_equal(got.features.view(np.uint32), feats.view(np.uint32))
+        assert np.array_equal(got.row, np.arange(40)) and list(got.path[:2]) == ["p0", "p1"]
+
+
+def test_page_reader_declines_null_features(tmp_path):
+    """A null list or element leaves fewer values than levels: pyarrow reads it (no silent shift)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from scripts import shard_pages
+    from scripts.featio import _features_leaf, shard_schema
+
+    values = pa.array([1.0, None, 3.0, 4.0, 5.0, 6.0], pa.float32())
+    feats = pa.FixedSizeListArray.from_arrays(values, 2)
+    table = pa.Table.from_arrays([pa.array([0, 1, 2]), pa.array(["a", "b", "c"]), pa.array([0, 1, 0], pa.int16()),
+                                  feats], schema=shard_schema(2))
+    pq.write_table(table, tmp_path / "x.parquet", compression="none", write_page_checksum=True)
+    pfile = pq.ParquetFile(tmp_path / "x.parquet")
+    assert not shard_pages.features_into(tmp_path / "x.parquet", pfile, 0, _features_leaf(pfile),
+                                         np.empty((3, 2), np.float32))
+
+
+def test_parallel_subset_read_matches_serial(tmp_path):
+    feats = make_split(tmp_path, sizes=(50, 30, 41), dim=6)
+    rows = np.array([0, 15, 16, 17, 49, 50, 79, 80, 120])
+    for threads in (1, 2, 4):
+        got = read_split(tmp_path, rows=rows, threads=threads)
+        assert np.array_equal(got.features, feats[rows]) and np.array_equal(got.row, rows)
+    out = np.zeros((121, 6), np.float32)
+    assert read_split(tmp_path, columns=(), out=out, threads=2).features is out
+    assert np.array_equal(out, feats)
+
+
+def test_flipped_page_checksum_is_one_line(tmp_path):
+    from scripts.featio import FeatgapError
+
+    feats = np.random.default_rng(2).standard_normal((40, 12)).astype(np.float32)
+    shard = tmp_path / "part-00000.parquet"
+    _write(shard, feats, compression="none", write_page_checksum=True)
+    data = bytearray(shard.read_bytes())
+    at = data.index(feats[20].tobytes())  # a value inside row group 1
+    data[at + 1] ^= 0x10
+    shard.write_bytes(bytes(data))
+    with pytest.raises(FeatgapError, match=r"part-00000.parquet: row group 1 is corrupt \(page at byte \d+: CRC-32"):
+        read_split(tmp_path, threads=2)
