@@ -453,10 +453,15 @@ def read_split(
                 filled += g_rows if local is None else len(local)
             start += g_rows
 
-    def one(task: _GroupTask) -> dict[str, np.ndarray]:
-        return _read_group(task, list(columns), matrix, dim)
+    scratch = threading.local()  # each thread's buffers, for this call only
 
-    workers = min(len(tasks), threads or _read_threads())
+    def one(task: _GroupTask) -> dict[str, np.ndarray]:
+        return _read_group(task, list(columns), matrix, dim, scratch)
+
+    # Threads pay off on large reads; a small one (a streamed pool, a test set's labels) is read
+    # in this thread, so its memory stays the result plus one row group.
+    small = matrix is None or matrix.nbytes < PARALLEL_READ_BYTES
+    workers = 1 if small else min(len(tasks), threads or _read_threads())
     if workers > 1:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             results = list(pool.map(one, tasks))
@@ -470,7 +475,8 @@ def read_split(
     )
 
 
-READ_THREADS = 4  # decoding is ~1 GB/s per core; more threads than this only queue on the disk
+READ_THREADS = 4  # decoding is ~1.5 GB/s per core; more threads than this only queue on the disk
+PARALLEL_READ_BYTES = 64 << 20
 
 
 def _read_threads() -> int:
@@ -487,7 +493,8 @@ class _GroupTask:
     local: np.ndarray | None  # the group's rows to keep (None: all)
 
 
-def _read_group(task: _GroupTask, columns: list[str], matrix: np.ndarray | None, dim: int) -> dict[str, np.ndarray]:
+def _read_group(task: _GroupTask, columns: list[str], matrix: np.ndarray | None, dim: int,
+                scratch: threading.local) -> dict[str, np.ndarray]:
     """One row group: its small columns through pyarrow, its features into `matrix`."""
     values: dict[str, np.ndarray] = {}
     if columns:
@@ -500,26 +507,31 @@ def _read_group(task: _GroupTask, columns: list[str], matrix: np.ndarray | None,
             values[name] = (arrow_to_numpy(column) if pa.types.is_integer(column.type)
                             else column.to_numpy(zero_copy_only=False))
     if matrix is not None:
-        _features_into(task, matrix, dim)
+        _features_into(task, matrix, dim, scratch)
     return values
 
 
-def _features_into(task: _GroupTask, matrix: np.ndarray, dim: int) -> None:
+def _features_into(task: _GroupTask, matrix: np.ndarray, dim: int, scratch: threading.local) -> None:
     g_rows = task.pfile.metadata.row_group(task.group).num_rows
     count = g_rows if task.local is None else len(task.local)
     target = matrix[task.at : task.at + count]
-    whole = target if task.local is None and target.flags.c_contiguous else np.empty((g_rows, dim), np.float32)
     column = _features_leaf(task.pfile)
     try:
-        done = column is not None and shard_pages.features_into(task.shard, task.pfile, task.group, column, whole)
+        if column is None:
+            done = False
+        elif task.local is None and target.flags.c_contiguous:  # straight into the caller's matrix
+            done = shard_pages.features_into(task.shard, task.pfile, task.group, column, target, scratch)
+        else:  # a subset: rows picked from the group, in place in the read buffer
+            view = shard_pages.features_view(task.shard, task.pfile, task.group, column, (g_rows, dim), scratch)
+            if done := view is not None:
+                target[:] = view if task.local is None else view[task.local]
     except shard_pages.PageChecksumError as err:
         raise FeatgapError(f"{task.shard}: row group {task.group} is corrupt ({err}); {REBUILD_HINT}") from None
     if not done:  # another layout: pyarrow decodes it
         with task.lock:
             table = read_row_group(task.shard, task.pfile, task.group, ["features"])
-        np.copyto(whole, features_to_numpy(table.column("features"), dim))
-    if whole is not target:
-        target[:] = whole if task.local is None else whole[task.local]
+        block = features_to_numpy(table.column("features"), dim)
+        target[:] = block if task.local is None else block[task.local]
 
 
 def _features_leaf(pfile: pq.ParquetFile) -> int | None:

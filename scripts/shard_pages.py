@@ -14,6 +14,7 @@ group with pyarrow instead; a checksum mismatch raises PageChecksumError.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 import zlib
@@ -24,7 +25,6 @@ import pyarrow.parquet as pq
 PLAIN, RLE = 0, 3
 DATA_PAGE = 0
 FLOAT32_LE = np.dtype("<f4")
-_local = threading.local()
 
 
 class PageChecksumError(Exception):
@@ -116,11 +116,13 @@ def _struct(buf: memoryview, pos: int) -> tuple[dict, int]:
 
 
 # ---------------------------------------------------------------- reading
-def _chunk_bytes(path: os.PathLike | str, start: int, size: int) -> memoryview:
-    """The column chunk's bytes in this thread's buffer (bounded: one column chunk per thread)."""
-    buffer = getattr(_local, "buffer", None)
+def _chunk_bytes(path: os.PathLike | str, start: int, size: int, scratch: threading.local) -> memoryview:
+    """The column chunk's bytes in the calling thread's buffer of `scratch` (one column chunk per
+    thread, reused from row group to row group: a fresh 30 MB buffer costs a page fault per 4 KB)."""
+    buffer = getattr(scratch, "chunk", None)
     if buffer is None or len(buffer) < size:
-        buffer = _local.buffer = bytearray(size)
+        scratch.chunk = None
+        buffer = scratch.chunk = bytearray(size)
     view = memoryview(buffer)[:size]
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -135,42 +137,73 @@ def _chunk_bytes(path: os.PathLike | str, start: int, size: int) -> memoryview:
     return view
 
 
-def features_into(path: os.PathLike | str, pfile: pq.ParquetFile, group: int, column: int, out: np.ndarray) -> bool:
-    """Fill `out` ((rows, dim) float32, C-contiguous) with row group `group`'s features.
-
-    Returns False (out partly written, nothing raised) when the chunk is not in the layout above.
-    """
+def _pages(path, pfile: pq.ParquetFile, group: int, column: int, scratch: threading.local):
+    """(buffer view, [(values start, values end)] of every page) of a row group's feature chunk,
+    every page's checksum checked; None when the chunk is not in the expected layout."""
     meta = pfile.metadata.row_group(group).column(column)
     leaf = pfile.schema.column(column)
-    if (meta.compression != "UNCOMPRESSED" or meta.has_dictionary_page or meta.physical_type != "FLOAT"
-            or not out.flags.c_contiguous or out.dtype != np.float32):
-        return False
-    flat = out.reshape(-1)
+    if meta.compression != "UNCOMPRESSED" or meta.has_dictionary_page or meta.physical_type != "FLOAT":
+        return None
     levels = (leaf.max_repetition_level > 0) + (leaf.max_definition_level > 0)
     size = meta.total_compressed_size
     try:
-        buf = _chunk_bytes(path, meta.data_page_offset, size)
-        pos = filled = 0
+        buf = _chunk_bytes(path, meta.data_page_offset, size, scratch)
+        pos, spans = 0, []
         while pos < size:
             header, body = _struct(buf, pos)
             page = header.get(5)
             length, crc = header.get(3), header.get(4)
             if header.get(1) != DATA_PAGE or not isinstance(page, dict) or length is None or crc is None:
-                return False
+                return None
             end = body + length
             if end > size or page.get(2) != PLAIN or page.get(3) != RLE or page.get(4) != RLE:
-                return False
+                return None
             if zlib.crc32(buf[body:end]) != crc & 0xFFFFFFFF:
                 raise PageChecksumError(f"page at byte {meta.data_page_offset + pos}: CRC-32 mismatch")
             values_at = body
             for _ in range(levels):  # RLE levels of a v1 page: a 4-byte length, then the runs
                 values_at += 4 + int.from_bytes(buf[values_at : values_at + 4], "little")
             count = page.get(1)
-            if not isinstance(count, int) or end - values_at != 4 * count or filled + count > flat.size:
-                return False  # a null value (fewer values than levels), or more values than rows × dim
-            flat[filled : filled + count] = np.frombuffer(buf[values_at:end], dtype=FLOAT32_LE)
-            filled += count
+            if not isinstance(count, int) or end - values_at != 4 * count:
+                return None  # a null value: fewer values than levels
+            spans.append((values_at, end))
             pos = end
-        return filled == flat.size
+        return buf, spans
     except (_Unexpected, IndexError, ValueError):
+        return None
+
+
+def features_into(path: os.PathLike | str, pfile: pq.ParquetFile, group: int, column: int, out: np.ndarray,
+                  scratch: threading.local | None = None) -> bool:
+    """Fill `out` ((rows, dim) float32, C-contiguous) with row group `group`'s features; `scratch`
+    holds each thread's read buffer between calls (a caller reading many row groups passes one).
+    Returns False (out partly written, nothing raised) when the chunk is not in the layout above.
+    """
+    if not out.flags.c_contiguous or out.dtype != np.float32:
         return False
+    found = _pages(path, pfile, group, column, scratch if scratch is not None else threading.local())
+    if found is None or sum(end - at for at, end in found[1]) != 4 * out.size:
+        return False
+    buf, filled, flat = found[0], 0, out.reshape(-1)
+    for at, end in found[1]:
+        count = (end - at) // 4
+        flat[filled : filled + count] = np.frombuffer(buf[at:end], dtype=FLOAT32_LE)
+        filled += count
+    return True
+
+
+def features_view(path: os.PathLike | str, pfile: pq.ParquetFile, group: int, column: int, shape: tuple[int, int],
+                  scratch: threading.local) -> np.ndarray | None:
+    """The row group's features as a view of this thread's read buffer (valid until its next
+    read): the values are moved to the front of the buffer in place, so a subset read needs no
+    second group-sized block. None when the chunk is not in the layout above."""
+    found = _pages(path, pfile, group, column, scratch)
+    if found is None or sum(end - at for at, end in found[1]) != 4 * shape[0] * shape[1]:
+        return None
+    buf, spans = found
+    base = np.frombuffer(buf, dtype=np.uint8)
+    address, filled = base.ctypes.data, 0
+    for at, end in spans:  # the destination never passes the source: memmove is safe
+        ctypes.memmove(address + filled, address + at, end - at)
+        filled += end - at
+    return np.frombuffer(buf, dtype=FLOAT32_LE, count=shape[0] * shape[1]).reshape(shape)

@@ -85,10 +85,10 @@ def _write(path, feats, **options):
     ({"compression": "none", "write_page_checksum": True, "data_page_version": "2.0"}, False),
     ({"compression": "none", "write_page_checksum": True, "use_dictionary": True}, False),
 ])
-def test_page_reader_is_exact_or_declines(tmp_path, options, fast):
+def test_page_reader_is_exact_or_declines(tmp_path, monkeypatch, options, fast):
     import pyarrow.parquet as pq
 
-    from scripts import shard_pages
+    from scripts import featio, shard_pages
     from scripts.featio import _features_leaf
 
     feats = np.random.default_rng(1).standard_normal((40, 12)).astype(np.float32)
@@ -100,10 +100,14 @@ def test_page_reader_is_exact_or_declines(tmp_path, options, fast):
     assert shard_pages.features_into(tmp_path / "part-00000.parquet", pfile, 0, _features_leaf(pfile), out) is fast
     if fast:
         assert np.array_equal(out.view(np.uint32), feats[:16].view(np.uint32))
+    monkeypatch.setattr(featio, "PARALLEL_READ_BYTES", 0)  # threads even for a tiny split
+    rows = np.array([1, 5, 16, 31, 32, 39])
     for threads in (1, 3):  # either way read_split returns the same bits
         got = read_split(tmp_path, threads=threads)
         assert np.array_equal(got.features.view(np.uint32), feats.view(np.uint32))
         assert np.array_equal(got.row, np.arange(40)) and list(got.path[:2]) == ["p0", "p1"]
+        subset = read_split(tmp_path, threads=threads, rows=rows)
+        assert np.array_equal(subset.features.view(np.uint32), feats[rows].view(np.uint32))
 
 
 def test_page_reader_declines_null_features(tmp_path):
@@ -124,7 +128,10 @@ def test_page_reader_declines_null_features(tmp_path):
                                          np.empty((3, 2), np.float32))
 
 
-def test_parallel_subset_read_matches_serial(tmp_path):
+def test_parallel_subset_read_matches_serial(tmp_path, monkeypatch):
+    from scripts import featio
+
+    monkeypatch.setattr(featio, "PARALLEL_READ_BYTES", 0)
     feats = make_split(tmp_path, sizes=(50, 30, 41), dim=6)
     rows = np.array([0, 15, 16, 17, 49, 50, 79, 80, 120])
     for threads in (1, 2, 4):
@@ -135,9 +142,11 @@ def test_parallel_subset_read_matches_serial(tmp_path):
     assert np.array_equal(out, feats)
 
 
-def test_flipped_page_checksum_is_one_line(tmp_path):
+def test_flipped_page_checksum_is_one_line(tmp_path, monkeypatch):
+    from scripts import featio
     from scripts.featio import FeatgapError
 
+    monkeypatch.setattr(featio, "PARALLEL_READ_BYTES", 0)
     feats = np.random.default_rng(2).standard_normal((40, 12)).astype(np.float32)
     shard = tmp_path / "part-00000.parquet"
     _write(shard, feats, compression="none", write_page_checksum=True)
@@ -145,5 +154,6 @@ def test_flipped_page_checksum_is_one_line(tmp_path):
     at = data.index(feats[20].tobytes())  # a value inside row group 1
     data[at + 1] ^= 0x10
     shard.write_bytes(bytes(data))
-    with pytest.raises(FeatgapError, match=r"part-00000.parquet: row group 1 is corrupt \(page at byte \d+: CRC-32"):
-        read_split(tmp_path, threads=2)
+    for rows in (None, np.array([3, 20])):  # whole groups and subsets
+        with pytest.raises(FeatgapError, match=r"part-00000.parquet: row group 1 is corrupt \(page at byte \d+: CRC-32"):
+            read_split(tmp_path, threads=2, rows=rows)
