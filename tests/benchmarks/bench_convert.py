@@ -83,8 +83,9 @@ def run_once(name: str, csv: Path, work: Path, threads: int) -> dict:
     size = csv.stat().st_size
     out_bytes = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     shutil.rmtree(out, ignore_errors=True)
+    # CPU seconds too: on a shared machine wall time depends on the others' load, CPU time much less.
     return {"seconds": seconds, "mb_s": size / seconds / 1e6, "peak_rss_mb": usage.ru_maxrss / 1024,
-            "output_mb": out_bytes / 1e6}
+            "output_mb": out_bytes / 1e6, "cpu_s": usage.ru_utime + usage.ru_stime}
 
 
 def main() -> None:
@@ -104,14 +105,18 @@ def main() -> None:
         for name in peers:  # alternate, so drifting machine load hits every peer alike
             result = run_once(name, csv, work, args.threads)
             runs[name].append(result)
-            print(f"round {round_ + 1} {name:14s} {result['mb_s']:7.1f} MB/s  peak {result['peak_rss_mb']:7.0f} MB",
+            print(f"round {round_ + 1} {name:14s} {result['mb_s']:7.1f} MB/s  cpu {result['cpu_s']:5.1f} s  "
+                  f"peak {result['peak_rss_mb']:7.0f} MB  load {os.getloadavg()[0]:.1f}",
                   flush=True)
     summary = {name: {"median_mb_s": statistics.median(r["mb_s"] for r in rs),
+                      "median_cpu_s": statistics.median(r["cpu_s"] for r in rs),
                       "max_peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
                       "output_mb": rs[0]["output_mb"], "runs": rs} for name, rs in runs.items()}
-    base = summary.get("polars_sink", {}).get("median_mb_s")
+    base = summary.get("polars_f32", {}).get("median_mb_s")
     for s in summary.values():
-        s["ratio_vs_polars"] = s["median_mb_s"] / base if base else None
+        s["ratio_vs_polars_f32"] = s["median_mb_s"] / base if base else None
+        s["cpu_ratio_vs_polars_f32"] = (summary["polars_f32"]["median_cpu_s"] / s["median_cpu_s"]
+                                        if "polars_f32" in summary else None)
     size = csv.stat().st_size
     report = {"csv_bytes": size, "threads": args.threads, "rounds": args.rounds, "peers": summary,
               "loadavg_1_5_15_at_end": os.getloadavg(),

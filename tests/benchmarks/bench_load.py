@@ -92,7 +92,8 @@ def run_once(name: str, folder: Path, threads: int, cores: str) -> dict:
     out, err = proc.stdout.read().decode(), proc.stderr.read().decode()
     if status != 0:
         raise RuntimeError(f"{name} failed: {err[-2000:]}")
-    return {"seconds": float(out.split()[-1]), "peak_rss_mb": usage.ru_maxrss / 1024}
+    return {"seconds": float(out.split()[-1]), "peak_rss_mb": usage.ru_maxrss / 1024,
+            "process_cpu_s": usage.ru_utime + usage.ru_stime}  # whole process, start-up included
 
 
 def main() -> None:
