@@ -32,6 +32,8 @@ TINY_CONFIG = {
         "sgd": {"type": "sgd", "alpha": [0.0001], "epochs": 1, "chunk_rows": 256},
         "logreg": {"type": "logreg", "C": [0.3], "subsample": 500, "max_iter": 200},
     },
+    # The demo's variants, PCA-whitened to 16 of these 32 dims; few resamples.
+    "improve": {"bootstrap": 50, "variants": {"pca_whiten": {"kind": "retrain", "set": {"pca_whiten": 16}}}},
 }
 
 

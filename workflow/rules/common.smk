@@ -9,11 +9,16 @@ from snakemake.utils import validate
 
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 
-# Files the workflow ships (resources/imagenet_classes.txt) are found beside the Snakefile when
+# Files the workflow ships (resources/imagenet_classes.txt, resources/timm-results/) are found beside the Snakefile when
 # the run's working directory is elsewhere (--directory).
-_names = config.get("evaluate", {}).get("class_names")
-if _names and not Path(_names).exists() and Path(workflow.basedir, _names).is_file():
-    config["evaluate"]["class_names"] = str(Path(workflow.basedir, _names))
+for _section, _key in (
+    (config.get("evaluate", {}), "class_names"),
+    (config.get("analysis", {}).get("reference_line") or {}, "test1_table"),
+    (config.get("analysis", {}).get("reference_line") or {}, "test2_table"),
+):
+    _shipped = _section.get(_key)
+    if _shipped and not Path(_shipped).exists() and Path(workflow.basedir, _shipped).is_file():
+        _section[_key] = str(Path(workflow.basedir, _shipped))
 
 # `heads: {mlp: null}` in a later config file (or --config) drops a head the defaults define.
 for section in ("heads", "baselines"):

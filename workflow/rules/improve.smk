@@ -17,12 +17,18 @@ _unknown = {
 if _unknown:
     raise WorkflowError(f"config improve.variants: ensemble members {sorted(_unknown)} are not configured heads")
 
+_too_wide = [
+    name for name, spec in IMPROVE_VARIANTS.items() if (spec.get("set") or {}).get("pca_whiten", 0) > config["dim"]
+]
+if _too_wide:
+    raise WorkflowError(f"config improve.variants {_too_wide}: pca_whiten must be at most dim ({config['dim']})")
+
 # The one place that says which model files each variant is made of (inputs and the step's JSON).
 VARIANT_MODELS = {
     name: (
         [f"results/improve/{name}/model.pt"]
         if spec["kind"] == "retrain"
-        else [f"results/heads/{h}/model.pt" for h in spec.get("heads", [])]
+        else [head_file(h, "model.pt") for h in spec.get("heads", [])]
     )
     for name, spec in IMPROVE_VARIANTS.items()
 }
@@ -30,9 +36,9 @@ VARIANT_MODELS = {
 
 rule improve_train:
     input:
-        manifest="results/parquet/train.manifest.json",
-        qc="results/qc/train.json",
-        code=code("train_head", "train_data", "train_grid", "heads", "device"),
+        manifest=manifest_path("train"),
+        qc=qc_path("train"),
+        code=code("train_head"),
     output:
         model="results/improve/{variant}/model.pt",
         history="results/improve/{variant}/history.csv",
@@ -69,12 +75,12 @@ rule improve_train:
 
 rule improve_compare:
     input:
-        baseline=f"results/heads/{IMPROVE_BASELINE}/model.pt",
+        baseline=head_file(IMPROVE_BASELINE, "model.pt"),
         models=sorted({m for models in VARIANT_MODELS.values() for m in models}),
-        test1="results/parquet/test1.manifest.json",
-        test2="results/parquet/test2.manifest.json",
-        qc=["results/qc/test1.json", "results/qc/test2.json", "results/qc/cross.json"],
-        code=code("improve", "heads", "stats", "analysis_common"),
+        test1=manifest_path("test1"),
+        test2=manifest_path("test2"),
+        qc=[qc_path("test1"), qc_path("test2"), qc_path("cross")],
+        code=code("improve"),
     output:
         summary="results/improve/summary.json",
         table="results/improve/variants.csv",
