@@ -1,8 +1,5 @@
-"""Helpers shared by evaluate and the gap analyses: class names, tables, figures, summaries.
-
-Also one small step of its own, `class_counts` (CLI: python -m scripts.analysis_common): rows
-per class in train / test1 / test2, read from the label column only (the 1.28M-row train split
-costs a few MB), so the gap and imbalance analyses never touch the training features.
+"""Library shared by evaluate and the gap analyses: class names, tables, figures, summaries, and
+the per-class row counts that the class_counts step (scripts/class_counts.py) writes. No CLI.
 
 Every analysis writes `summary.json` through `write_summary`, so the report can rely on:
     verdict  one sentence
@@ -13,7 +10,6 @@ Every analysis writes `summary.json` through `write_summary`, so the report can 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -30,7 +26,6 @@ from scripts.featio import (
     meta_block,
     read_json,
     read_split,
-    run_cli,
     shard_folder,
     write_json,
 )
@@ -210,23 +205,3 @@ def read_class_counts(path: str | os.PathLike) -> pd.DataFrame:
     if not need <= set(frame.columns):
         raise FeatgapError(f"{path}: expected columns {sorted(need)}, found {list(frame.columns)}")
     return frame
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Rows per class in each split (labels only).")
-    parser.add_argument("--train", required=True, help="train manifest")
-    parser.add_argument("--test1", required=True, help="test1 manifest")
-    parser.add_argument("--test2", required=True, help="test2 manifest")
-    parser.add_argument("--num-classes", type=int, required=True)
-    parser.add_argument("--class-names", default="")
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args(argv)
-    frame = class_counts(
-        {"train": args.train, "test1": args.test1, "test2": args.test2},
-        args.num_classes, args.class_names or None, args.out,
-    )
-    print(f"wrote {args.out}: {len(frame)} classes, {int(frame['train_rows'].sum())} train rows")
-
-
-if __name__ == "__main__":
-    run_cli(main)

@@ -36,8 +36,8 @@ from tqdm import tqdm
 
 from scripts.featio import FeatgapError, meta_block, parse_json_arg, run_cli, shard_folder, write_json
 from scripts.heads import make_checkpoint, save_head
+from scripts.train_config import TrainSettings, parse_config, write_history
 from scripts.train_data import TrainSet, load_train, stratified_holdout
-from scripts.train_head import TrainSettings, parse_config, write_history
 
 MISSING_BIAS = -1e4
 

@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from scripts import stats
 from scripts.analysis_common import merge_options, pyplot, save_figure, write_summary, write_table
 from scripts.featio import FeatgapError, parse_json_arg, read_split, run_cli, shard_folder
-from scripts.shift import stratified_subsample
 
 DEFAULTS = {"per_set": 500, "pca_components": 50, "perplexity": 30.0, "tsne_iter": 1000, "neighbors": 10,
             "head": None}
@@ -34,7 +34,7 @@ SET_COLORS = {"test1": "#4f81bd", "test2": "#c0504d"}
 def sample_set(manifest: str | Path, predictions: str | Path, per_set: int, seed: int) -> dict[str, np.ndarray]:
     folder = shard_folder(manifest)
     labels = read_split(folder, features=False, columns=("label",)).label.astype(np.int64)
-    idx = stratified_subsample(labels, per_set, seed)
+    idx = stats.stratified_subsample(labels, per_set, seed)
     split = read_split(folder, features=True, columns=("row", "label"), rows=idx)
     pred = pq.read_table(predictions, columns=["row", "correct"])
     rows = pred.column("row").to_numpy()

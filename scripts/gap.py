@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from scripts import evidence, stats, stats_classes
+from scripts import evidence, per_class, stats, stats_classes
 from scripts.analysis_common import (
     fmt_p,
     load_per_class,
@@ -41,7 +41,7 @@ from scripts.analysis_common import (
     write_summary,
     write_table,
 )
-from scripts.featio import FeatgapError, parse_json_arg, run_cli
+from scripts.featio import parse_json_arg, run_cli
 
 DEFAULTS = {"alpha": 0.05, "top_k": 20, "permutations": 10000, "bootstrap": 2000, "null_reps": 500, "share_reps": 200}
 FILES = ("per_class.csv", "summary.json", "drop_distribution.png", "top_drops.png")
@@ -55,17 +55,14 @@ def _correct_counts(m: pd.DataFrame) -> np.ndarray:
 
 
 def per_class_gap(m1: pd.DataFrame, m2: pd.DataFrame, counts: pd.DataFrame) -> pd.DataFrame:
-    if len(m1) != len(m2) or len(m1) != len(counts):
-        raise FeatgapError(f"class counts disagree: test1 {len(m1)}, test2 {len(m2)}, class table {len(counts)}")
-    frame = pd.DataFrame({
-        "class": counts["class"], "name": counts["name"], "train_rows": counts["train_rows"],
-        "n_test1": m1["n"].astype(np.int64), "n_test2": m2["n"].astype(np.int64),
-        "correct_test1": _correct_counts(m1), "correct_test2": _correct_counts(m2),
-        "acc_test1": m1["accuracy"].astype(float), "acc_test2": m2["accuracy"].astype(float),
-        "p_label_test1": m1["mean_p_label"].astype(float), "p_label_test2": m2["mean_p_label"].astype(float),
-    })
-    # Rounded so that equal drops tie exactly (0.75 − 0.2 vs 0.85 − 0.3) when ranked.
-    frame["drop"] = (frame["acc_test1"] - frame["acc_test2"]).round(stats.DIFF_DECIMALS)
+    frame = per_class.drop_table(counts, m1, m2)  # class, name, train_rows, acc_test1/2, drop
+    for position, (column, values) in enumerate([
+        ("n_test1", m1["n"].astype(np.int64)), ("n_test2", m2["n"].astype(np.int64)),
+        ("correct_test1", _correct_counts(m1)), ("correct_test2", _correct_counts(m2)),
+    ], start=3):
+        frame.insert(position, column, values)
+    frame.insert(9, "p_label_test1", m1["mean_p_label"].astype(float))
+    frame.insert(10, "p_label_test2", m2["mean_p_label"].astype(float))
     frame["p_label_drop"] = frame["p_label_test1"] - frame["p_label_test2"]
     both = (frame["n_test1"] > 0) & (frame["n_test2"] > 0)
     k1, n1 = frame["correct_test1"].to_numpy(), frame["n_test1"].to_numpy()

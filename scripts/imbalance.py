@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from scripts import evidence, stats
+from scripts import evidence, per_class, stats
 from scripts.analysis_common import (
     fmt_p,
     load_per_class,
@@ -36,7 +36,7 @@ from scripts.analysis_common import (
     write_summary,
     write_table,
 )
-from scripts.featio import FeatgapError, parse_json_arg, run_cli
+from scripts.featio import parse_json_arg, run_cli
 
 DEFAULTS = {"alpha": 0.05, "max_tie_share": 0.5, "permutations": 10000, "min_group": 10}
 FILES = ("per_class.csv", "summary.json", "scatter.png")
@@ -69,13 +69,7 @@ def imbalance(*, class_counts: str | Path, metrics1: str | Path, metrics2: str |
     head = head_name or Path(metrics1).parent.parent.name
     counts = read_class_counts(class_counts)
     m1, m2 = load_per_class(metrics1), load_per_class(metrics2)
-    if not (len(counts) == len(m1) == len(m2)):
-        raise FeatgapError(f"class counts disagree: class table {len(counts)}, test1 {len(m1)}, test2 {len(m2)}")
-    frame = pd.DataFrame({"class": counts["class"], "name": counts["name"], "train_rows": counts["train_rows"],
-                          "acc_test1": m1["accuracy"].astype(float), "acc_test2": m2["accuracy"].astype(float)})
-    # Rounded so that equal drops tie exactly (0.75 − 0.2 vs 0.85 − 0.3) when ranked.
-    frame["drop"] = (frame["acc_test1"] - frame["acc_test2"]).round(12)
-    frame = frame.dropna(subset=["acc_test1", "acc_test2"])
+    frame = per_class.drop_table(counts, m1, m2).dropna(subset=["acc_test1", "acc_test2"])
     results = {col: stats.spearman(frame["train_rows"], frame[col]) for col, _ in TARGETS}
     full = frame["train_rows"] == frame["train_rows"].max()
     modal_share = float(frame["train_rows"].value_counts().iloc[0] / len(frame)) if len(frame) else 0.0

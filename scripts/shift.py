@@ -72,22 +72,6 @@ def feature_tests(x1: np.ndarray, x2: np.ndarray) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------- domain classifier
-def stratified_subsample(labels: np.ndarray, m: int, seed: int) -> np.ndarray:
-    """Sorted row positions of a class-stratified random sample of at most m rows."""
-    n = len(labels)
-    if m >= n:
-        return np.arange(n)
-    from sklearn.model_selection import StratifiedShuffleSplit
-
-    counts = np.bincount(labels)
-    strat = labels if counts[counts > 0].min() >= 2 else None
-    if strat is None:
-        return np.sort(np.random.default_rng(seed).choice(n, m, replace=False))
-    splitter = StratifiedShuffleSplit(n_splits=1, train_size=m, random_state=seed)
-    idx, _ = next(splitter.split(np.zeros(n), strat))
-    return np.sort(idx)
-
-
 def domain_classifier(x1: np.ndarray, x2: np.ndarray, y1: np.ndarray, y2: np.ndarray, opts: dict,
                       seed: int) -> dict[str, Any]:
     """Cross-validated logistic regression test1 (0) vs test2 (1): out-of-fold AUC and interval."""
@@ -97,8 +81,8 @@ def domain_classifier(x1: np.ndarray, x2: np.ndarray, y1: np.ndarray, y2: np.nda
     from sklearn.preprocessing import StandardScaler
 
     m = int(opts["max_rows_per_set"])
-    i1 = stratified_subsample(y1, m, seed)
-    i2 = stratified_subsample(y2, m, seed + 1)
+    i1 = stats.stratified_subsample(y1, m, seed)
+    i2 = stats.stratified_subsample(y2, m, seed + 1)
     x = np.concatenate([x1[i1], x2[i2]]).astype(np.float64)
     y = np.concatenate([np.zeros(len(i1), int), np.ones(len(i2), int)])
     folds = int(opts["folds"])
@@ -385,7 +369,7 @@ def domain_reweighted_accuracy(x1: np.ndarray, x2: np.ndarray, y1: np.ndarray, y
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    i1 = stratified_subsample(y1, max_rows, seed)
+    i1 = stats.stratified_subsample(y1, max_rows, seed)
     pooled = {c: np.concatenate([x1[y1 == c], x2[y2 == c]]).astype(np.float64).mean(axis=0) for c in np.unique(y1)}
     z1, z2 = class_centred(x1[i1], y1[i1], pooled), class_centred(x2, y2, pooled)
     x = np.concatenate([z1, z2])

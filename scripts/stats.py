@@ -433,3 +433,19 @@ def _bias_corrected_levels(draws: np.ndarray, estimate: float, alpha: float) -> 
     below = (np.sum(draws < estimate) + 0.5 * np.sum(draws == estimate)) / len(draws)
     z0 = float(np.clip(special.ndtri(below) if 0 < below < 1 else np.sign(below - 0.5) * np.inf, -z_crit, z_crit))
     return float(special.ndtr(2 * z0 - z_crit)), float(special.ndtr(2 * z0 + z_crit))
+
+
+def stratified_subsample(labels: np.ndarray, m: int, seed: int) -> np.ndarray:
+    """Sorted row positions of a class-stratified random sample of at most m rows."""
+    n = len(labels)
+    if m >= n:
+        return np.arange(n)
+    from sklearn.model_selection import StratifiedShuffleSplit
+
+    counts = np.bincount(labels)
+    strat = labels if counts[counts > 0].min() >= 2 else None
+    if strat is None:
+        return np.sort(np.random.default_rng(seed).choice(n, m, replace=False))
+    splitter = StratifiedShuffleSplit(n_splits=1, train_size=m, random_state=seed)
+    idx, _ = next(splitter.split(np.zeros(n), strat))
+    return np.sort(idx)

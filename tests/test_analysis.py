@@ -9,7 +9,7 @@ import pytest
 from scipy import stats as sps
 from test_analysis_fixtures import planted, planted_eval  # noqa: F401 - fixtures
 
-from scripts.analysis_common import main as counts_main
+from scripts.class_counts import main as counts_main
 from scripts.embedding import embedding
 from scripts.featio import FeatgapError, run_cli
 from scripts.gap import gap

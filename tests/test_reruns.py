@@ -101,6 +101,26 @@ def test_editing_step_code_reruns_that_step_and_dependents(finished):
         snakemake(finished, "--touch")
 
 
+def test_editing_a_helper_reruns_exactly_its_importers(finished):
+    """stats_classes is imported by gap and misclass only (code inputs come from the imports)."""
+    module = finished / "scripts" / "stats_classes.py"
+    original = module.read_text()
+    try:
+        module.write_text(original + "\n# an edit\n")
+        assert jobs(finished) == {"gap": len(HEADS), "misclass": 2 * len(HEADS), "misclass_compare": len(HEADS),
+                                  "report": 1}
+    finally:
+        module.write_text(original)
+        snakemake(finished, "--touch")
+
+
+def test_an_analysis_switched_off_leaves_the_report_inputs(finished):
+    """analysis.gap.enabled: false: no gap job, and only the report (which omits gap) reruns."""
+    config = copy.deepcopy(TINY_CONFIG)
+    config["analysis"]["gap"] = {**config["analysis"].get("gap", {}), "enabled": False}
+    assert jobs(finished, config) == {"report": 1}
+
+
 def test_editing_only_the_report_template_reruns_only_the_report(finished):
     template = finished / "scripts" / "report_template.html"
     original = template.read_text()

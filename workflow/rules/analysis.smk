@@ -2,9 +2,9 @@
 # shift, shift_adapt, misclass and embedding; train LABELS only in class_counts) and writes a
 # table, summary.json (verdict + numbers + meta) and PNG figures under results/analysis/.
 # Each rule gets only its own config subsection, so changing one analysis parameter reruns that
-# analysis alone.
+# analysis alone; `analysis.<name>.enabled: false` leaves it out of `all` and so out of the report.
+# Adding an analysis: docs/architecture.md.
 
-ANALYSIS = config.get("analysis", {})
 EMBED_HEAD = ANALYSIS.get("embedding", {}).get("head") or (HEADS[0] if HEADS else None)
 
 GAP_FILES = ["per_class.csv", "summary.json", "drop_distribution.png", "top_drops.png"]
@@ -24,13 +24,13 @@ LABEL_NOISE_FILES = ["disagreements.csv", "summary.json", "confidence.png"]
 
 rule class_counts:
     input:
-        train="results/parquet/train.manifest.json",
-        test1="results/parquet/test1.manifest.json",
-        test2="results/parquet/test2.manifest.json",
+        train=manifest_path("train"),
+        test1=manifest_path("test1"),
+        test2=manifest_path("test2"),
         names=CLASS_NAMES,
-        code=code("analysis_common"),
+        code=code("class_counts"),
     output:
-        "results/analysis/class_counts.csv",
+        analysis_dir("class_counts.csv"),
     log:
         "logs/analysis/class_counts.log",
     conda:
@@ -42,25 +42,18 @@ rule class_counts:
         num_classes=config["num_classes"],
         names=config["evaluate"].get("class_names") or "",
     shell:
-        "python -m scripts.analysis_common --train {input.train:q} --test1 {input.test1:q} --test2 {input.test2:q}"
+        "python -m scripts.class_counts --train {input.train:q} --test1 {input.test1:q} --test2 {input.test2:q}"
         " --num-classes {params.num_classes} --class-names={params.names:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule gap:
     input:
-        metrics1="results/eval/{head}/test1/metrics.json",
-        metrics2="results/eval/{head}/test2/metrics.json",
-        counts="results/analysis/class_counts.csv",
-        code=code("gap", "stats", "stats_classes", "analysis_common", "evidence"),
+        metrics1=eval_file("{head}", "test1", "metrics.json"),
+        metrics2=eval_file("{head}", "test2", "metrics.json"),
+        counts=analysis_dir("class_counts.csv"),
+        code=code("gap"),
     output:
-        [
-            (
-                report(f, caption="../report/gap.rst", category="2. Per-class drop", subcategory="{head}")
-                if f.endswith(".png")
-                else f
-            )
-            for f in expand("results/analysis/gap/{{head}}/{file}", file=GAP_FILES)
-        ],
+        reported(analysis_dir("gap", "{head}"), GAP_FILES, "gap", "2. Per-class drop", "{head}"),
     log:
         "logs/analysis/gap.{head}.log",
     wildcard_constraints:
@@ -72,7 +65,7 @@ rule gap:
         runtime=10,
     params:
         out_dir=lambda wc, output: Path(output[0]).parent,
-        options=as_json(ANALYSIS.get("gap", {})),
+        options=analysis_options("gap"),
         seed=config["seed"],
     shell:
         "python -m scripts.gap --metrics1 {input.metrics1:q} --metrics2 {input.metrics2:q}"
@@ -80,20 +73,17 @@ rule gap:
         " --seed {params.seed} --head-name {wildcards.head:q} > {log:q} 2>&1"
 
 
+if analysis_on("gap"):
+    ALL_TARGETS.extend(targets(rules.gap, head=HEADS))
+
+
 rule shift:
     input:
-        test1="results/parquet/test1.manifest.json",
-        test2="results/parquet/test2.manifest.json",
-        code=code("shift", "stats", "analysis_common"),
+        test1=manifest_path("test1"),
+        test2=manifest_path("test2"),
+        code=code("shift"),
     output:
-        [
-            (
-                report(f, caption="../report/shift.rst", category="3. Feature shift", subcategory="test sets")
-                if f.endswith(".png")
-                else f
-            )
-            for f in expand("results/analysis/shift/{file}", file=SHIFT_FILES)
-        ],
+        reported(analysis_dir("shift"), SHIFT_FILES, "shift", "3. Feature shift", "test sets"),
     log:
         "logs/analysis/shift.log",
     benchmark:
@@ -108,28 +98,27 @@ rule shift:
         runtime=30,
     params:
         out_dir=lambda wc, output: Path(output[0]).parent,
-        options=as_json(ANALYSIS.get("shift", {})),
+        options=analysis_options("shift"),
         seed=config["seed"],
     shell:
         "OMP_NUM_THREADS={threads} python -m scripts.shift features --test1 {input.test1:q} --test2 {input.test2:q}"
         " --out-dir {params.out_dir:q} --options {params.options} --seed {params.seed} > {log:q} 2>&1"
 
 
+if analysis_on("shift"):
+    ALL_TARGETS.extend(targets(rules.shift))
+
+
 rule shift_adapt:
     input:
-        model="results/heads/{head}/model.pt",
-        test1="results/parquet/test1.manifest.json",
-        test2="results/parquet/test2.manifest.json",
-        code=code("shift", "stats", "analysis_common", "heads", "evidence"),
+        model=head_file("{head}", "model.pt"),
+        test1=manifest_path("test1"),
+        test2=manifest_path("test2"),
+        code=code("shift"),
     output:
-        [
-            (
-                report(f, caption="../report/adapt.rst", category="3. Feature shift", subcategory="adaptation {head}")
-                if f.endswith(".png")
-                else f
-            )
-            for f in expand("results/analysis/shift/adapt/{{head}}/{file}", file=ADAPT_FILES)
-        ],
+        reported(
+            analysis_dir("shift", "adapt", "{head}"), ADAPT_FILES, "adapt", "3. Feature shift", "adaptation {head}"
+        ),
     log:
         "logs/analysis/shift_adapt.{head}.log",
     benchmark:
@@ -145,7 +134,7 @@ rule shift_adapt:
         runtime=20,
     params:
         out_dir=lambda wc, output: Path(output[0]).parent,
-        options=as_json(ANALYSIS.get("shift_adapt", {})),
+        options=analysis_options("shift_adapt"),
         seed=config["seed"],
     shell:
         "OMP_NUM_THREADS={threads} python -m scripts.shift adapt --head {input.model:q} --head-name {wildcards.head:q}"
@@ -153,21 +142,18 @@ rule shift_adapt:
         " --seed {params.seed} > {log:q} 2>&1"
 
 
+if analysis_on("shift_adapt"):
+    ALL_TARGETS.extend(targets(rules.shift_adapt, head=HEADS))
+
+
 rule imbalance:
     input:
-        counts="results/analysis/class_counts.csv",
-        metrics1="results/eval/{head}/test1/metrics.json",
-        metrics2="results/eval/{head}/test2/metrics.json",
-        code=code("imbalance", "stats", "analysis_common", "evidence"),
+        counts=analysis_dir("class_counts.csv"),
+        metrics1=eval_file("{head}", "test1", "metrics.json"),
+        metrics2=eval_file("{head}", "test2", "metrics.json"),
+        code=code("imbalance"),
     output:
-        [
-            (
-                report(f, caption="../report/imbalance.rst", category="4. Class imbalance", subcategory="{head}")
-                if f.endswith(".png")
-                else f
-            )
-            for f in expand("results/analysis/imbalance/{{head}}/{file}", file=IMBALANCE_FILES)
-        ],
+        reported(analysis_dir("imbalance", "{head}"), IMBALANCE_FILES, "imbalance", "4. Class imbalance", "{head}"),
     log:
         "logs/analysis/imbalance.{head}.log",
     wildcard_constraints:
@@ -179,7 +165,7 @@ rule imbalance:
         runtime=10,
     params:
         out_dir=lambda wc, output: Path(output[0]).parent,
-        options=as_json(ANALYSIS.get("imbalance", {})),
+        options=analysis_options("imbalance"),
         seed=config["seed"],
     shell:
         "python -m scripts.imbalance --class-counts {input.counts:q} --metrics1 {input.metrics1:q}"
@@ -187,22 +173,19 @@ rule imbalance:
         " --seed {params.seed} --head-name {wildcards.head:q} > {log:q} 2>&1"
 
 
+if analysis_on("imbalance"):
+    ALL_TARGETS.extend(targets(rules.imbalance, head=HEADS))
+
+
 rule overfit:
     input:
-        selection="results/heads/{head}/selection.json",
-        history="results/heads/{head}/history.csv",
-        metrics1="results/eval/{head}/test1/metrics.json",
-        metrics2="results/eval/{head}/test2/metrics.json",
-        code=code("overfit", "analysis_common", "evidence"),
+        selection=head_file("{head}", "selection.json"),
+        history=head_file("{head}", "history.csv"),
+        metrics1=eval_file("{head}", "test1", "metrics.json"),
+        metrics2=eval_file("{head}", "test2", "metrics.json"),
+        code=code("overfit"),
     output:
-        [
-            (
-                report(f, caption="../report/overfit.rst", category="5. Overfitting", subcategory="{head}")
-                if f.endswith(".png")
-                else f
-            )
-            for f in expand("results/analysis/overfit/{{head}}/{file}", file=OVERFIT_FILES)
-        ],
+        reported(analysis_dir("overfit", "{head}"), OVERFIT_FILES, "overfit", "5. Overfitting", "{head}"),
     log:
         "logs/analysis/overfit.{head}.log",
     wildcard_constraints:
@@ -214,7 +197,7 @@ rule overfit:
         runtime=10,
     params:
         out_dir=lambda wc, output: Path(output[0]).parent,
-        options=as_json(ANALYSIS.get("overfit", {})),
+        options=analysis_options("overfit"),
         backbone_saw_train=BACKBONE_SAW_TRAIN,
     shell:
         "python -m scripts.overfit --selection {input.selection:q} --history {input.history:q}"
@@ -223,25 +206,23 @@ rule overfit:
         " --head-name {wildcards.head:q} > {log:q} 2>&1"
 
 
+if analysis_on("overfit"):
+    ALL_TARGETS.extend(targets(rules.overfit, head=HEADS))
+
+
 rule misclass:
     input:
-        predictions="results/eval/{head}/{test}/predictions.parquet",
-        manifest="results/parquet/{test}.manifest.json",
-        code=code("misclass", "stats", "stats_classes", "analysis_common"),
+        predictions=eval_file("{head}", "{test}", "predictions.parquet"),
+        manifest=manifest_path("{test}"),
+        code=code("misclass"),
     output:
-        [
-            (
-                report(
-                    f,
-                    caption="../report/misclass.rst",
-                    category="6. Misclassified samples",
-                    subcategory="{head} {test}",
-                )
-                if f.endswith(".png")
-                else f
-            )
-            for f in expand("results/analysis/misclass/{{head}}/{{test}}/{file}", file=MISCLASS_FILES)
-        ],
+        reported(
+            analysis_dir("misclass", "{head}", "{test}"),
+            MISCLASS_FILES,
+            "misclass",
+            "6. Misclassified samples",
+            "{head} {test}",
+        ),
     log:
         "logs/analysis/misclass.{head}.{test}.log",
     wildcard_constraints:
@@ -255,7 +236,7 @@ rule misclass:
         runtime=15,
     params:
         out_dir=lambda wc, output: Path(output[0]).parent,
-        options=as_json(ANALYSIS.get("misclass", {})),
+        options=analysis_options("misclass"),
         seed=config["seed"],
     shell:
         "OMP_NUM_THREADS={threads} python -m scripts.misclass --predictions {input.predictions:q}"
@@ -263,27 +244,25 @@ rule misclass:
         " --head-name {wildcards.head:q} --test-name {wildcards.test:q} > {log:q} 2>&1"
 
 
+if analysis_on("misclass"):
+    ALL_TARGETS.extend(targets(rules.misclass, head=HEADS, test=TESTS))
+
+
 # What the gap question needs from misclass: does the within-class signature of a misclassified
 # image differ between test set 1 and test set 2? (reads the two features.csv tables only)
 rule misclass_compare:
     input:
-        features1="results/analysis/misclass/{head}/test1/features.csv",
-        features2="results/analysis/misclass/{head}/test2/features.csv",
-        code=code("misclass", "stats", "stats_classes", "analysis_common"),
+        features1=analysis_dir("misclass", "{head}", "test1", "features.csv"),
+        features2=analysis_dir("misclass", "{head}", "test2", "features.csv"),
+        code=code("misclass"),
     output:
-        [
-            (
-                report(
-                    f,
-                    caption="../report/misclass_compare.rst",
-                    category="6. Misclassified samples",
-                    subcategory="{head} test1 vs test2",
-                )
-                if f.endswith(".png")
-                else f
-            )
-            for f in expand("results/analysis/misclass_compare/{{head}}/{file}", file=MISCLASS_COMPARE_FILES)
-        ],
+        reported(
+            analysis_dir("misclass_compare", "{head}"),
+            MISCLASS_COMPARE_FILES,
+            "misclass_compare",
+            "6. Misclassified samples",
+            "{head} test1 vs test2",
+        ),
     log:
         "logs/analysis/misclass_compare.{head}.log",
     wildcard_constraints:
@@ -295,26 +274,27 @@ rule misclass_compare:
         runtime=10,
     params:
         out_dir=lambda wc, output: Path(output[0]).parent,
-        options=as_json(ANALYSIS.get("misclass", {})),
+        options=analysis_options("misclass"),
     shell:
         "python -m scripts.misclass compare --features1 {input.features1:q} --features2 {input.features2:q}"
         " --out-dir {params.out_dir:q} --options {params.options} --head-name {wildcards.head:q} > {log:q} 2>&1"
 
 
-if EMBED_HEAD is not None:
+if analysis_on("misclass"):
+    ALL_TARGETS.extend(targets(rules.misclass_compare, head=HEADS))
+
+
+if EMBED_HEAD is not None and analysis_on("embedding"):
 
     rule embedding:
         input:
-            test1="results/parquet/test1.manifest.json",
-            test2="results/parquet/test2.manifest.json",
-            predictions1=f"results/eval/{EMBED_HEAD}/test1/predictions.parquet",
-            predictions2=f"results/eval/{EMBED_HEAD}/test2/predictions.parquet",
-            code=code("embedding", "shift", "stats", "analysis_common"),
+            test1=manifest_path("test1"),
+            test2=manifest_path("test2"),
+            predictions1=eval_file(EMBED_HEAD, "test1", "predictions.parquet"),
+            predictions2=eval_file(EMBED_HEAD, "test2", "predictions.parquet"),
+            code=code("embedding"),
         output:
-            [
-                report(f, caption="../report/embedding.rst", category="7. Embedding") if f.endswith(".png") else f
-                for f in expand("results/analysis/embedding/{file}", file=EMBEDDING_FILES)
-            ],
+            reported(analysis_dir("embedding"), EMBEDDING_FILES, "embedding", "7. Embedding"),
         log:
             "logs/analysis/embedding.log",
         benchmark:
@@ -327,7 +307,7 @@ if EMBED_HEAD is not None:
             runtime=30,
         params:
             out_dir=lambda wc, output: Path(output[0]).parent,
-            options=as_json(ANALYSIS.get("embedding", {})),
+            options=analysis_options("embedding"),
             seed=config["seed"],
             head=EMBED_HEAD,
         shell:
@@ -336,17 +316,17 @@ if EMBED_HEAD is not None:
             " --options {params.options} --seed {params.seed} --head-name {params.head:q} --threads {threads}"
             " > {log:q} 2>&1"
 
-    ALL_TARGETS.extend(expand("results/analysis/embedding/{file}", file=EMBEDDING_FILES))
+    ALL_TARGETS.extend(rules.embedding.output)
 
 
 # Train class means and global mean/std in one streaming pass (a few MB): what difficulty needs
 # from train, without ever holding the train matrix.
 rule train_reference:
     input:
-        train="results/parquet/train.manifest.json",
-        code=code("difficulty", "analysis_common", "evidence"),
+        train=manifest_path("train"),
+        code=code("difficulty"),
     output:
-        "results/analysis/train_reference.npz",
+        analysis_dir("train_reference.npz"),
     log:
         "logs/analysis/train_reference.log",
     benchmark:
@@ -365,21 +345,14 @@ rule train_reference:
 
 rule difficulty:
     input:
-        reference="results/analysis/train_reference.npz",
-        test1="results/parquet/test1.manifest.json",
-        test2="results/parquet/test2.manifest.json",
-        predictions1="results/eval/{head}/test1/predictions.parquet",
-        predictions2="results/eval/{head}/test2/predictions.parquet",
-        code=code("difficulty", "analysis_common", "evidence", "stats"),
+        reference=analysis_dir("train_reference.npz"),
+        test1=manifest_path("test1"),
+        test2=manifest_path("test2"),
+        predictions1=eval_file("{head}", "test1", "predictions.parquet"),
+        predictions2=eval_file("{head}", "test2", "predictions.parquet"),
+        code=code("difficulty"),
     output:
-        [
-            (
-                report(f, caption="../report/difficulty.rst", category="8. Difficulty", subcategory="{head}")
-                if f.endswith(".png")
-                else f
-            )
-            for f in expand("results/analysis/difficulty/{{head}}/{file}", file=DIFFICULTY_FILES)
-        ],
+        reported(analysis_dir("difficulty", "{head}"), DIFFICULTY_FILES, "difficulty", "8. Difficulty", "{head}"),
     log:
         "logs/analysis/difficulty.{head}.log",
     wildcard_constraints:
@@ -392,7 +365,7 @@ rule difficulty:
         runtime=20,
     params:
         out_dir=lambda wc, output: Path(output[0]).parent,
-        options=as_json(ANALYSIS.get("difficulty", {})),
+        options=analysis_options("difficulty"),
         seed=config["seed"],
     shell:
         "OMP_NUM_THREADS={threads} python -m scripts.difficulty share --reference {input.reference:q}"
@@ -401,22 +374,19 @@ rule difficulty:
         " --seed {params.seed} --head-name {wildcards.head:q} > {log:q} 2>&1"
 
 
+if analysis_on("difficulty"):
+    ALL_TARGETS.extend(targets(rules.difficulty, head=HEADS))
+
+
 # label_noise reads only the two predictions tables (a re-scoring with other labels can feed it).
 rule label_noise:
     input:
-        predictions1="results/eval/{head}/test1/predictions.parquet",
-        predictions2="results/eval/{head}/test2/predictions.parquet",
+        predictions1=eval_file("{head}", "test1", "predictions.parquet"),
+        predictions2=eval_file("{head}", "test2", "predictions.parquet"),
         real=LABEL_NOISE_REAL,  # ReaL check of test set 1 (real_labels.smk), when configured
-        code=code("label_noise", "analysis_common", "evidence", "stats"),
+        code=code("label_noise"),
     output:
-        [
-            (
-                report(f, caption="../report/label_noise.rst", category="9. Label noise", subcategory="{head}")
-                if f.endswith(".png")
-                else f
-            )
-            for f in expand("results/analysis/label_noise/{{head}}/{file}", file=LABEL_NOISE_FILES)
-        ],
+        reported(analysis_dir("label_noise", "{head}"), LABEL_NOISE_FILES, "label_noise", "9. Label noise", "{head}"),
     log:
         "logs/analysis/label_noise.{head}.log",
     wildcard_constraints:
@@ -428,7 +398,7 @@ rule label_noise:
         runtime=10,
     params:
         out_dir=lambda wc, output: Path(output[0]).parent,
-        options=as_json(ANALYSIS.get("label_noise", {})),
+        options=analysis_options("label_noise"),
         seed=config["seed"],
         real=lambda wc, input: " ".join(f"--real-rows {shlex.quote(p)}" for p in input.real),
     shell:
@@ -437,28 +407,24 @@ rule label_noise:
         " --head-name {wildcards.head:q} {params.real} > {log:q} 2>&1"
 
 
+if analysis_on("label_noise"):
+    ALL_TARGETS.extend(targets(rules.label_noise, head=HEADS))
+
+
 # Accuracy on the line: only when a reference table is configured (config/eva02.yaml: timm's results).
 REFERENCE_LINE = ANALYSIS.get("reference_line") or {}
-if REFERENCE_LINE.get("test1_table") and REFERENCE_LINE.get("test2_table") and HEADS:
+REFERENCE_LINE_FILES = ["line.csv", "summary.json", "line.png"]
+if REFERENCE_LINE.get("test1_table") and REFERENCE_LINE.get("test2_table") and HEADS and analysis_on("reference_line"):
 
     rule reference_line:
         input:
             test1_table=REFERENCE_LINE["test1_table"],
             test2_table=REFERENCE_LINE["test2_table"],
-            metrics1=expand("results/eval/{head}/test1/metrics.json", head=HEADS),
-            metrics2=expand("results/eval/{head}/test2/metrics.json", head=HEADS),
-            code=code("reference_line", "analysis_common"),
+            metrics1=expand(eval_file("{head}", "test1", "metrics.json"), head=HEADS),
+            metrics2=expand(eval_file("{head}", "test2", "metrics.json"), head=HEADS),
+            code=code("reference_line"),
         output:
-            [
-                (
-                    report(f, caption="../report/reference_line.rst", category="1. Accuracy on the line")
-                    if f.endswith(".png")
-                    else f
-                )
-                for f in expand(
-                    "results/analysis/reference_line/{file}", file=["line.csv", "summary.json", "line.png"]
-                )
-            ],
+            reported(analysis_dir("reference_line"), REFERENCE_LINE_FILES, "reference_line", "1. Accuracy on the line"),
         log:
             "logs/analysis/reference_line.log",
         conda:
@@ -477,18 +443,7 @@ if REFERENCE_LINE.get("test1_table") and REFERENCE_LINE.get("test2_table") and H
             "python -m scripts.reference_line --test1-table {input.test1_table:q} --test2-table {input.test2_table:q}"
             " --min-test1-top1 {params.min_top1} {params.heads} --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
-    ALL_TARGETS.extend(expand("results/analysis/reference_line/{file}", file=["line.csv", "summary.json", "line.png"]))
+    ALL_TARGETS.extend(rules.reference_line.output)
 
 
-ALL_TARGETS.extend(
-    ["results/analysis/class_counts.csv"]
-    + expand("results/analysis/shift/{file}", file=SHIFT_FILES)
-    + expand("results/analysis/shift/adapt/{head}/{file}", head=HEADS, file=ADAPT_FILES)
-    + expand("results/analysis/gap/{head}/{file}", head=HEADS, file=GAP_FILES)
-    + expand("results/analysis/imbalance/{head}/{file}", head=HEADS, file=IMBALANCE_FILES)
-    + expand("results/analysis/overfit/{head}/{file}", head=HEADS, file=OVERFIT_FILES)
-    + expand("results/analysis/misclass/{head}/{test}/{file}", head=HEADS, test=TESTS, file=MISCLASS_FILES)
-    + expand("results/analysis/misclass_compare/{head}/{file}", head=HEADS, file=MISCLASS_COMPARE_FILES)
-    + expand("results/analysis/difficulty/{head}/{file}", head=HEADS, file=DIFFICULTY_FILES)
-    + expand("results/analysis/label_noise/{head}/{file}", head=HEADS, file=LABEL_NOISE_FILES)
-)
+ALL_TARGETS.extend(rules.class_counts.output)

@@ -1,5 +1,9 @@
-# Shared wiring: config validation, helpers every rule file uses, and the list of final targets.
+# Shared wiring: config validation, the names and helpers every rule file uses (no rule file
+# reads a name another rule file defines), the results layout, and the list of final targets.
+# docs/architecture.md describes the stages and how to add an analysis.
 import hashlib
+import importlib.util
+import re
 import json
 import os
 import shlex
@@ -29,6 +33,77 @@ TESTS = ["test1", "test2"]
 # Each rule file appends what `rule all` must build.
 ALL_TARGETS = []
 
+# Models: trained heads and sklearn baselines share results/heads/{name}/ and are scored alike.
+TRAIN = config["train"]
+TRAIN_HEADS = list(config["heads"])
+BASELINES = list(config["baselines"])
+HEADS = TRAIN_HEADS + BASELINES
+HEAD_PATTERN = "|".join(re.escape(h) for h in HEADS) or "no-heads-configured"
+if set(TRAIN_HEADS) & set(BASELINES):
+    raise WorkflowError(
+        f"config: names used both under heads: and baselines: {sorted(set(TRAIN_HEADS) & set(BASELINES))}"
+    )
+# The class-names file is an input where it is read (editing it reruns those rules); none in the demo.
+CLASS_NAMES = [config["evaluate"]["class_names"]] if config["evaluate"].get("class_names") else []
+ANALYSIS = config["analysis"]
+
+
+# ---------------------------------------------------------------- the results layout (one place)
+def manifest_path(split):
+    """A split's manifest: the only way a step reads its shards (docs/data-contract.md)."""
+    return f"results/parquet/{split}.manifest.json"
+
+
+def qc_path(name):
+    """QC report of a split, or of the splits against each other (name `cross`)."""
+    return f"results/qc/{name}.json"
+
+
+def head_file(head, name):
+    """model.pt, history.csv or selection.json of a head or baseline."""
+    return f"results/heads/{head}/{name}"
+
+
+def eval_file(head, test, name):
+    """predictions.parquet, metrics.json, … of a head on a test set."""
+    return f"results/eval/{head}/{test}/{name}"
+
+
+def analysis_dir(name, *keys):
+    """results/analysis/{name}[/{head}[/{test}]]: one folder per analysis and key."""
+    return "/".join(["results/analysis", name, *keys])
+
+
+# ---------------------------------------------------------------- analyses
+def analysis_on(name):
+    """`analysis.<name>.enabled` (schema default true): off leaves the analysis out of `all` and
+    hence out of the report's inputs (the report then omits it)."""
+    return ANALYSIS.get(name, {}).get("enabled", True)
+
+
+def analysis_options(name):
+    """The analysis's validated config section as the step's --options JSON (without `enabled`)."""
+    return as_json({k: v for k, v in ANALYSIS.get(name, {}).items() if k != "enabled"})
+
+
+def reported(folder, files, caption, category, subcategory=None):
+    """`folder/file` for each file; figures (.png) also go into `snakemake --report` under the
+    category, with workflow/report/{caption}.rst as their caption."""
+
+    def one(name):
+        path = f"{folder}/{name}"
+        if not name.endswith(".png"):
+            return path
+        return report(path, caption=f"../report/{caption}.rst", category=category, subcategory=subcategory)
+
+    return [one(name) for name in files]
+
+
+def targets(rule, **wildcards):
+    """A rule's outputs with its wildcards expanded (e.g. head=HEADS): the final targets it adds."""
+    return expand(list(rule.output), **wildcards)
+
+
 # Steps run as `python -m scripts.<step>` from any working directory (and in cluster jobs,
 # which parse this file again).
 os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (workflow.basedir, os.environ.get("PYTHONPATH")) if p))
@@ -39,9 +114,16 @@ def part_ids(split):
     return [f"{i:05d}" for i in range(config["convert"]["parts"][split])]
 
 
+_spec = importlib.util.spec_from_file_location("code_inputs", f"{workflow.basedir}/workflow/lib/code_inputs.py")
+_code_inputs = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_code_inputs)
+
+
 def code(*steps):
-    """Step modules as inputs, so that editing a step's code reruns it and its dependents."""
-    return [f"{workflow.basedir}/scripts/{step}.py" for step in ("featio",) + steps]
+    """The step modules and every scripts/ module they import, recursively, as inputs: editing a
+    step reruns it and its dependents, editing a helper exactly the steps that import it
+    (workflow/lib/code_inputs.py)."""
+    return _code_inputs.code_inputs(f"{workflow.basedir}/scripts", *steps)
 
 
 def as_json(value):

@@ -30,7 +30,7 @@ if config["demo"]["enabled"]:
 rule plan_convert:
     input:
         csv=lambda wc: config["data"][wc.split],
-        code=code("convert", "csv_source", "csv_diagnose"),
+        code=code("convert"),
     output:
         "results/parquet/{split}.plan.json",
     log:
@@ -52,7 +52,7 @@ rule convert_part:
     input:
         csv=lambda wc: config["data"][wc.split],
         plan="results/parquet/{split}.plan.json",
-        code=code("convert", "csv_source", "csv_diagnose"),
+        code=code("convert"),
     output:
         "results/parquet/{split}/part-{part}.parquet",
     log:
@@ -82,9 +82,9 @@ rule manifest:
     input:
         plan="results/parquet/{split}.plan.json",
         parts=lambda wc: expand("results/parquet/{{split}}/part-{part}.parquet", part=part_ids(wc.split)),
-        code=code("convert", "csv_source", "csv_diagnose"),
+        code=code("convert"),
     output:
-        "results/parquet/{split}.manifest.json",
+        manifest_path("{split}"),
     log:
         "logs/convert/{split}.manifest.log",
     conda:
@@ -99,10 +99,10 @@ rule manifest:
 
 rule validate_split:
     input:
-        manifest="results/parquet/{split}.manifest.json",
+        manifest=manifest_path("{split}"),
         code=code("validate"),
     output:
-        "results/qc/{split}.json",
+        qc_path("{split}"),
     log:
         "logs/validate/{split}.log",
     benchmark:
@@ -127,12 +127,12 @@ rule validate_split:
 # Splits against each other (test classes without train rows, shared paths); evaluation needs it.
 rule qc_cross:
     input:
-        train="results/parquet/train.manifest.json",
-        test1="results/parquet/test1.manifest.json",
-        test2="results/parquet/test2.manifest.json",
+        train=manifest_path("train"),
+        test1=manifest_path("test1"),
+        test2=manifest_path("test2"),
         code=code("qc_cross"),
     output:
-        "results/qc/cross.json",
+        qc_path("cross"),
     log:
         "logs/validate/cross.log",
     benchmark:
@@ -150,4 +150,4 @@ rule qc_cross:
         " --out {output:q} --on-violation {params.on_violation:q} > {log:q} 2>&1"
 
 
-ALL_TARGETS.extend(expand("results/qc/{split}.json", split=SPLITS) + ["results/qc/cross.json"])
+ALL_TARGETS.extend(expand(qc_path("{split}"), split=SPLITS) + [qc_path("cross")])

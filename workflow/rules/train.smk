@@ -3,19 +3,7 @@
 # writing results/heads/{name}/model.pt, history.csv, selection.json.
 # Each job gets only its own config entry (+ the shared train: section), so changing one head's
 # settings reruns that head alone.
-import re
-
-TRAIN = config.get("train", {})
-TRAIN_HEADS = list(config.get("heads", {}))
-BASELINES = list(config.get("baselines", {}))
-# Every model evaluate scores: heads and baselines share results/heads/{name}/.
-HEADS = TRAIN_HEADS + BASELINES
 HEAD_FILES = ["model.pt", "history.csv", "selection.json"]
-
-if set(TRAIN_HEADS) & set(BASELINES):
-    raise WorkflowError(
-        f"config: names used both under heads: and baselines: {sorted(set(TRAIN_HEADS) & set(BASELINES))}"
-    )
 
 
 # Train rows for resource estimates: validate.expected, else the demo's size, else 1.3M.
@@ -53,18 +41,18 @@ HEAD_RUNTIME = {name: 10 + int(seconds / 60) for name, seconds in HEAD_SECONDS.i
 
 rule train_head:
     input:
-        manifest="results/parquet/train.manifest.json",
-        qc="results/qc/train.json",  # QC must pass (or warn) before training; it also checks checksums
-        code=code("train_head", "train_data", "train_grid", "heads", "device"),
+        manifest=manifest_path("train"),
+        qc=qc_path("train"),  # QC must pass (or warn) before training; it also checks checksums
+        code=code("train_head"),
     output:
-        model="results/heads/{head}/model.pt",
+        model=head_file("{head}", "model.pt"),
         history=report(
-            "results/heads/{head}/history.csv",
+            head_file("{head}", "history.csv"),
             caption="../report/train.rst",
             category="8. Training",
             subcategory="{head}",
         ),
-        selection="results/heads/{head}/selection.json",
+        selection=head_file("{head}", "selection.json"),
     log:
         "logs/train/{head}.log",
     benchmark:
@@ -91,18 +79,18 @@ rule train_head:
 
 rule train_baseline:
     input:
-        manifest="results/parquet/train.manifest.json",
-        qc="results/qc/train.json",  # QC must pass (or warn) before training; it also checks checksums
-        code=code("baselines", "train_head", "train_data", "train_grid", "heads", "device"),
+        manifest=manifest_path("train"),
+        qc=qc_path("train"),  # QC must pass (or warn) before training; it also checks checksums
+        code=code("baselines"),
     output:
-        model="results/heads/{baseline}/model.pt",
+        model=head_file("{baseline}", "model.pt"),
         history=report(
-            "results/heads/{baseline}/history.csv",
+            head_file("{baseline}", "history.csv"),
             caption="../report/train.rst",
             category="8. Training",
             subcategory="{baseline}",
         ),
-        selection="results/heads/{baseline}/selection.json",
+        selection=head_file("{baseline}", "selection.json"),
     log:
         "logs/train/{baseline}.log",
     benchmark:
@@ -128,4 +116,4 @@ rule train_baseline:
         " --num-classes {params.num_classes} --seed {params.seed} --threads {threads} > {log:q} 2>&1"
 
 
-ALL_TARGETS.extend(expand("results/heads/{head}/{file}", head=HEADS, file=HEAD_FILES))
+ALL_TARGETS.extend(expand(head_file("{head}", "{file}"), head=HEADS, file=HEAD_FILES))
