@@ -23,16 +23,6 @@ _too_wide = [
 if _too_wide:
     raise WorkflowError(f"config improve.variants {_too_wide}: pca_whiten must be at most dim ({config['dim']})")
 
-_too_wide = [
-    name
-    for name, spec in IMPROVE_VARIANTS.items()
-    if (spec.get("set") or {}).get("pca_whiten", 0) > config["dim"]
-]
-if _too_wide:
-    raise WorkflowError(
-        f"config improve.variants {_too_wide}: pca_whiten must be at most dim ({config['dim']})"
-    )
-
 # The one place that says which model files each variant is made of (inputs and the step's JSON).
 VARIANT_MODELS = {
     name: (
