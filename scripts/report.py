@@ -248,6 +248,21 @@ def _delta(block: Any) -> str:
     return text
 
 
+def _loses(variant: dict, test: str, alpha: float) -> bool:
+    """Worse than the primary head beyond noise on `test`: the improve stage's own rule
+    (interval below 0 and Holm-adjusted McNemar p < alpha), read from its numbers."""
+    if test == "test1" and "hurts_test1" in variant:
+        return bool(variant["hurts_test1"])
+    delta = variant.get(f"delta_{test}") or {}
+    ci, p = delta.get("ci95"), delta.get("mcnemar_p_holm")
+    return bool(isinstance(ci, (list, tuple)) and len(ci) == 2 and isinstance(ci[1], (int, float)) and ci[1] < 0
+                and isinstance(p, (int, float)) and p < alpha)
+
+
+def _pct_points(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, (int, float)) and math.isfinite(value) else "–"
+
+
 def improve_section(data: ReportData, md_dir: Path) -> Section:
     """Variants of the primary head ranked by their test-2 gain, with intervals, the test-1 change,
     the flag for gains bought with a test-1 loss, the stage's figure and its verdict."""
@@ -255,16 +270,18 @@ def improve_section(data: ReportData, md_dir: Path) -> Section:
     title = SECTION_TITLES["improve"]
     if summary is None:
         return Section(id="improve", title=title, ran=False, level="not run")
+    alpha = (summary.get("method") or {}).get("alpha", 0.05)
     rows = []
     for rank, v in enumerate(improve_ranking(summary), 1):
         flag = ("gains on test set 2 only by losing on test set 1" if v.get("gains_test2_by_losing_test1") else
                 "improves test set 2" if v.get("improves_test2") else
-                "loses on test set 1" if v.get("hurts_test1") else "within noise")
+                "; ".join(f"loses on test set {t[-1]}" for t in ("test2", "test1") if _loses(v, t, alpha))
+                or "within noise")
         changes = v.get("changes") if isinstance(v.get("changes"), dict) else {}
         rows.append([fmt_value(rank), str(v.get("name", "")), str(v.get("kind", "")),
                      ", ".join(f"{k}={fmt_value(x)}" for k, x in changes.items()) or "–",
-                     fmt_value(v.get("test2_top1")), _delta(v.get("delta_test2")),
-                     fmt_value((v.get("delta_test2") or {}).get("mcnemar_p_holm")), fmt_value(v.get("test1_top1")),
+                     _pct_points(v.get("test2_top1")), _delta(v.get("delta_test2")),
+                     fmt_value((v.get("delta_test2") or {}).get("mcnemar_p_holm")), _pct_points(v.get("test1_top1")),
                      _delta(v.get("delta_test1")), _delta(v.get("gap_change")), flag])
     table = {"title": "variants, ranked by test-2 gain",
              "columns": ["rank", "variant", "kind", "changes", "test 2 top-1 %", "test 2 change (points) [95% CI]",
@@ -274,8 +291,8 @@ def improve_section(data: ReportData, md_dir: Path) -> Section:
     method = summary.get("method") or {}
     figure = Path(data.improve_path or "").parent / "improve.png"
     numbers = [("baseline (primary head)", str(summary.get("baseline", "–"))),
-               ("baseline test 1 top-1 %", fmt_value(summary.get("baseline_test1_top1"))),
-               ("baseline test 2 top-1 %", fmt_value(summary.get("baseline_test2_top1"))),
+               ("baseline test 1 top-1 %", _pct_points(summary.get("baseline_test1_top1"))),
+               ("baseline test 2 top-1 %", _pct_points(summary.get("baseline_test2_top1"))),
                ("interval", str(method.get("interval", "–"))), ("test", str(method.get("test", "–")))]
     return Section(id="improve", title=title, ran=True, verdict=str(summary.get("verdict") or ""),
                    subject=f"variants of {summary.get('baseline', '–')}", numbers=numbers, tables=[table],
@@ -469,7 +486,7 @@ def render_html(ctx: dict[str, Any], template: str | os.PathLike) -> str:
 def md(text: Any) -> str:
     """Escape a data/config string for Markdown: HTML-escaped (so no tag can render), pipes escaped
     for tables, newlines flattened."""
-    return html.escape(str(text)).replace("|", "\\|").replace("\n", " ")
+    return html.escape(str(text), quote=False).replace("|", "\\|").replace("\n", " ")
 
 
 def md_url(path: str) -> str:

@@ -316,12 +316,12 @@ def test_report_on_real_analysis_outputs(planted, planted_eval, tmp_path, monkey
     assert page.count("<img ") >= 6 and "figure missing" not in page
 
 
-def _variant(name, d1, d2, *, improves=False, hurts=False, kind="retrain"):
+def _variant(name, d1, d2, *, improves=False, hurts=False, kind="retrain", p2=None):
     return {"name": name, "kind": kind, "changes": {"mixup": 0.2} if kind == "retrain" else {},
             "test1_top1": 80 + d1, "test2_top1": 70 + d2,
             "delta_test1": {"points": d1, "ci95": [d1 - 0.5, d1 + 0.5], "mcnemar_p": 0.5, "mcnemar_p_holm": 0.5},
             "delta_test2": {"points": d2, "ci95": [d2 - 0.8, d2 + 0.8], "mcnemar_p": 0.01,
-                            "mcnemar_p_holm": 0.01 if improves else 0.6},
+                            "mcnemar_p_holm": p2 if p2 is not None else 0.01 if improves else 0.6},
             "gap_change": {"points": d1 - d2, "ci95": [d1 - d2 - 1, d1 - d2 + 1]}, "selected_on": "holdout",
             "improves_test2": improves, "hurts_test1": hurts, "gains_test2_by_losing_test1": improves and hurts}
 
@@ -335,7 +335,7 @@ def improved(artifacts):
     write_json(out / "summary.json", {
         "baseline": "linear", "baseline_test1_top1": 80.0, "baseline_test2_top1": 70.0, "verdict": verdict,
         "variants": [_variant("noise", 0.0, -0.3), _variant("mixup", -2.0, 1.5, improves=True, hurts=True),
-                     _variant(f"ens{EVIL}", 0.2, 0.4, kind="ensemble")],
+                     _variant(f"ens{EVIL}", 0.2, 0.4, kind="ensemble"), _variant("whiten", -1.0, -3.0, p2=0.002)],
         "method": {"interval": "within-class bootstrap", "test": "exact McNemar, Holm", "alpha": 0.05},
         "meta": _meta()})
     files = artifacts["files"] + [str(out / "summary.json"), str(out / "variants.csv"), str(out / "improve.png")]
@@ -346,9 +346,10 @@ def test_improve_section_ranks_variants_and_flags_traded_gains(improved, tmp_pat
     ctx, page, md = _build(improved, tmp_path, answer=True)
     section = next(s for s in ctx["sections"] if s.id == "improve")
     rows = section.tables[0]["rows"]
-    assert [r[1] for r in rows] == ["mixup", f"ens{EVIL}", "noise"]  # by test-2 gain: +1.5, +0.4, −0.3
-    assert rows[0][5] == "+1.50 [+0.70, +2.30]" and rows[0][8] == "-2.00 [-2.50, -1.50]"
+    assert [r[1] for r in rows] == ["mixup", f"ens{EVIL}", "noise", "whiten"]  # test-2 gain: +1.5, +0.4, −0.3, −3
+    assert rows[0][5] == "+1.50 [+0.70, +2.30]" and rows[0][8] == "-2.00 [-2.50, -1.50]" and rows[0][4] == "71.50"
     assert rows[0][-1] == "gains on test set 2 only by losing on test set 1" and rows[2][-1] == "within noise"
+    assert rows[3][-1] == "loses on test set 2"
     assert section.figures[0].src.startswith("data:image/png;base64,")
     assert section.verdict.startswith("No variant improves test set 2")
     # The verdict follows the causes in the answer and is not one of them.
