@@ -33,30 +33,37 @@ rule evaluate:
         predictions="results/eval/{head}/{test}/predictions.parquet",
         metrics="results/eval/{head}/{test}/metrics.json",
         confusions="results/eval/{head}/{test}/confusions.csv",
-        plot=report("results/eval/{head}/{test}/confused_pairs.png", caption="../report/evaluate.rst",
-                    category="1. Evaluation", subcategory="{head}", labels={"head": "{head}", "test": "{test}"}),
+        plot=report(
+            "results/eval/{head}/{test}/confused_pairs.png",
+            caption="../report/evaluate.rst",
+            category="1. Evaluation",
+            subcategory="{head}",
+            labels={"head": "{head}", "test": "{test}"},
+        ),
+    log:
+        "logs/evaluate/{head}.{test}.log",
+    benchmark:
+        "benchmarks/evaluate/{head}.{test}.tsv"
     wildcard_constraints:
         head=HEAD_PATTERN,
-    params:
-        out_dir=lambda wc, output: Path(output.metrics).parent,
-        options=as_json(config["evaluate"]),
-        num_classes=config["num_classes"],
-        seed=config["seed"],
-        # The temperature was fitted on a train holdout: say so when the backbone saw train.
-        backbone_saw_train="true" if config.get("backbone_saw_train") else "false",
-        real=lambda wc, input: " ".join(f"--real-labels {shlex.quote(p)}" for p in input.real),
+    conda:
+        "../../envs/featgap.yaml"
     threads: 2
     resources:
         # One row group of features and of float64 log-probabilities (8192 × C) at a time, plus
         # ~100 bytes of prediction columns per row: well under 2 GB for 50k rows × 1000 classes.
         mem_mb=2000,
         runtime=30,
-    log:
-        "logs/evaluate/{head}.{test}.log",
-    benchmark:
-        "benchmarks/evaluate/{head}.{test}.tsv"
-    conda:
-        "../../envs/featgap.yaml"
+    params:
+        out_dir=lambda wc, output: Path(output.metrics).parent,
+        # Without real_labels: it reaches only its own test set's job (--real-labels), so that
+        # switching ReaL on does not rerun the other test set.
+        options=as_json({k: v for k, v in config["evaluate"].items() if k != "real_labels"}),
+        num_classes=config["num_classes"],
+        seed=config["seed"],
+        # The temperature was fitted on a train holdout: say so when the backbone saw train.
+        backbone_saw_train="true" if config.get("backbone_saw_train") else "false",
+        real=lambda wc, input: " ".join(f"--real-labels {shlex.quote(p)}" for p in input.real),
     shell:
         "python -m scripts.evaluate --head {input.model:q} --manifest {input.manifest:q} --out-dir {params.out_dir:q}"
         " --num-classes {params.num_classes} --options {params.options} --seed {params.seed}"
