@@ -91,3 +91,30 @@ def test_configurable_label_column(tiny_csv, tmp_path):
     convert_file(csv, tmp_path / "s", tmp_path / "s.manifest.json", num_classes=12, dim=32,
                  columns={"path": "file", "label": "class_id"})
     assert read_split(tmp_path / "s").path[0].startswith("imagenetv2-matched-frequency-format-val/")
+
+
+@pytest.mark.parametrize("chunk_bytes", [100, 1000, 4096])
+def test_plain_chunks_are_whole_lines_of_the_range(tiny_csv, chunk_bytes):
+    """Exact-size reads: every chunk ends at a line end inside its range, a line longer than the
+    chunk size is one chunk of its own, and the chunks are the range, byte for byte."""
+    from scripts.convert import PartConverter
+
+    plan_ = plan(tiny_csv["test2"], 3)
+    data = tiny_csv["test2"].read_bytes()
+    converter = PartConverter(plan_, 12)
+    for rng in plan_["ranges"]:
+        chunks = list(converter.chunks(rng["start"], rng["end"], chunk_bytes))
+        assert b"".join(c for _, c in chunks) == data[rng["start"] : rng["end"]]
+        assert [o for o, _ in chunks] == list(np.cumsum([rng["start"]] + [len(c) for _, c in chunks[:-1]]))
+        for _, chunk in chunks[:-1]:
+            assert chunk.endswith(b"\n") and (len(chunk) <= chunk_bytes or chunk.count(b"\n") == 1)
+
+
+def test_features_in_any_header_order(tiny_csv, tmp_path):
+    """Feature columns out of order in the header (no contiguous run to slice): selected by name."""
+    frame, features = csv_features(tiny_csv["test2"], 32)
+    order = ["", "path", "label"] + [str(i) for i in reversed(range(32))]
+    csv = tmp_path / "reversed.csv"
+    frame.select(order).write_csv(csv)
+    convert_file(csv, tmp_path / "r", tmp_path / "r.manifest.json", num_classes=12, dim=32)
+    assert np.array_equal(read_split(tmp_path / "r").features.view(np.uint32), features.view(np.uint32))
