@@ -36,7 +36,7 @@ if REAL_FILE and HEADS:
             threshold=config["analysis"]["label_noise"]["threshold"],
             num_classes=config["num_classes"],
             source=config["data"][REAL_TEST],
-            names=CLASS_NAMES[0] if CLASS_NAMES else "",
+            names=lambda wc, input: " ".join(f"--class-names {shlex.quote(p)}" for p in input.names),
             test=REAL_TEST,
             seed=config["seed"],
         resources:
@@ -51,7 +51,7 @@ if REAL_FILE and HEADS:
         shell:
             "python -m scripts.real_labels --predictions {input.predictions:q} --real {input.real:q}"
             " --out-dir {params.out_dir:q} --num-classes {params.num_classes} --threshold {params.threshold}"
-            " --source {params.source:q} --class-names {params.names:q} --options {params.options}"
+            " --source {params.source:q} {params.names} --options {params.options}"
             " --head-name {wildcards.head:q} --test-name {params.test:q} --seed {params.seed} > {log:q} 2>&1"
 
     ALL_TARGETS.extend(expand("results/analysis/real_labels/{head}/{file}", head=HEADS, file=REAL_LABELS_FILES))
