@@ -6,6 +6,7 @@ import importlib.util
 import re
 import json
 import os
+import posixpath
 import shlex
 from pathlib import Path
 
@@ -71,7 +72,7 @@ def eval_file(head, test, name):
 
 def analysis_dir(name, *keys):
     """results/analysis/{name}[/{head}[/{test}]]: one folder per analysis and key."""
-    return "/".join(["results/analysis", name, *keys])
+    return posixpath.join("results/analysis", name, *keys)
 
 
 # ---------------------------------------------------------------- analyses
