@@ -356,7 +356,7 @@ def real_check(*, predictions: str | Path, real_file: str | Path, out_dir: str |
                "enrichment_difference_ci95": enrich["difference_points_ci95"],
                "share_in_real_confident": enrich["share_in_real_confident"],
                "share_in_real_other": enrich["share_in_real_other"],
-               **{f"calibration_{k}": v for k, v in calibration.items()},
+               **{(k if k.startswith("calibration") else f"calibration_{k}"): v for k, v in calibration.items()},
                **{f"examples_{c}": examples[c] for c in CATEGORIES}}
     return write_summary(files["summary.json"], verdict=sentence, figures=[figure], table=files["errors.csv"],
                          numbers=numbers, started=started, seed=seed, inputs=[predictions, real_file],
@@ -373,8 +373,16 @@ def _sentence(split: dict, n: int, enrich: dict, calibration: dict, test: str) -
             f"narrow or wrong), {pts['no_label']:.1f} points of images with no valid label and {pts['genuine']:.1f} "
             "points of genuine errors.")
     ratio, ci = enrich["ratio"], enrich["ratio_ci95"]
-    if ratio is None or None in ci:
+    diff, dci = enrich["difference_points"], enrich["difference_points_ci95"]
+    if (ratio is None or None in ci) and (diff is None or None in dci):
         text += " The enrichment of confident disagreements is not estimable (no confident or no other errors)."
+    elif ratio is None or None in ci:  # no other error in the ReaL set: the ratio is undefined
+        text += (f" Confident disagreements (confidence ≥ {calibration['threshold']:g}) have the prediction in the "
+                 f"ReaL set {enrich['share_in_real_confident']:.0%} of the time against "
+                 f"{enrich['share_in_real_other']:.0%} for the other errors: {diff:+.1f} points (95% interval "
+                 f"{dci[0]:.1f} to {dci[1]:.1f}, classes resampled)"
+                 + (", so they are enriched for label noise." if dci[0] > 0 else
+                    ": no evidence that they are enriched for label noise."))
     else:
         text += (f" Confident disagreements (confidence ≥ {calibration['threshold']:g}) have the prediction in the "
                  f"ReaL set {enrich['share_in_real_confident']:.0%} of the time against "

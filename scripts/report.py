@@ -58,7 +58,8 @@ METRIC_LABELS = {"top1": "top-1", "top5": "top-5", "balanced_accuracy": "balance
                  "nll": "NLL", "ece": "ECE"}
 # Summaries are written with sorted keys; tables read better with identifiers first.
 LEADING_COLUMNS = ["rank", "class", "name", "feature", "cluster", "train_rows", "n_features", "acc_test1",
-                   "acc_test2", "drop"]
+                   "acc_test2", "drop", "category", "path", "label", "label_name", "pred", "pred_name", "real",
+                   "real_names", "confidence"]
 SECTION_TITLES = {**HYPOTHESES, "shift": "Feature shift between the test sets (detectable differences)",
                   "misclass": "Features of the misclassified samples",
                   "misclass_compare": "Misclassification signature: test set 2 vs test set 1",

@@ -250,3 +250,16 @@ def test_workflow_wires_real_labels(tmp_path):
     assert noise["evidence"]["real_labels"] is True and "ReaL" in noise["evidence"]["sentence"]
     check = json.loads((tmp_path / "results/analysis/real_labels/linear/summary.json").read_text())
     assert check["error_split"]["errors"] == int((pred["label"] != pred["pred"]).sum())
+
+
+def test_enrichment_without_other_errors_in_real_reports_the_difference():
+    from scripts.real_labels import _sentence, enrichment
+
+    e = enrichment(np.array([1, 1, 0, 0], bool), np.array([1, 0, 0, 0], bool), np.ones(4, bool),
+                   np.array([0, 1, 0, 1]), n_boot=50, seed=0)
+    assert e["ratio"] is None and e["difference_points"] == pytest.approx(50.0)
+    split = {"errors": 4, "in_real": 1, "no_label": 0, "genuine": 3}
+    calibration = {"threshold": 0.8, "label_noise_share_of_confident_disagreements": 0.5, "label_noise_points": 25.0,
+                   "calibration_excess_points": 10.0}
+    text = _sentence(split, 4, e, calibration, "test1")
+    assert "50% of the time against 0% for the other errors: +50.0 points (95% interval" in text
