@@ -4,11 +4,7 @@
 # the ReaL test set is test set 1. Included after evaluate.smk (REAL_FILE, REAL_TEST) and before
 # analysis.smk (LABEL_NOISE_REAL).
 REAL_LABELS_FILES = ["errors.csv", "rows.parquet", "summary.json", "real_errors.png"]
-LABEL_NOISE_REAL = (
-    ["results/analysis/real_labels/{head}/rows.parquet"]
-    if REAL_FILE and REAL_TEST == "test1"
-    else []
-)
+LABEL_NOISE_REAL = ["results/analysis/real_labels/{head}/rows.parquet"] if REAL_FILE and REAL_TEST == "test1" else []
 
 if REAL_FILE and HEADS:
 
@@ -27,8 +23,17 @@ if REAL_FILE and HEADS:
                 )
                 for f in expand("results/analysis/real_labels/{{head}}/{file}", file=REAL_LABELS_FILES)
             ],
+        log:
+            "logs/analysis/real_labels.{head}.log",
+        benchmark:
+            "benchmarks/analysis/real_labels.{head}.tsv"
         wildcard_constraints:
             head=HEAD_PATTERN,
+        conda:
+            "../../envs/featgap.yaml"
+        resources:
+            mem_mb=1000,
+            runtime=10,
         params:
             out_dir=lambda wc, output: Path(output[0]).parent,
             options=as_json(config["analysis"]["real_labels"]),
@@ -39,15 +44,6 @@ if REAL_FILE and HEADS:
             names=lambda wc, input: " ".join(f"--class-names {shlex.quote(p)}" for p in input.names),
             test=REAL_TEST,
             seed=config["seed"],
-        resources:
-            mem_mb=1000,
-            runtime=10,
-        log:
-            "logs/analysis/real_labels.{head}.log",
-        benchmark:
-            "benchmarks/analysis/real_labels.{head}.tsv"
-        conda:
-            "../../envs/featgap.yaml"
         shell:
             "python -m scripts.real_labels --predictions {input.predictions:q} --real {input.real:q}"
             " --out-dir {params.out_dir:q} --num-classes {params.num_classes} --threshold {params.threshold}"

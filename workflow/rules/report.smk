@@ -29,16 +29,16 @@ rule report:
         html=report("results/report/index.html", caption="../report/final_report.rst", category="0. Final report"),
         markdown="results/report/report.md",
         answer="results/report/answer.json",
-    params:
-        config=as_json(config),
-        benchmarks="benchmarks",
-    resources:
-        mem_mb=1000,
-        runtime=10,
     log:
         "logs/report.log",
     conda:
         "../../envs/featgap.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        config=as_json(config),
+        benchmarks="benchmarks",
     shell:
         "python -m scripts.report --config {params.config} --template {input.template:q}"
         " --benchmarks {params.benchmarks:q} --html {output.html:q} --markdown {output.markdown:q}"
