@@ -66,7 +66,7 @@ def test_loss_is_per_candidate_mean_with_smoothing_and_weights():
 def test_cosine_schedule():
     scales = [cosine_scale(s, 100, 10) for s in range(100)]
     assert scales[0] == pytest.approx(0.1) and scales[9] == pytest.approx(1.0) and max(scales) == 1.0
-    assert all(a >= b for a, b in itertools.pairwise(scales)) and 0 < scales[-1] < 0.01
+    assert all(a >= b for a, b in itertools.pairwise(scales[9:])) and 0 < scales[-1] < 0.01
 
 
 @pytest.mark.parametrize("smoothing,weighted", [(0.0, False), (0.1, True)])
