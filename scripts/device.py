@@ -3,8 +3,8 @@ evaluation alike.
 
 `cuda` and `cuda:0` must name the same device: torch compares `torch.device("cuda")` (no index)
 and `torch.device("cuda:0")` as different, although a tensor moved to the former reports the
-latter. So every CUDA device is resolved to an explicit index here, made the current device (so
-that streams and events are on it), and tensors are compared with `same_device`.
+latter. So every CUDA device is resolved to an explicit index here and made the current device
+(so that streams and events are on it); the training code then never compares device names.
 """
 from __future__ import annotations
 
@@ -39,22 +39,6 @@ def resolve_device(name: str) -> torch.device:
         raise FeatgapError(f"device={name!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
     torch.cuda.set_device(index)
     return torch.device("cuda", index)
-
-
-def same_device(a: torch.device, b: torch.device) -> bool:
-    """True when a and b are the same device, with CUDA's missing index read as the current one."""
-    a, b = torch.device(a), torch.device(b)
-    if a.type != b.type:
-        return False
-    if a.type != "cuda":
-        return True
-
-    def index(d: torch.device) -> int:
-        if d.index is not None:
-            return d.index
-        return torch.cuda.current_device() if torch.cuda.is_available() else 0
-
-    return index(a) == index(b)
 
 
 def configure_determinism(device: torch.device, threads: int, seed: int) -> None:

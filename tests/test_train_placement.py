@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from scripts import train_data
-from scripts.device import resolve_device, same_device
+from scripts.device import resolve_device
 from scripts.featio import FeatgapError, shard_folder
 from scripts.generate_demo import DemoSpec
 from scripts.heads import predict_logits
@@ -27,15 +27,21 @@ def small(tmp_path_factory):
     return make_dataset(root, DemoSpec(classes=10, dim=24, separation=0.45), 80, 20, shards=2, row_group_rows=64)
 
 
-def test_cuda_names_compare_by_index():
-    """torch.device("cuda") != torch.device("cuda:0") in torch; a matrix moved to the former
-    reports the latter, so the code compares with same_device and resolves an explicit index."""
-    assert torch.device("cuda") != torch.device("cuda:0")  # why same_device exists
-    assert same_device(torch.device("cuda"), torch.device("cuda:0"))
-    assert same_device("cuda:1", torch.device("cuda", 1))
-    assert not same_device("cuda:1", "cuda:0")
-    assert not same_device("cpu", "cuda:0")
-    assert same_device("cpu", torch.device("cpu"))
+def test_cuda_names_resolve_to_an_explicit_index(monkeypatch):
+    """torch.device("cuda") != torch.device("cuda:0") in torch, although a matrix moved to the
+    former reports the latter: every CUDA name must resolve to an indexed device, made current."""
+    assert torch.device("cuda") != torch.device("cuda:0")  # why resolve_device adds the index
+    current = {"index": 1}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current["index"])
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: current.update(index=i))
+    assert resolve_device("auto") == torch.device("cuda", 1)  # the current device, with its index
+    assert resolve_device("cuda") == torch.device("cuda", 1)
+    assert resolve_device("cuda:0") == torch.device("cuda", 0) and current["index"] == 0
+    assert resolve_device("cuda") == torch.device("cuda", 0)  # cuda:0 became the current device
+    with pytest.raises(FeatgapError, match="only 2 CUDA device"):
+        resolve_device("cuda:2")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only answers")
@@ -117,3 +123,7 @@ def test_selection_scores_in_float32_like_the_saved_head(small, tmp_path, monkey
     logits = predict_logits(tmp_path / "model.pt", small["train_features"][holdout])
     acc = float((logits.argmax(1) == small["train_labels"][holdout]).mean())
     assert acc == pytest.approx(sel["winner"]["holdout_acc"], abs=1e-12)
+    # The loss too: a bf16 holdout pass often keeps every argmax but moves the loss by ~1e-4.
+    labels = torch.from_numpy(small["train_labels"][holdout].astype(np.int64))
+    loss = torch.nn.functional.cross_entropy(torch.from_numpy(np.asarray(logits, np.float64)), labels).item()
+    assert loss == pytest.approx(sel["winner"]["holdout_loss"], rel=1e-5)
