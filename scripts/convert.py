@@ -47,7 +47,6 @@ from scripts.featio import (
     arrow_to_numpy,
     atomic_path,
     features_to_arrow,
-    fingerprint,
     meta_block,
     numpy_to_arrow,
     open_shard,
@@ -60,6 +59,7 @@ from scripts.featio import (
     shard_schema,
     write_json,
 )
+from scripts.fingerprint import fingerprint
 
 __all__ = ["convert_file", "convert_part", "plan", "write_manifest"]
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -100,7 +100,7 @@ class PartConverter:
     def check_source_unchanged(self) -> None:
         """Byte ranges are only valid for the file they were planned on."""
         planned, now = self.plan["fingerprint"], fingerprint(self.csv)
-        if (planned["size"], planned["sha256_head_tail"]) != (now["size"], now["sha256_head_tail"]):
+        if (planned["size"], planned["sha256_sampled"]) != (now["size"], now["sha256_sampled"]):
             raise FeatgapError(f"{self.csv}: changed since its conversion was planned; run snakemake again "
                                "(it plans the new file)")
 

@@ -20,7 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from scripts.featio import FeatgapError, fingerprint
+from scripts.featio import FeatgapError
+from scripts.fingerprint import fingerprint
 
 DEFAULT_COLUMNS = {"index": "", "path": "path", "label": "label"}
 COLUMN_ROLES = {"index": "the index column", "path": "the image path column", "label": "the class label"}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import glob
-import hashlib
 import json
 import math
 import os
@@ -31,9 +30,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scripts import shard_pages
+from scripts.fingerprint import fingerprint
 
 FEATGAP_VERSION = "0.1.0"
-FINGERPRINT_BYTES = 1 << 20  # hash of the first and last MB: cheap on a 13 GB file, catches edits
 
 
 class FeatgapError(Exception):
@@ -137,24 +136,6 @@ def _json_default(value: Any) -> Any:
 
 
 # ---------------------------------------------------------------- provenance
-def fingerprint(path: str | os.PathLike) -> dict[str, Any]:
-    """Size, mtime and a SHA-256 of the first and last MB of a file."""
-    path = Path(path)
-    stat = path.stat()
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        digest.update(handle.read(FINGERPRINT_BYTES))
-        if stat.st_size > FINGERPRINT_BYTES:
-            handle.seek(max(FINGERPRINT_BYTES, stat.st_size - FINGERPRINT_BYTES))
-            digest.update(handle.read())
-    return {
-        "path": str(path),
-        "size": stat.st_size,
-        "mtime": stat.st_mtime,
-        "sha256_head_tail": digest.hexdigest(),
-    }
-
-
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in ("numpy", "pyarrow", "polars", "pandas", "scipy", "sklearn", "torch", "matplotlib"):

@@ -430,7 +430,7 @@ def run_metadata(data: ReportData) -> dict[str, Any]:
         "jobs": [{"stage": b.stage, "job": b.job, "seconds": fmt_value(b.seconds), "max_rss_mb": fmt_value(b.max_rss_mb),
                   "max_vms_mb": fmt_value(b.max_vms_mb)} for b in data.benchmarks],
         "fingerprints": [{"path": p, "split": fp["split"], "rows": fmt_value(fp.get("rows")), "dim": fmt_value(fp.get("dim")),
-                          "size": fmt_value(fp.get("size")), "sha": str(fp.get("sha256_head_tail", ""))}
+                          "size": fmt_value(fp.get("size")), "sha": str(fp.get("sha256_sampled", ""))}
                          for p, fp in prints.items()],
         "wall_times": [(name, fmt_value(meta.get("wall_time_s"))) for name, meta in blocks],
     }

@@ -31,7 +31,7 @@ def test_contract_schema_and_manifest(tiny_parquet):
     assert manifest["rows"] == sum(tiny_parquet["truth"]["train_counts"])
     assert manifest["dim"] == 32 and manifest["classes_seen"] == 12
     assert [s["file"] for s in manifest["shards"]] == ["part-00000.parquet", "part-00001.parquet"]
-    assert {"size", "mtime", "sha256_head_tail"} <= set(manifest["source_fingerprint"])
+    assert {"size", "mtime", "sha256_sampled"} <= set(manifest["source_fingerprint"])
     assert "meta" in manifest
 
 

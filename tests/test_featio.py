@@ -1,4 +1,6 @@
 """featio: atomic outputs, shard reading (whole, subset, streamed), fingerprints, meta blocks."""
+import itertools
+
 import numpy as np
 import pytest
 
@@ -55,7 +57,7 @@ def test_fingerprint_changes_with_content_and_meta_block(tmp_path):
     path.write_bytes(b"a" * 3_000_000)
     first = fingerprint(path)
     path.write_bytes(b"a" * 2_999_999 + b"b")
-    assert fingerprint(path)["sha256_head_tail"] != first["sha256_head_tail"]
+    assert fingerprint(path)["sha256_sampled"] != first["sha256_sampled"]
     meta = meta_block(seed=3, inputs=[path])
     assert meta["seed"] == 3 and meta["inputs"][0]["size"] == 3_000_000 and "featgap_version" in meta
 
@@ -157,3 +159,22 @@ def test_flipped_page_checksum_is_one_line(tmp_path, monkeypatch):
     for rows in (None, np.array([3, 20])):  # whole groups and subsets
         with pytest.raises(FeatgapError, match=r"part-00000.parquet: row group 1 is corrupt \(page at byte \d+: CRC-32"):
             read_split(tmp_path, threads=2, rows=rows)
+
+
+def test_fingerprint_sees_same_size_edits_in_the_middle(tmp_path):
+    """A 13 GB file is not hashed whole: head, tail and 64 spread blocks. A same-size edit in a
+    sampled block of the middle changes the digest (the head/tail hash did not see it)."""
+    from scripts.fingerprint import EDGE_BYTES, sample_offsets
+
+    size = 40 * EDGE_BYTES
+    path = tmp_path / "big.csv"
+    path.write_bytes(b"1" * size)
+    before = fingerprint(path)["sha256_sampled"]
+    regions = sample_offsets(size)
+    assert regions[0] == (0, EDGE_BYTES) and regions[-1] == (size - EDGE_BYTES, EDGE_BYTES) and len(regions) == 66
+    assert all(a + n <= b for (a, n), (b, _) in itertools.pairwise(regions))  # disjoint, in order
+    offset = regions[len(regions) // 2][0] + 10  # inside a block near the middle of the file
+    with path.open("r+b") as handle:
+        handle.seek(offset)
+        handle.write(b"2")
+    assert path.stat().st_size == size and fingerprint(path)["sha256_sampled"] != before

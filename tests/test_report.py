@@ -100,7 +100,7 @@ def artifacts(tmp_path, monkeypatch):
     for split in ("train", "test1", "test2"):
         write_json(root / f"results/parquet/{split}.manifest.json", {
             "rows": 10, "dim": 4, "source_fingerprint": {"path": f"data/{split}{EVIL}.csv", "size": 9,
-                                                         "sha256_head_tail": "ab" * 32}})
+                                                         "sha256_sampled": "ab" * 32}})
         write_json(root / f"results/qc/{split}.json", {"rows": 10, "dim": 4, "classes_present": 2,
                                                        "per_class_counts": [5, 5], "violations": [], "meta": _meta()})
         files += [root / f"results/parquet/{split}.manifest.json", root / f"results/qc/{split}.json"]

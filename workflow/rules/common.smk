@@ -1,7 +1,6 @@
 # Shared wiring: config validation, the names and helpers every rule file uses (no rule file
 # reads a name another rule file defines), the results layout, and the list of final targets.
 # docs/architecture.md describes the stages and how to add an analysis.
-import hashlib
 import importlib.util
 import re
 import json
@@ -132,23 +131,21 @@ def as_json(value):
     return shlex.quote(json.dumps(value, sort_keys=True))
 
 
-def source_stamp(path, block=1 << 20):
-    """Size and SHA-256 of the first and last MB of an input CSV (the fingerprint convert stores).
+_spec = importlib.util.spec_from_file_location("fingerprint", f"{workflow.basedir}/scripts/fingerprint.py")
+_fingerprint = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_fingerprint)
+
+
+def source_stamp(path):
+    """Size and sampled SHA-256 of an input CSV: the fingerprint convert stores (scripts/fingerprint.py).
 
     A param of plan_convert, so that an edit that keeps the file's mtime (cp -p, rsync -t, some
-    editors) still reruns the conversion; 2 MB read per split and run, whatever the file size.
+    editors) still reruns the conversion; ~6 MB read per split and run, whatever the file size.
     """
     path = Path(path)
     if not path.is_file():
         return "absent"
-    size = path.stat().st_size
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        digest.update(handle.read(block))
-        if size > block:
-            handle.seek(max(block, size - block))
-            digest.update(handle.read())
-    return f"{size}:{digest.hexdigest()}"
+    return f"{path.stat().st_size}:{_fingerprint.sampled_sha256(path)}"
 
 
 def check_head_names():
