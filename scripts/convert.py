@@ -38,6 +38,7 @@ from scripts.csv_diagnose import (
     Layout,
     Problem,
     find_problem,
+    stray_carriage_return,
     unbalanced_quote,
 )
 from scripts.csv_source import count_lines, open_source, plan
@@ -111,6 +112,9 @@ class PartConverter:
     def parse_chunk(self, data: bytes, offset: int) -> pl.DataFrame:
         if b'"' in data and (problem := unbalanced_quote(data, self.layout)) is not None:
             raise self.error_at(offset, problem)
+        # Two memchr-speed counts, only for files that contain a CR at all (CRLF files).
+        if b"\r" in data and data.count(b"\r") != data.count(b"\r\n"):
+            raise self.error_at(offset, stray_carriage_return(data, self.layout))
         try:
             frame = self.read(data)
         except (pl.exceptions.PolarsError, ValueError, OSError) as err:  # diagnose precisely

@@ -60,6 +60,23 @@ def unbalanced_quote(data: bytes, layout: Layout) -> Problem | None:
     return None
 
 
+STRAY_CR = re.compile(rb"\r(?!\n)")
+
+
+def stray_carriage_return(data: bytes, layout: Layout) -> Problem | None:
+    """The first CR that does not end a line (CRLF is a line end; a lone CR is not).
+
+    Polars reads a lone CR inside a line as part of a value (`0.1\r` as 0.1, a path keeps it), and
+    CR-only files are refused when planned, so any lone CR in a chunk is refused. Called only on
+    chunks whose CR count differs from their CRLF count."""
+    found = STRAY_CR.search(data)
+    if found is None:
+        return None
+    start = data.rfind(b"\n", 0, found.start()) + 1
+    return Problem(data.count(b"\n", 0, found.start()), _name(layout, data[start : found.start()].count(b",")),
+                   "a carriage return (CR) inside the line; expected CR only as part of a CRLF line end")
+
+
 def _open_quote_field(line: bytes) -> int:
     field, quoted, opened_in = 0, False, 0
     for byte in line:

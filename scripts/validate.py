@@ -183,6 +183,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     source = read_json(args.manifest)["source"]
     for problem in problems:
         print(f"QC {args.on_violation}: {source}: {problem}", file=sys.stderr)
+    if args.split == "train" and qc["classes_present"] < 2:  # no classifier can be trained: never waived
+        raise FeatgapError(f"{source}: {qc['classes_present']} class with rows; training a classifier needs at "
+                           "least 2 (validate.on_violation: warn does not waive this)")
     if problems and args.on_violation == "fail":
         raise FeatgapError(f"{source}: {len(problems)} QC violation(s): " + "; ".join(problems)
                            + " (set validate.on_violation: warn to continue anyway)")

@@ -5,9 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from scripts.featio import run_cli, write_json, write_shard
+from scripts.featio import FeatgapError, run_cli, write_json, write_shard
 from scripts.qc_cross import cross_check
 from scripts.qc_cross import main as cross_main
+from scripts.validate import main as validate_main
 from scripts.validate import validate_split
 
 
@@ -61,6 +62,12 @@ def test_train_with_one_class_fails_its_qc(tmp_path):
     manifests = fake_splits(tmp_path, train=([f"train/c0/{i}.JPEG" for i in range(5)], [0] * 5))
     _, problems = validate_split(manifests["train"], "train", num_classes=3)
     assert any("training a classifier needs at least 2" in p for p in problems)
+    # Even with on_violation: warn (LogisticRegression would stop with a traceback otherwise).
+    argv = ["--manifest", str(manifests["train"]), "--split", "train", "--out", str(tmp_path / "qc.json"),
+            "--num-classes", "3", "--on-violation", "warn", "--layout", "none"]
+    with pytest.raises(FeatgapError, match=r"needs at least 2 .*does not waive"):
+        validate_main(argv)
+    assert not (tmp_path / "qc.json").exists()
 
 
 @pytest.mark.parametrize("mode,code", [("fail", 1), ("warn", 0)])

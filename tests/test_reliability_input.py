@@ -144,6 +144,19 @@ def test_latin1_byte_names_line_and_column(tiny_csv, tmp_path):
     expect_failure(csv, tmp_path, "line 89, column 'path'", "byte 0xe9 is not UTF-8")
 
 
+@pytest.mark.parametrize("position,value,column", [
+    (3 + 4, "0.1\r", "'4'"),         # polars read this as 0.1
+    (3 + 4, "1\r1", "'4'"),
+    (1, "val/img\r0.JPEG", "'path'"),  # polars kept the CR in the path
+])
+@pytest.mark.parametrize("crlf", [False, True])
+def test_carriage_return_inside_a_line_names_line_and_column(tiny_csv, tmp_path, position, value, column, crlf):
+    csv = corrupt(tiny_csv, tmp_path, 77, set_field(position, value))
+    if crlf:  # CRLF line ends are supported; a lone CR inside a line still is not
+        csv.write_bytes(csv.read_bytes().replace(b"\n", b"\r\n"))
+    expect_failure(csv, tmp_path, f"line 77, column {column}", "carriage return (CR) inside the line")
+
+
 def test_float32_overflow_is_named_as_such(tiny_csv, tmp_path):
     csv = corrupt(tiny_csv, tmp_path, 150, set_field(3 + 9, "1e39"))
     expect_failure(csv, tmp_path, "line 150", "column '9'", "'1e39' is outside the float32 range")
