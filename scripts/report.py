@@ -369,7 +369,12 @@ def model_details(data: ReportData, opts: dict, md_dir: Path) -> list[dict[str, 
             for pair in ((per_test.get(test) or {}).get("top_confused") or [])[:5]:
                 confused.append([test, str(pair.get("true_name", pair.get("true"))),
                                  str(pair.get("pred_name", pair.get("pred"))), fmt_value(pair.get("count"))])
+        # evaluate's own caveat (backbone_saw_train): the holdout that chose these hyperparameters and
+        # fitted the temperature behind NLL/ECE holds images the backbone was trained on.
+        caveat = next((b.get("calibration_caveat") for b in per_test.values() if (b or {}).get("calibration_caveat")),
+                      None)
         details.append({"model": model, "rows": metrics_rows, "figures": figures, "selection": chosen,
+                        "caveat": caveat,
                         "n": {t: fmt_value((per_test.get(t) or {}).get("n")) for t in ("test1", "test2")},
                         "confused": confused})
     return details
@@ -553,6 +558,8 @@ def render_markdown(ctx: dict[str, Any]) -> str:
         out += [f"### {md(m['model'])}", ""] + md_table(["metric", "test1", "test2"], m["rows"])
         if m["selection"]:
             out += [f"Selected: {md(m['selection'])}", ""]
+        if m["caveat"]:
+            out += [f"Caveat (backbone_saw_train): {md(m['caveat'])}", ""]
         for f in m["figures"]:
             out += [f"![{md(f.path)}]({md_url(f.md_path)})", ""]
     run = ctx["run"]

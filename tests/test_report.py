@@ -159,6 +159,24 @@ def test_summary_table_rows_and_references(artifacts, tmp_path):
     assert "| linear | head | 80.00 |" in md
 
 
+def test_backbone_caveat_stands_next_to_the_holdout_numbers(artifacts, tmp_path):
+    """With backbone_saw_train, evaluate writes a calibration caveat: the report shows it beside the
+    holdout choice and the NLL/ECE it qualifies, on the page and in the Markdown; without it, nothing."""
+    _, page, md = _build(artifacts, tmp_path)
+    assert "backbone_saw_train" not in page and "backbone_saw_train" not in md
+    caveat = "the softmax temperature was fitted on a holdout of the training split <b>"
+    for test in ("test1", "test2"):
+        path = Path(f"results/eval/linear/{test}/metrics.json")
+        write_json(path, {**json.loads(path.read_text()), "backbone_saw_train": True, "calibration_caveat": caveat})
+    ctx, page, md = _build(artifacts, tmp_path)
+    linear = next(m for m in ctx["models"] if m["model"] == "linear")
+    assert linear["caveat"] == caveat
+    section = page[page.index('id="models"'):]
+    assert section.index("Chosen on the holdout") < section.index("Caveat (backbone_saw_train)") < section.index("ECE")
+    assert "holdout of the training split &lt;b&gt;" in section  # escaped like every data string
+    assert f"Caveat (backbone_saw_train): {caveat}".split(" <b>")[0] in md
+
+
 def test_headline_ranks_the_causes_from_their_own_blocks(artifacts, tmp_path):
     ctx, page, md = _build(artifacts, tmp_path, answer=True)
     ranking = [(e.cause, e.level) for e in ctx["headline"].ranking]
