@@ -200,9 +200,13 @@ def _verdict(head: str, n: dict[str, Any], top: pd.DataFrame, alpha: float) -> s
     significant = p < alpha
     share, share_null = n["share_of_drop_from_top_decile"], n["share_of_drop_from_top_decile_null_95"]
     conc_p = n["share_of_drop_from_top_decile_p_upper"]
+    ilo, ihi = n["mean_drop_ci95_images"]
+    # Two units, said as such: the test and the images interval are about these classes (images
+    # swap sets within their class); the classes interval is about a population of such classes.
     parts = [
-        f"Per class, {head} is {gap:+.1%} less accurate on test set 2 on average (95% interval over classes "
-        f"{lo:+.1%} to {hi:+.1%}; stratified permutation test {fmt_p(p)}"
+        f"Per class, {head} is {gap:+.1%} less accurate on test set 2 on average (95% interval "
+        f"{ilo:+.1%} to {ihi:+.1%} with images resampled within these classes, {lo:+.1%} to {hi:+.1%} with "
+        f"classes resampled; stratified permutation test of images within classes {fmt_p(p)}"
         + ("" if significant else f", so no evidence of a change at α = {alpha:g}") + ")",
     ]
     improving = n["share_classes_improving"]

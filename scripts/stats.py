@@ -75,7 +75,8 @@ def welch_from_moments(a: Moments, b: Moments) -> WelchResult:
         p = 2.0 * sps.t.sf(np.abs(t), df)
     spread = se2 > 0
     separated = ~spread & (diff != 0)
-    t = np.where(spread, t, np.where(separated, np.sign(diff) * np.inf, np.nan))
+    with np.errstate(invalid="ignore"):  # sign(0) · inf is NaN, which is the answer for equal constants
+        t = np.where(spread, t, np.where(separated, np.sign(diff) * np.inf, np.nan))
     df = np.where(spread, df, np.nan)
     p = np.where(spread, p, np.where(separated, 0.0, np.nan))
     return WelchResult(t=t, p=p, df=df, mean_diff=diff)
@@ -93,7 +94,7 @@ def cohens_d(a: Moments, b: Moments) -> np.ndarray:
     diff = b.mean - a.mean
     with np.errstate(divide="ignore", invalid="ignore"):
         d = diff / np.sqrt(pooled)
-    return np.where(pooled > 0, d, np.where(diff != 0, np.sign(diff) * np.inf, np.nan))
+        return np.where(pooled > 0, d, np.where(diff != 0, np.sign(diff) * np.inf, np.nan))
 
 
 def bh_q(p: np.ndarray) -> np.ndarray:

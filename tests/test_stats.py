@@ -1,6 +1,8 @@
 """scripts/stats.py against its scipy / scikit-learn references on random data."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from scipy import stats as sps
@@ -47,12 +49,16 @@ def test_welch_constant_columns_follow_scipy():
     res = stats.welch_t(a, b)
     assert res.t[0] == np.inf and res.p[0] == 0.0
     assert np.isnan(res.t[1]) and np.isnan(res.p[1])
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # scipy's own precision warning on constant columns
         ref = sps.ttest_ind(b, a, equal_var=False, axis=0)
     np.testing.assert_array_equal(res.t[:2], ref.statistic[:2])
     np.testing.assert_array_equal(res.p[:2], ref.pvalue[:2])
     d = stats.cohens_d(stats.moments(a), stats.moments(b))
     assert d[0] == np.inf and np.isnan(d[1])
+    # BH counts the two real tests (m = 2), not the untestable column: R's p.adjust(c(0, NA, p), "BH").
+    q = stats.bh_q(res.p)
+    assert q[0] == 0.0 and np.isnan(q[1]) and q[2] == pytest.approx(min(1.0, res.p[2] * 2 / 2))
 
 
 def test_bh_matches_scipy():

@@ -109,14 +109,15 @@ def test_stratified_test_matches_cmh_with_equal_sizes():
 def test_gap_test_level_and_power_by_simulation():
     """Beta(9,1) class accuracies, 50 vs 10 images: the stratified test holds α = 0.05 and finds
     a 0.8-point drop; the old Wilcoxon across classes does neither."""
-    null = stats_classes.simulate_gap_tests(n_classes=1000, drop=0.0, reps=500, seed=11)
-    assert null["stratified_normal"] <= 0.06
+    # 2000 replicates (SE 0.5 points; ~8 s): holds its level, and is not needlessly conservative.
+    null = stats_classes.simulate_gap_tests(n_classes=1000, drop=0.0, reps=2000, seed=11)
+    assert 0.035 <= null["stratified_normal"] <= 0.06
     assert null["wilcoxon"] > 0.10  # rejects a true null far too often
     power = stats_classes.simulate_gap_tests(n_classes=1000, drop=0.008, reps=150, seed=2)
     assert power["stratified_normal"] >= 0.6
     assert power["wilcoxon"] < power["stratified_normal"]
     perm = stats_classes.simulate_gap_tests(n_classes=100, drop=0.0, reps=300, n_perm=199, seed=5)
-    assert perm["stratified_perm"] <= 0.06
+    assert 0.02 <= perm["stratified_perm"] <= 0.06
 
 
 def test_gap_intervals_cover_by_simulation():
