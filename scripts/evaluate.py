@@ -1,6 +1,6 @@
 """Evaluate one saved head (or baseline) on one test split.
 
-Outputs (DESIGN.md, Evaluation):
+Outputs (docs/architecture.md, the evaluate stage):
   predictions.parquet  row, path, label, pred, top5 (list<int16>), confidence, correct,
                        p_label (softmax probability of the true class; used to break ties
                        when ranking classes by their drop)
@@ -11,7 +11,7 @@ Outputs (DESIGN.md, Evaluation):
   confused_pairs.png   the most frequent off-diagonal (true → pred) pairs
 
 With `real_labels` (a ReaL real.json, config evaluate.real_labels for its test set), metrics.json
-also has a `real` block (scripts.real_labels.rescore): ReaL top-1 with its interval beside the
+also has a `real` block (scripts.real_scoring.rescore): ReaL top-1 with its interval beside the
 original top-1 on the same images, and the split of the errors; images are matched by file name.
 
 The split is streamed row group by row group: memory is one row group of features plus the
@@ -245,7 +245,7 @@ def evaluate(
     names = load_class_names(opts["class_names"], num_classes)
     real = None
     if real_labels:  # checked before any prediction: a bad file fails at once
-        from scripts.real_labels import load_real
+        from scripts.real_scoring import load_real
 
         real = load_real(real_labels, num_classes)
     pred = predict_split(shard_folder(manifest), logits_fn, num_classes)
@@ -285,7 +285,7 @@ def evaluate(
         "meta": meta_block(seed=seed, device=device, started=started, inputs=[head_path, manifest]),
     }
     if real is not None:
-        from scripts.real_labels import rescore
+        from scripts.real_scoring import rescore
 
         source = str((read_json(manifest) or {}).get("source") or manifest)
         metrics["real"] = rescore(paths=pred["path"].tolist(), label=pred["label"], pred=pred["pred"], real=real,

@@ -28,7 +28,7 @@ rule evaluate:
         qc=["results/qc/{test}.json", "results/qc/cross.json"],  # per-split and cross-split QC first
         names=CLASS_NAMES,
         real=lambda wc: [REAL_FILE] if REAL_FILE and wc.test == REAL_TEST else [],  # its own test set only
-        code=code("evaluate", "stats", "analysis_common", "heads", "device", "real_labels", "evidence"),
+        code=code("evaluate", "stats", "analysis_common", "heads", "device", "real_scoring", "evidence"),
     output:
         predictions="results/eval/{head}/{test}/predictions.parquet",
         metrics="results/eval/{head}/{test}/metrics.json",
