@@ -53,11 +53,8 @@ from scripts.featio import (
     split_shape,
     write_json,
 )
+from scripts.options import merge_options
 
-DEFAULTS = {"batch_size": 8192, "bootstrap": 1000, "ece_bins": 15, "top_confused": 20,
-            "device": "auto", "class_names": None,
-            # The config section; the rule passes the file only for its test set (--real-labels).
-            "real_labels": {"file": None, "test": "test1"}}
 METRIC_KEYS = ("top1", "top5", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "nll", "ece")
 
 
@@ -219,10 +216,9 @@ def evaluate(
     has seen; metrics.json states it next to the calibration numbers. `real_labels`: a ReaL
     real.json whose file names this split's paths are (metrics.json `real` block)."""
     started = time.perf_counter()
-    opts = {**DEFAULTS, **(options or {})}
-    unknown = set(opts) - set(DEFAULTS)
-    if unknown:
-        raise FeatgapError(f"evaluate options: unknown keys {sorted(unknown)}")
+    # The config `evaluate:` section over its schema defaults; `real_labels` is accepted and unused
+    # (the rule passes the file as `real_labels`, for its own test set only).
+    opts = merge_options(options, "evaluate")
     out = Path(out_dir)
     head_name = head_name or Path(head_path).parent.name
     test_name = test_name or Path(manifest).name.removesuffix(".manifest.json")

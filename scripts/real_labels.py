@@ -36,7 +36,6 @@ import pandas as pd
 from scripts import evidence
 from scripts.analysis_common import (
     load_class_names,
-    merge_options,
     mpl_text,
     pyplot,
     save_figure,
@@ -44,6 +43,7 @@ from scripts.analysis_common import (
     write_table,
 )
 from scripts.featio import FeatgapError, parse_json_arg, run_cli
+from scripts.options import merge_options
 
 # The matching and re-scoring evaluate uses too: a library, so no step imports another step.
 from scripts.real_scoring import (  # noqa: F401  (load_real, match_paths, rescore: this step's API as well)
@@ -58,7 +58,6 @@ from scripts.real_scoring import (  # noqa: F401  (load_real, match_paths, resco
     score,
 )
 
-DEFAULTS = {"bootstrap": 500, "examples": 10}
 FILES = ("errors.csv", "rows.parquet", "summary.json", "real_errors.png")
 CATEGORY_TEXT = {"in_real": "prediction in the ReaL set", "no_label": "image with no valid label",
                  "genuine": "genuine error"}
@@ -106,7 +105,7 @@ def real_check(*, predictions: str | Path, real_file: str | Path, out_dir: str |
     """Error split with examples and figure, enrichment of confident disagreements for "prediction in
     the ReaL set", the calibration that scripts.label_noise uses, and rows.parquet."""
     started = time.perf_counter()
-    opts = merge_options(options, DEFAULTS, "analysis.real_labels")
+    opts = merge_options(options, "analysis.real_labels")
     out = Path(out_dir)
     head = head_name or Path(predictions).parent.parent.name
     frame = pd.read_parquet(predictions, columns=["row", "path", "label", "pred", "confidence"])
