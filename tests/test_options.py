@@ -41,6 +41,13 @@ def test_no_step_keeps_its_own_defaults():
     assert not found, f"defaults belong in workflow/schemas/config.schema.yaml: {found}"
 
 
+def test_rule_files_repeat_no_schema_default():
+    """A `.get(key, default)` in a rule file would be a second default beside the schema's."""
+    for smk in sorted((ROOT / "workflow" / "rules").glob("*.smk")):
+        for key in ("enabled", "bootstrap", "alpha", "threads", "memory_budget_mb", "min_test1_top1", "test"):
+            assert not re.search(rf"\.get\(\"{key}\", [^)]", smk.read_text()), (smk.name, key)
+
+
 @pytest.mark.parametrize("section", STEP_SECTIONS)
 def test_defaults_come_from_the_schema_without_workflow_keys(section):
     defaults = options.merge_options(None, section)
