@@ -7,9 +7,10 @@ for each of the 50,000 val images, the set of classes raters judged correct (ent
 name**, never by row order; class indices follow the ImageNet-1k order of the labels.
 
 Used twice:
-  * by scripts.evaluate (`rescore`): ReaL top-1 over the images that have a ReaL label, with a 95 %
-    interval that resamples images within each (original-label) class, next to the original top-1
-    on the same images, and the split of the errors: the metrics.json `real` block;
+  * by scripts.evaluate (`rescore`, in the library scripts/real_scoring.py): ReaL top-1 over
+    the images that have a ReaL label, with a 95 % interval that resamples images within each
+    (original-label) class, next to the original top-1 on the same images, and the split of the
+    errors: the metrics.json `real` block;
   * by the `real_labels/{head}` rule (`real_check`, this module's CLI): the same split with its
     examples (path, label, prediction, ReaL set, class names) and a figure; whether the head's
     confident disagreements (calibrated confidence ≥ the label_noise threshold, prediction ≠
