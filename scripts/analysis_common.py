@@ -68,21 +68,6 @@ def load_class_names(path: str | os.PathLike | None, num_classes: int) -> list[s
     return names
 
 
-def merge_options(options: dict | None, defaults: dict, what: str) -> dict:
-    opts = {k: (dict(v) if isinstance(v, dict) else v) for k, v in defaults.items()}
-    for key, value in (options or {}).items():
-        if key not in defaults:
-            raise FeatgapError(f"{what} options: unknown key {key!r} (known: {sorted(defaults)})")
-        if isinstance(defaults[key], dict):
-            unknown = set(value) - set(defaults[key])
-            if unknown:
-                raise FeatgapError(f"{what}.{key} options: unknown keys {sorted(unknown)}")
-            opts[key].update(value)
-        else:
-            opts[key] = value
-    return opts
-
-
 # ---------------------------------------------------------------- outputs
 def pyplot():
     """matplotlib.pyplot on the Agg backend (no display, same pixels everywhere)."""

@@ -27,7 +27,6 @@ import pandas as pd
 
 from scripts import evidence
 from scripts.analysis_common import (
-    merge_options,
     mpl_text,
     pyplot,
     save_figure,
@@ -43,8 +42,8 @@ from scripts.featio import (
     run_cli,
     shard_folder,
 )
+from scripts.options import merge_options
 
-DEFAULTS = {"bins": 10, "bootstrap": 500, "batch_rows": 8192}
 FILES = ("typicality.csv", "summary.json", "typicality.png")
 
 
@@ -122,7 +121,7 @@ def difficulty(*, reference: str | Path, test1: str | Path, test2: str | Path, p
                predictions2: str | Path, out_dir: str | Path, options: dict | None = None,
                head_name: str | None = None, seed: int = 0) -> dict[str, Any]:
     started = time.perf_counter()
-    opts = merge_options(options, DEFAULTS, "analysis.difficulty")
+    opts = merge_options(options, "analysis.difficulty")
     out = Path(out_dir)
     head = head_name or Path(predictions1).parent.parent.name
     ref = dict(np.load(reference))

@@ -22,11 +22,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from scripts import stats
-from scripts.analysis_common import merge_options, pyplot, save_figure, write_summary, write_table
+from scripts.analysis_common import pyplot, save_figure, write_summary, write_table
 from scripts.featio import FeatgapError, parse_json_arg, read_split, run_cli, shard_folder
+from scripts.options import merge_options
 
-DEFAULTS = {"per_set": 500, "pca_components": 50, "perplexity": 30.0, "tsne_iter": 1000, "neighbors": 10,
-            "head": None}
 FILES = ("coords.csv", "summary.json", "pca.png", "tsne.png")
 SET_COLORS = {"test1": "#4f81bd", "test2": "#c0504d"}
 
@@ -92,7 +91,7 @@ def embedding(*, test1: str | Path, test2: str | Path, predictions1: str | Path,
     from sklearn.manifold import TSNE
 
     started = time.perf_counter()
-    opts = merge_options(options, DEFAULTS, "analysis.embedding")
+    opts = merge_options(options, "analysis.embedding")
     out = Path(out_dir)
     head = head_name or opts["head"] or Path(predictions1).parent.parent.name
     sets = {"test1": sample_set(test1, predictions1, int(opts["per_set"]), seed),

@@ -1,6 +1,6 @@
 """Evaluate one saved head (or baseline) on one test split.
 
-Outputs (DESIGN.md, Evaluation):
+Outputs (docs/architecture.md, the evaluate stage):
   predictions.parquet  row, path, label, pred, top5 (list<int16>), confidence, correct,
                        p_label (softmax probability of the true class; used to break ties
                        when ranking classes by their drop)
@@ -11,7 +11,7 @@ Outputs (DESIGN.md, Evaluation):
   confused_pairs.png   the most frequent off-diagonal (true → pred) pairs
 
 With `real_labels` (a ReaL real.json, config evaluate.real_labels for its test set), metrics.json
-also has a `real` block (scripts.real_labels.rescore): ReaL top-1 with its interval beside the
+also has a `real` block (scripts.real_scoring.rescore): ReaL top-1 with its interval beside the
 original top-1 on the same images, and the split of the errors; images are matched by file name.
 
 The split is streamed row group by row group: memory is one row group of features plus the
@@ -53,11 +53,8 @@ from scripts.featio import (
     split_shape,
     write_json,
 )
+from scripts.options import merge_options
 
-DEFAULTS = {"batch_size": 8192, "bootstrap": 1000, "ece_bins": 15, "top_confused": 20,
-            "device": "auto", "class_names": None,
-            # The config section; the rule passes the file only for its test set (--real-labels).
-            "real_labels": {"file": None, "test": "test1"}}
 METRIC_KEYS = ("top1", "top5", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "nll", "ece")
 
 
@@ -219,10 +216,9 @@ def evaluate(
     has seen; metrics.json states it next to the calibration numbers. `real_labels`: a ReaL
     real.json whose file names this split's paths are (metrics.json `real` block)."""
     started = time.perf_counter()
-    opts = {**DEFAULTS, **(options or {})}
-    unknown = set(opts) - set(DEFAULTS)
-    if unknown:
-        raise FeatgapError(f"evaluate options: unknown keys {sorted(unknown)}")
+    # The config `evaluate:` section over its schema defaults; `real_labels` is accepted and unused
+    # (the rule passes the file as `real_labels`, for its own test set only).
+    opts = merge_options(options, "evaluate")
     out = Path(out_dir)
     head_name = head_name or Path(head_path).parent.name
     test_name = test_name or Path(manifest).name.removesuffix(".manifest.json")
@@ -245,7 +241,7 @@ def evaluate(
     names = load_class_names(opts["class_names"], num_classes)
     real = None
     if real_labels:  # checked before any prediction: a bad file fails at once
-        from scripts.real_labels import load_real
+        from scripts.real_scoring import load_real
 
         real = load_real(real_labels, num_classes)
     pred = predict_split(shard_folder(manifest), logits_fn, num_classes)
@@ -285,7 +281,7 @@ def evaluate(
         "meta": meta_block(seed=seed, device=device, started=started, inputs=[head_path, manifest]),
     }
     if real is not None:
-        from scripts.real_labels import rescore
+        from scripts.real_scoring import rescore
 
         source = str((read_json(manifest) or {}).get("source") or manifest)
         metrics["real"] = rescore(paths=pred["path"].tolist(), label=pred["label"], pred=pred["pred"], real=real,

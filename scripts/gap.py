@@ -33,7 +33,6 @@ from scripts import evidence, per_class, stats, stats_classes
 from scripts.analysis_common import (
     fmt_p,
     load_per_class,
-    merge_options,
     mpl_text,
     pyplot,
     read_class_counts,
@@ -42,8 +41,8 @@ from scripts.analysis_common import (
     write_table,
 )
 from scripts.featio import parse_json_arg, run_cli
+from scripts.options import merge_options
 
-DEFAULTS = {"alpha": 0.05, "top_k": 20, "permutations": 10000, "bootstrap": 2000, "null_reps": 500, "share_reps": 200}
 FILES = ("per_class.csv", "summary.json", "drop_distribution.png", "top_drops.png")
 
 
@@ -123,7 +122,7 @@ def plot_top(frame: pd.DataFrame, k: int, head: str, path: Path) -> str:
 def gap(*, metrics1: str | Path, metrics2: str | Path, class_counts: str | Path, out_dir: str | Path,
         options: dict | None = None, head_name: str | None = None, seed: int = 0) -> dict[str, Any]:
     started = time.perf_counter()
-    opts = merge_options(options, DEFAULTS, "analysis.gap")
+    opts = merge_options(options, "analysis.gap")
     alpha, k = float(opts["alpha"]), int(opts["top_k"])
     out = Path(out_dir)
     head = head_name or Path(metrics1).parent.parent.name

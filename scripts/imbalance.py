@@ -28,7 +28,6 @@ from scripts import evidence, per_class, stats
 from scripts.analysis_common import (
     fmt_p,
     load_per_class,
-    merge_options,
     mpl_text,
     pyplot,
     read_class_counts,
@@ -37,8 +36,8 @@ from scripts.analysis_common import (
     write_table,
 )
 from scripts.featio import parse_json_arg, run_cli
+from scripts.options import merge_options
 
-DEFAULTS = {"alpha": 0.05, "max_tie_share": 0.5, "permutations": 10000, "min_group": 10}
 FILES = ("per_class.csv", "summary.json", "scatter.png")
 TARGETS = (("acc_test1", "accuracy on test1"), ("acc_test2", "accuracy on test2"), ("drop", "drop (test1 − test2)"))
 
@@ -63,7 +62,7 @@ def plot_scatter(frame: pd.DataFrame, results: dict, head: str, path: Path) -> s
 def imbalance(*, class_counts: str | Path, metrics1: str | Path, metrics2: str | Path, out_dir: str | Path,
               options: dict | None = None, head_name: str | None = None, seed: int = 0) -> dict[str, Any]:
     started = time.perf_counter()
-    opts = merge_options(options, DEFAULTS, "analysis.imbalance")
+    opts = merge_options(options, "analysis.imbalance")
     alpha = float(opts["alpha"])
     out = Path(out_dir)
     head = head_name or Path(metrics1).parent.parent.name

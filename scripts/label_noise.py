@@ -34,15 +34,14 @@ import pandas as pd
 
 from scripts import evidence
 from scripts.analysis_common import (
-    merge_options,
     pyplot,
     save_figure,
     write_summary,
     write_table,
 )
 from scripts.featio import FeatgapError, parse_json_arg, run_cli
+from scripts.options import merge_options
 
-DEFAULTS = {"threshold": 0.8, "bootstrap": 500, "examples": 20}
 FILES = ("disagreements.csv", "summary.json", "confidence.png")
 
 
@@ -120,7 +119,7 @@ def label_noise(*, predictions1: str | Path, predictions2: str | Path, out_dir: 
                 options: dict | None = None, head_name: str | None = None, seed: int = 0,
                 real_rows: str | Path | None = None) -> dict[str, Any]:
     started = time.perf_counter()
-    opts = merge_options(options, DEFAULTS, "analysis.label_noise")
+    opts = merge_options(options, "analysis.label_noise")
     out = Path(out_dir)
     head = head_name or Path(predictions1).parent.parent.name
     p1, p2 = _read(predictions1), _read(predictions2)

@@ -34,7 +34,6 @@ from scipy import stats as sps
 from scripts import stats, stats_classes
 from scripts.analysis_common import (
     fmt_p,
-    merge_options,
     mpl_text,
     pyplot,
     save_figure,
@@ -48,8 +47,8 @@ from scripts.featio import (
     run_cli,
     shard_folder,
 )
+from scripts.options import merge_options
 
-DEFAULTS = {"alpha": 0.05, "clusters": 3}
 FILES = ("features.csv", "summary.json", "clusters.png")
 
 
@@ -145,7 +144,7 @@ def plot_clusters(table: pd.DataFrame, clusters: list[dict], title: str, path: P
 def misclass(*, predictions: str | Path, manifest: str | Path, out_dir: str | Path, options: dict | None = None,
              seed: int = 0, head_name: str | None = None, test_name: str | None = None) -> dict[str, Any]:
     started = time.perf_counter()
-    opts = merge_options(options, DEFAULTS, "analysis.misclass")
+    opts = merge_options(options, "analysis.misclass")
     alpha = float(opts["alpha"])
     out = Path(out_dir)
     head = head_name or Path(predictions).parent.parent.name
@@ -239,7 +238,7 @@ def compare_tables(t1: pd.DataFrame, t2: pd.DataFrame) -> pd.DataFrame:
 def compare(*, features1: str | Path, features2: str | Path, out_dir: str | Path, options: dict | None = None,
             head_name: str | None = None, seed: int = 0) -> dict[str, Any]:
     started = time.perf_counter()
-    opts = merge_options(options, DEFAULTS, "analysis.misclass")
+    opts = merge_options(options, "analysis.misclass")
     alpha = float(opts["alpha"])
     out = Path(out_dir)
     head = head_name or Path(features1).parent.parent.name

@@ -29,7 +29,6 @@ import pandas as pd
 
 from scripts import evidence
 from scripts.analysis_common import (
-    merge_options,
     mpl_text,
     pyplot,
     save_figure,
@@ -37,8 +36,8 @@ from scripts.analysis_common import (
     write_table,
 )
 from scripts.featio import FeatgapError, parse_json_arg, read_json, run_cli
+from scripts.options import merge_options
 
-DEFAULTS = {"overfit_threshold": 0.02, "shift_threshold": 0.02}
 FILES = ("accuracy.csv", "grid.csv", "summary.json", "accuracy.png", "grid.png", "curves.png")
 
 
@@ -187,7 +186,7 @@ def overfit(*, selection_path: str | Path, history_path: str | Path, metrics1: s
             out_dir: str | Path, options: dict | None = None, head_name: str | None = None,
             seed: int = 0, backbone_saw_train: bool = False) -> dict[str, Any]:
     started = time.perf_counter()
-    opts = merge_options(options, DEFAULTS, "analysis.overfit")
+    opts = merge_options(options, "analysis.overfit")
     out = Path(out_dir)
     head = head_name or Path(selection_path).parent.name
     selection = read_json(selection_path)

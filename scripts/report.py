@@ -34,6 +34,7 @@ from scripts.featio import (
     run_cli,
     write_json,
 )
+from scripts.options import merge_options
 from scripts.report_collect import Analysis, ReportData, collect
 from scripts.report_evidence import (
     HYPOTHESES,
@@ -45,14 +46,6 @@ from scripts.report_evidence import (
     improve_ranking,
 )
 
-DEFAULTS: dict[str, Any] = {
-    "title": "featgap: why is test set 2 harder?",
-    "primary_head": None,  # null: the first configured head
-    "reference": [],  # rows {name, test1, test2, note}: top-1 in percent, for context
-    "table_rows": 20,  # rows shown of each table inside a summary (e.g. the most-dropped classes)
-    "figures": "primary",  # primary: figures of the primary head only; all: every head's figures
-    "max_numbers": 40,  # scalars shown per analysis (the rest is in its table)
-}
 METRIC_LABELS = {"top1": "top-1", "top5": "top-5", "balanced_accuracy": "balanced accuracy",
                  "macro_precision": "macro precision", "macro_recall": "macro recall", "macro_f1": "macro F1",
                  "nll": "NLL", "ece": "ECE"}
@@ -73,12 +66,8 @@ DESCRIPTIVE = ("reference_line", "real_labels", "gap", "shift", "misclass_compar
 
 
 def report_options(config: dict[str, Any]) -> dict[str, Any]:
-    opts = dict(DEFAULTS)
-    section = config.get("report") or {}
-    unknown = sorted(set(section) - set(DEFAULTS))
-    if unknown:
-        raise FeatgapError(f"config report: unknown key(s) {unknown}; allowed: {sorted(DEFAULTS)}")
-    opts.update(section)
+    # The config `report:` section over its schema defaults (a partial config from a test works too).
+    opts = merge_options(config.get("report"), "report")
     for i, row in enumerate(opts["reference"] or []):
         if not isinstance(row, dict) or "name" not in row:
             raise FeatgapError(f"config report.reference[{i}]: expected {{name, test1, test2, note}}")

@@ -1,7 +1,7 @@
 """Gather what the report shows: sort the report rule's input files by kind and read them.
 
 The report rule passes every artifact the config enables (its input list); this module recognises
-them by their place in the layout of DESIGN.md and reads them:
+them by their place in the results layout (docs/architecture.md) and reads them:
 
     results/parquet/{split}.manifest.json         manifests (source fingerprints)
     results/qc/{split}.json                       validation

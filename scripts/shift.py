@@ -27,7 +27,6 @@ from tqdm import tqdm
 
 from scripts import evidence, stats
 from scripts.analysis_common import (
-    merge_options,
     pyplot,
     save_figure,
     write_summary,
@@ -40,14 +39,8 @@ from scripts.featio import (
     run_cli,
     shard_folder,
 )
+from scripts.options import merge_options
 
-DEFAULTS = {
-    "alpha": 0.05,
-    "min_effect": 0.2,
-    "top_features": 6,
-    "domain": {"max_rows_per_set": 5000, "folds": 5, "C": 1.0, "bootstrap": 500},
-}
-ADAPT_DEFAULTS = {"bootstrap": 500, "batch_size": 8192}
 FEATURE_FILES = ("features.csv", "summary.json", "volcano.png", "top_features.png", "domain_roc.png")
 ADAPT_FILES = ("adaptation.csv", "summary.json", "adaptation.png")
 
@@ -181,7 +174,7 @@ def plot_roc(domain: dict, path: Path) -> str:
 def shift_features(*, test1: str | Path, test2: str | Path, out_dir: str | Path, options: dict | None = None,
                    seed: int = 0) -> dict[str, Any]:
     started = time.perf_counter()
-    opts = merge_options(options, DEFAULTS, "analysis.shift")
+    opts = merge_options(options, "analysis.shift")
     alpha = float(opts["alpha"])
     out = Path(out_dir)
     s1 = read_split(shard_folder(test1), features=True, columns=("label",))
@@ -260,7 +253,7 @@ def adapt(*, head_path: str | Path, test1: str | Path, test2: str | Path, out_di
     from scripts.heads import load_checkpoint, load_head, predict_logits
 
     started = time.perf_counter()
-    opts = merge_options(options, ADAPT_DEFAULTS, "analysis.shift_adapt")
+    opts = merge_options(options, "analysis.shift_adapt")
     out = Path(out_dir)
     head_name = head_name or Path(head_path).parent.name
     ckpt = load_checkpoint(head_path)

@@ -5,7 +5,7 @@
 # analysis alone; `analysis.<name>.enabled: false` leaves it out of `all` and so out of the report.
 # Adding an analysis: docs/architecture.md.
 
-EMBED_HEAD = ANALYSIS.get("embedding", {}).get("head") or (HEADS[0] if HEADS else None)
+EMBED_HEAD = ANALYSIS["embedding"]["head"] or (HEADS[0] if HEADS else None)
 
 GAP_FILES = ["per_class.csv", "summary.json", "drop_distribution.png", "top_drops.png"]
 SHIFT_FILES = ["features.csv", "summary.json", "volcano.png", "top_features.png", "domain_roc.png"]
@@ -14,9 +14,6 @@ IMBALANCE_FILES = ["per_class.csv", "summary.json", "scatter.png"]
 OVERFIT_FILES = ["accuracy.csv", "grid.csv", "summary.json", "accuracy.png", "grid.png", "curves.png"]
 MISCLASS_FILES = ["features.csv", "summary.json", "clusters.png"]
 MISCLASS_COMPARE_FILES = ["compare.csv", "summary.json", "compare.png"]
-# The backbone was trained on the train split (EVA-02 …ft_in22k_in1k on ImageNet-1k train): the
-# analyses that report holdout numbers state it next to them.
-BACKBONE_SAW_TRAIN = "true" if config.get("backbone_saw_train") else "false"
 EMBEDDING_FILES = ["coords.csv", "summary.json", "pca.png", "tsne.png"]
 DIFFICULTY_FILES = ["typicality.csv", "summary.json", "typicality.png"]
 LABEL_NOISE_FILES = ["disagreements.csv", "summary.json", "confidence.png"]
@@ -40,7 +37,7 @@ rule class_counts:
         runtime=10,
     params:
         num_classes=config["num_classes"],
-        names=config["evaluate"].get("class_names") or "",
+        names=config["evaluate"]["class_names"] or "",
     shell:
         "python -m scripts.class_counts --train {input.train:q} --test1 {input.test1:q} --test2 {input.test2:q}"
         " --num-classes {params.num_classes} --class-names={params.names:q} --out {output:q} > {log:q} 2>&1"
@@ -383,7 +380,7 @@ rule label_noise:
     input:
         predictions1=eval_file("{head}", "test1", "predictions.parquet"),
         predictions2=eval_file("{head}", "test2", "predictions.parquet"),
-        real=LABEL_NOISE_REAL,  # ReaL check of test set 1 (real_labels.smk), when configured
+        real=LABEL_NOISE_REAL,  # ReaL check of test set 1 (real_labels.smk), when configured (common.smk)
         code=code("label_noise"),
     output:
         reported(analysis_dir("label_noise", "{head}"), LABEL_NOISE_FILES, "label_noise", "9. Label noise", "{head}"),
@@ -412,9 +409,9 @@ if analysis_on("label_noise"):
 
 
 # Accuracy on the line: only when a reference table is configured (config/eva02.yaml: timm's results).
-REFERENCE_LINE = ANALYSIS.get("reference_line") or {}
+REFERENCE_LINE = ANALYSIS["reference_line"]
 REFERENCE_LINE_FILES = ["line.csv", "summary.json", "line.png"]
-if REFERENCE_LINE.get("test1_table") and REFERENCE_LINE.get("test2_table") and HEADS and analysis_on("reference_line"):
+if REFERENCE_LINE["test1_table"] and REFERENCE_LINE["test2_table"] and HEADS and analysis_on("reference_line"):
 
     rule reference_line:
         input:
@@ -434,7 +431,7 @@ if REFERENCE_LINE.get("test1_table") and REFERENCE_LINE.get("test2_table") and H
             runtime=5,
         params:
             out_dir=lambda wc, output: Path(output[0]).parent,
-            min_top1=REFERENCE_LINE.get("min_test1_top1", 80.0),
+            min_top1=REFERENCE_LINE["min_test1_top1"],
             heads=lambda wc, input: " ".join(
                 f"--head {shlex.quote(h)} {shlex.quote(a)} {shlex.quote(b)}"
                 for h, a, b in zip(HEADS, input.metrics1, input.metrics2)

@@ -13,12 +13,15 @@ from snakemake.utils import validate
 
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 
+# From here on every key with a schema default is set: rule files index config, they never
+# repeat a default with `.get(key, default)` (the schema is the one source of defaults).
+
 # Files the workflow ships (resources/imagenet_classes.txt, resources/timm-results/) are found beside the Snakefile when
 # the run's working directory is elsewhere (--directory).
 for _section, _key in (
-    (config.get("evaluate", {}), "class_names"),
-    (config.get("analysis", {}).get("reference_line") or {}, "test1_table"),
-    (config.get("analysis", {}).get("reference_line") or {}, "test2_table"),
+    (config["evaluate"], "class_names"),
+    (config["analysis"]["reference_line"], "test1_table"),
+    (config["analysis"]["reference_line"], "test2_table"),
 ):
     _shipped = _section.get(_key)
     if _shipped and not Path(_shipped).exists() and Path(workflow.basedir, _shipped).is_file():
@@ -26,7 +29,7 @@ for _section, _key in (
 
 # `heads: {mlp: null}` in a later config file (or --config) drops a head the defaults define.
 for section in ("heads", "baselines"):
-    config[section] = {name: spec for name, spec in config.get(section, {}).items() if spec is not None}
+    config[section] = {name: spec for name, spec in config[section].items() if spec is not None}
 
 SPLITS = ["train", "test1", "test2"]
 TESTS = ["test1", "test2"]
@@ -44,8 +47,58 @@ if set(TRAIN_HEADS) & set(BASELINES):
         f"config: names used both under heads: and baselines: {sorted(set(TRAIN_HEADS) & set(BASELINES))}"
     )
 # The class-names file is an input where it is read (editing it reruns those rules); none in the demo.
-CLASS_NAMES = [config["evaluate"]["class_names"]] if config["evaluate"].get("class_names") else []
+CLASS_NAMES = [config["evaluate"]["class_names"]] if config["evaluate"]["class_names"] else []
 ANALYSIS = config["analysis"]
+# The backbone was trained on the train split (EVA-02 …ft_in22k_in1k on ImageNet-1k train):
+# evaluate and the analyses that report holdout numbers state it next to them.
+BACKBONE_SAW_TRAIN = "true" if config["backbone_saw_train"] else "false"
+
+# Train rows for resource estimates (train and improve jobs): validate.expected, else the demo's
+# size, else 1.3M.
+TRAIN_ROWS = config["validate"].get("expected", {}).get("train", {}).get("rows") or (
+    config["demo"].get("train_rows") or int(1300 * config["demo"].get("train_scale", 1.0) * config["demo"]["classes"])
+    if config["demo"]["enabled"]
+    else 1_300_000
+)
+# Memory: the in-memory matrix (or the streaming budget) + logits, optimiser state, libraries.
+TRAIN_MEM_MB = int(min(TRAIN_ROWS * config["dim"] * 4 / 2**20, TRAIN["memory_budget_mb"]) * 1.1 + 2000)
+# Minutes, at least 10. On the CPU: K candidates × epochs × 4·N·D·width flops at a conservative
+# 30 GFLOP/s (2 cores), doubled for the refit and the holdout passes. On CUDA (train.device: cuda or
+# cuda:N, as profiles/slurm sets when it asks for a GPU): loading at 50 MB/s plus every grid and
+# refit step at 10 ms (an H100 replays one 12-candidate EVA-02 step in 1.3 ms; see README).
+TRAIN_ON_CUDA = str(TRAIN["device"]).startswith("cuda")
+HEAD_SECONDS = {
+    name: (
+        TRAIN_ROWS * config["dim"] * 4 / 50e6
+        + 2 * head.get("epochs", 10) * TRAIN_ROWS / head.get("batch_size", 1024) * 0.010
+        if TRAIN_ON_CUDA
+        else 2
+        * 4
+        * TRAIN_ROWS
+        * config["dim"]
+        * (sum(head.get("hidden", []) or []) or config["num_classes"])
+        * len(head.get("lr", [1]))
+        * len(head.get("weight_decay", [1]))
+        * head.get("epochs", 10)
+        / 30e9
+    )
+    for name, head in config["heads"].items()
+}
+HEAD_RUNTIME = {name: 10 + int(seconds / 60) for name, seconds in HEAD_SECONDS.items()}
+
+# ImageNet ReaL labels (evaluate.real_labels): evaluate re-scores the one test set whose paths are
+# ImageNet val file names, real_labels.smk checks each head on it, and label_noise (analysis.smk)
+# bounds its test-2 share with the check's rows when that test set is test set 1. A shipped file is
+# found beside the Snakefile (config itself is left as given: the report's params hold it).
+REAL_FILE = config["evaluate"]["real_labels"]["file"]
+REAL_TEST = config["evaluate"]["real_labels"]["test"]
+if REAL_FILE and not Path(REAL_FILE).exists() and Path(workflow.basedir, REAL_FILE).is_file():
+    REAL_FILE = str(Path(workflow.basedir, REAL_FILE))
+LABEL_NOISE_REAL = ["results/analysis/real_labels/{head}/rows.parquet"] if REAL_FILE and REAL_TEST == "test1" else []
+
+# The improve stage (improve.smk) is on with at least one variant; the report then reads its outputs.
+IMPROVE = config["improve"]
+IMPROVE_VARIANTS = IMPROVE["variants"] if IMPROVE["enabled"] else {}
 
 
 # ---------------------------------------------------------------- the results layout (one place)
@@ -74,16 +127,24 @@ def analysis_dir(name, *keys):
     return posixpath.join("results/analysis", name, *keys)
 
 
+def improve_file(name):
+    """summary.json, variants.csv, improve.png of the improve stage, or {variant}/model.pt, …"""
+    return f"results/improve/{name}"
+
+
+IMPROVE_FILES = [improve_file(f) for f in ("summary.json", "variants.csv", "improve.png")]
+
+
 # ---------------------------------------------------------------- analyses
 def analysis_on(name):
     """`analysis.<name>.enabled` (schema default true): off leaves the analysis out of `all` and
     hence out of the report's inputs (the report then omits it)."""
-    return ANALYSIS.get(name, {}).get("enabled", True)
+    return ANALYSIS[name]["enabled"]
 
 
 def analysis_options(name):
     """The analysis's validated config section as the step's --options JSON (without `enabled`)."""
-    return as_json({k: v for k, v in ANALYSIS.get(name, {}).items() if k != "enabled"})
+    return as_json({k: v for k, v in ANALYSIS[name].items() if k != "enabled"})
 
 
 def reported(folder, files, caption, category, subcategory=None):
@@ -152,8 +213,8 @@ def check_head_names():
     """A head named in report/analysis settings must exist: caught before any job, not in the last one."""
     known = sorted(config["heads"]) + sorted(config["baselines"])
     for key, name in (
-        ("report.primary_head", config.get("report", {}).get("primary_head")),
-        ("analysis.embedding.head", config.get("analysis", {}).get("embedding", {}).get("head")),
+        ("report.primary_head", config["report"]["primary_head"]),
+        ("analysis.embedding.head", ANALYSIS["embedding"]["head"]),
     ):
         if name is not None and name not in known:
             raise WorkflowError(f"config key {key}: no head or baseline named {name!r} (configured: {known})")
@@ -169,5 +230,12 @@ def check_inputs_exist():
             raise WorkflowError(f"config key data.{split}: file not found: {path}")
 
 
+def check_real_labels():
+    """A configured ReaL file must exist: caught before any job, naming the config key."""
+    if REAL_FILE and not Path(REAL_FILE).is_file():
+        raise WorkflowError(f"config key evaluate.real_labels.file: file not found: {REAL_FILE}")
+
+
 check_inputs_exist()
 check_head_names()
+check_real_labels()

@@ -1,24 +1,7 @@
 # Evaluate stage: every head and baseline on both test splits (the only rule besides the
-# analyses that reads a test split).
-import re
-
-if "HEADS" not in globals():
-    HEADS = list(config.get("heads", {})) + list(config.get("baselines", {}))
-
-HEAD_PATTERN = "|".join(re.escape(h) for h in HEADS) or "no-heads-configured"
-# The class-names file is an input (editing it reruns evaluate); none in the demo.
-CLASS_NAMES = [config["evaluate"]["class_names"]] if config["evaluate"].get("class_names") else []
+# analyses that reads a test split). With evaluate.real_labels.file set, the ReaL test set's job
+# also re-scores with ReaL labels (REAL_FILE, REAL_TEST: common.smk).
 EVAL_FILES = ["predictions.parquet", "metrics.json", "confusions.csv", "confused_pairs.png"]
-
-# ImageNet ReaL labels (evaluate.real_labels): re-score the one test set whose paths are ImageNet
-# val file names. A shipped file is found beside the Snakefile; a missing one stops before any job.
-REAL = config["evaluate"].get("real_labels") or {}
-REAL_FILE = REAL.get("file")
-REAL_TEST = REAL.get("test", "test1")
-if REAL_FILE and not Path(REAL_FILE).exists() and Path(workflow.basedir, REAL_FILE).is_file():
-    REAL_FILE = str(Path(workflow.basedir, REAL_FILE))
-if REAL_FILE and not Path(REAL_FILE).is_file():
-    raise WorkflowError(f"config key evaluate.real_labels.file: file not found: {REAL_FILE}")
 
 
 rule evaluate:
@@ -28,7 +11,7 @@ rule evaluate:
         qc=["results/qc/{test}.json", "results/qc/cross.json"],  # per-split and cross-split QC first
         names=CLASS_NAMES,
         real=lambda wc: [REAL_FILE] if REAL_FILE and wc.test == REAL_TEST else [],  # its own test set only
-        code=code("evaluate", "stats", "analysis_common", "heads", "device", "real_labels", "evidence"),
+        code=code("evaluate", "stats", "analysis_common", "heads", "device", "real_scoring", "evidence"),
     output:
         predictions="results/eval/{head}/{test}/predictions.parquet",
         metrics="results/eval/{head}/{test}/metrics.json",
@@ -62,7 +45,7 @@ rule evaluate:
         num_classes=config["num_classes"],
         seed=config["seed"],
         # The temperature was fitted on a train holdout: say so when the backbone saw train.
-        backbone_saw_train="true" if config.get("backbone_saw_train") else "false",
+        backbone_saw_train=BACKBONE_SAW_TRAIN,
         real=lambda wc, input: " ".join(f"--real-labels {shlex.quote(p)}" for p in input.real),
     shell:
         "python -m scripts.evaluate --head {input.model:q} --manifest {input.manifest:q} --out-dir {params.out_dir:q}"

@@ -2,11 +2,9 @@
 # head is trained and selected on the train holdout (improve_train: the same step as train_head,
 # with the variant's keys changed), then every variant is compared with the primary head on the
 # same test images (improve_compare → results/improve/summary.json, variants.csv, improve.png).
-IMPROVE = config.get("improve", {})
-IMPROVE_VARIANTS = IMPROVE.get("variants", {}) if IMPROVE.get("enabled") else {}
-IMPROVE_BASELINE = (
-    IMPROVE.get("baseline") or config.get("report", {}).get("primary_head") or (TRAIN_HEADS[0] if TRAIN_HEADS else None)
-)
+# IMPROVE, IMPROVE_VARIANTS, improve_file and IMPROVE_FILES (read by report.smk too), TRAIN_MEM_MB and
+# HEAD_RUNTIME (shared with train.smk): common.smk.
+IMPROVE_BASELINE = IMPROVE["baseline"] or config["report"]["primary_head"] or (TRAIN_HEADS[0] if TRAIN_HEADS else None)
 RETRAIN_VARIANTS = [n for n, v in IMPROVE_VARIANTS.items() if v["kind"] == "retrain"]
 
 if IMPROVE_VARIANTS and IMPROVE_BASELINE not in TRAIN_HEADS:
@@ -26,7 +24,7 @@ if _too_wide:
 # The one place that says which model files each variant is made of (inputs and the step's JSON).
 VARIANT_MODELS = {
     name: (
-        [f"results/improve/{name}/model.pt"]
+        [improve_file(f"{name}/model.pt")]
         if spec["kind"] == "retrain"
         else [head_file(h, "model.pt") for h in spec.get("heads", [])]
     )
@@ -40,9 +38,9 @@ rule improve_train:
         qc=qc_path("train"),
         code=code("train_head"),
     output:
-        model="results/improve/{variant}/model.pt",
-        history="results/improve/{variant}/history.csv",
-        selection="results/improve/{variant}/selection.json",
+        model=improve_file("{variant}/model.pt"),
+        history=improve_file("{variant}/history.csv"),
+        selection=improve_file("{variant}/selection.json"),
     log:
         "logs/improve/{variant}.log",
     benchmark:
@@ -51,7 +49,7 @@ rule improve_train:
         variant="|".join(re.escape(v) for v in RETRAIN_VARIANTS) or "no-variants",
     conda:
         "../../envs/featgap.yaml"
-    threads: TRAIN.get("threads", 2)
+    threads: TRAIN["threads"]
     resources:
         mem_mb=TRAIN_MEM_MB,
         runtime=lambda wc: HEAD_RUNTIME[IMPROVE_BASELINE],
@@ -59,7 +57,7 @@ rule improve_train:
         head=lambda wc: as_json(
             {
                 **config["heads"][IMPROVE_BASELINE],
-                **IMPROVE.get("retrain", {}),
+                **IMPROVE["retrain"],
                 **IMPROVE_VARIANTS[wc.variant].get("set", {}),
             }
         ),
@@ -82,10 +80,10 @@ rule improve_compare:
         qc=[qc_path("test1"), qc_path("test2"), qc_path("cross")],
         code=code("improve"),
     output:
-        summary="results/improve/summary.json",
-        table="results/improve/variants.csv",
+        summary=IMPROVE_FILES[0],
+        table=IMPROVE_FILES[1],
         figure=report(
-            "results/improve/improve.png",
+            IMPROVE_FILES[2],
             caption="../report/improve.rst",
             category="7. Improve",
         ),
@@ -112,8 +110,8 @@ rule improve_compare:
             }
         ),
         baseline=IMPROVE_BASELINE,
-        bootstrap=IMPROVE.get("bootstrap", 1000),
-        alpha=IMPROVE.get("alpha", 0.05),
+        bootstrap=IMPROVE["bootstrap"],
+        alpha=IMPROVE["alpha"],
         seed=config["seed"],
         out_dir=lambda wc, output: Path(output.summary).parent,
     shell:

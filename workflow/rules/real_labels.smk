@@ -1,10 +1,8 @@
 # ReaL check (on when evaluate.real_labels.file is set): per head, the ReaL test set's errors split
 # into prediction-in-ReaL / no valid label / genuine, the enrichment of confident disagreements for
 # label noise, and rows.parquet, with which label_noise (analysis.smk) bounds its test-2 share when
-# the ReaL test set is test set 1. Included after evaluate.smk (REAL_FILE, REAL_TEST) and before
-# analysis.smk (LABEL_NOISE_REAL).
+# the ReaL test set is test set 1 (REAL_FILE, REAL_TEST, LABEL_NOISE_REAL: common.smk).
 REAL_LABELS_FILES = ["errors.csv", "rows.parquet", "summary.json", "real_errors.png"]
-LABEL_NOISE_REAL = ["results/analysis/real_labels/{head}/rows.parquet"] if REAL_FILE and REAL_TEST == "test1" else []
 
 if REAL_FILE and HEADS:
 

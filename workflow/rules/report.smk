@@ -13,9 +13,9 @@ REPORT_ARTIFACTS = list(
         list(ALL_TARGETS)
         + expand("results/parquet/{split}.manifest.json", split=SPLITS)
         + expand("results/qc/{split}.json", split=SPLITS)
-        + expand("results/heads/{head}/selection.json", head=list(config.get("heads") or {}))
-        # The improve stage's summary and figure (also final targets of improve.smk when it is on).
-        + (list(rules.improve_compare.output) if IMPROVE_VARIANTS else [])
+        + expand(head_file("{head}", "selection.json"), head=TRAIN_HEADS)
+        # The improve stage's outputs (also final targets of improve.smk when it is on).
+        + (IMPROVE_FILES if IMPROVE_VARIANTS else [])
     )
 )
 

@@ -6,37 +6,7 @@
 HEAD_FILES = ["model.pt", "history.csv", "selection.json"]
 
 
-# Train rows for resource estimates: validate.expected, else the demo's size, else 1.3M.
-TRAIN_ROWS = config.get("validate", {}).get("expected", {}).get("train", {}).get("rows") or (
-    config["demo"].get("train_rows") or int(1300 * config["demo"].get("train_scale", 1.0) * config["demo"]["classes"])
-    if config["demo"].get("enabled")
-    else 1_300_000
-)
-# Memory: the in-memory matrix (or the streaming budget) + logits, optimiser state, libraries.
-TRAIN_MEM_MB = int(min(TRAIN_ROWS * config["dim"] * 4 / 2**20, TRAIN.get("memory_budget_mb", 12000)) * 1.1 + 2000)
-# Minutes, at least 10. On the CPU: K candidates × epochs × 4·N·D·width flops at a conservative
-# 30 GFLOP/s (2 cores), doubled for the refit and the holdout passes. On CUDA (train.device: cuda or
-# cuda:N, as profiles/slurm sets when it asks for a GPU): loading at 50 MB/s plus every grid and
-# refit step at 10 ms (an H100 replays one 12-candidate EVA-02 step in 1.3 ms; see README).
-TRAIN_ON_CUDA = str(TRAIN.get("device", "auto")).startswith("cuda")
-HEAD_SECONDS = {
-    name: (
-        TRAIN_ROWS * config["dim"] * 4 / 50e6
-        + 2 * head.get("epochs", 10) * TRAIN_ROWS / head.get("batch_size", 1024) * 0.010
-        if TRAIN_ON_CUDA
-        else 2
-        * 4
-        * TRAIN_ROWS
-        * config["dim"]
-        * (sum(head.get("hidden", []) or []) or config["num_classes"])
-        * len(head.get("lr", [1]))
-        * len(head.get("weight_decay", [1]))
-        * head.get("epochs", 10)
-        / 30e9
-    )
-    for name, head in config.get("heads", {}).items()
-}
-HEAD_RUNTIME = {name: 10 + int(seconds / 60) for name, seconds in HEAD_SECONDS.items()}
+# TRAIN_ROWS, TRAIN_MEM_MB and HEAD_RUNTIME (resource estimates, shared with improve.smk): common.smk.
 
 
 rule train_head:
@@ -61,7 +31,7 @@ rule train_head:
         head="|".join(re.escape(h) for h in TRAIN_HEADS) or "no-heads",
     conda:
         "../../envs/featgap.yaml"
-    threads: TRAIN.get("threads", 2)
+    threads: TRAIN["threads"]
     resources:
         mem_mb=TRAIN_MEM_MB,
         runtime=lambda wc: HEAD_RUNTIME[wc.head],
@@ -99,7 +69,7 @@ rule train_baseline:
         baseline="|".join(re.escape(b) for b in BASELINES) or "no-baselines",
     conda:
         "../../envs/featgap.yaml"
-    threads: TRAIN.get("threads", 2)
+    threads: TRAIN["threads"]
     resources:
         mem_mb=TRAIN_MEM_MB,
         # sklearn fits: ~1e8 row·dim·class per second on 2 cores (measured), at least 10 minutes.

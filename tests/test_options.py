@@ -1,0 +1,89 @@
+"""One source of defaults: the config schema (scripts/options.py). A step called directly gets the
+schema's defaults, an edit of a schema default alone changes what a step uses, and no step keeps
+a DEFAULTS copy of its own."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from test_analysis import _fake_training_outputs
+from test_analysis_fixtures import planted, planted_eval  # noqa: F401 - fixtures
+
+from scripts import options
+from scripts.featio import FeatgapError
+from scripts.overfit import overfit
+from scripts.report import report_options
+
+ROOT = Path(__file__).resolve().parents[1]
+# Every config section a step reads through merge_options.
+STEP_SECTIONS = ["evaluate", "report"] + [f"analysis.{name}" for name in (
+    "gap", "shift", "shift_adapt", "imbalance", "overfit", "misclass", "difficulty", "label_noise", "real_labels",
+    "embedding")]
+
+
+def _edited_schema(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, section: str, key: str, value) -> None:
+    """A copy of the schema with one default changed, used by every step from now on."""
+    schema = yaml.safe_load(options.SCHEMA.read_text())
+    node = schema
+    for part in section.split("."):
+        node = node["properties"][part]
+    node["properties"][key]["default"] = value
+    path = tmp_path / "config.schema.yaml"
+    path.write_text(yaml.safe_dump(schema, allow_unicode=True))
+    monkeypatch.setattr(options, "SCHEMA", path)
+
+
+def test_no_step_keeps_its_own_defaults():
+    found = [f"{p.name}:{i}" for p in sorted((ROOT / "scripts").glob("*.py"))
+             for i, line in enumerate(p.read_text().splitlines(), 1) if re.match(r"\s*\w*DEFAULTS\b\s*[:=]", line)]
+    assert not found, f"defaults belong in workflow/schemas/config.schema.yaml: {found}"
+
+
+def test_rule_files_repeat_no_schema_default():
+    """A `.get(key, default)` in a rule file would be a second default beside the schema's."""
+    for smk in sorted((ROOT / "workflow" / "rules").glob("*.smk")):
+        for key in ("enabled", "bootstrap", "alpha", "threads", "memory_budget_mb", "min_test1_top1", "test"):
+            assert not re.search(rf"\.get\(\"{key}\", [^)]", smk.read_text()), (smk.name, key)
+
+
+@pytest.mark.parametrize("section", STEP_SECTIONS)
+def test_defaults_come_from_the_schema_without_workflow_keys(section):
+    defaults = options.merge_options(None, section)
+    assert defaults == options.step_defaults(section) and defaults
+    assert "enabled" not in defaults  # the workflow's switch never reaches a step
+    if "enabled" in options.schema_section(section)["properties"]:  # nor may a step be handed it
+        with pytest.raises(FeatgapError, match=r"unknown keys \['enabled'\]"):
+            options.merge_options({"enabled": True}, section)
+
+
+def test_merge_names_unknown_keys_and_fills_nested_sections():
+    opts = options.merge_options({"domain": {"folds": 3}}, "analysis.shift")
+    assert opts["domain"] == {"max_rows_per_set": 5000, "folds": 3, "C": 1.0, "bootstrap": 500}
+    with pytest.raises(FeatgapError, match=r"analysis.gap options: unknown keys \['top'\]"):
+        options.merge_options({"top": 3}, "analysis.gap")
+    with pytest.raises(FeatgapError, match=r"analysis.shift.domain options: unknown keys \['fold'\]"):
+        options.merge_options({"domain": {"fold": 3}}, "analysis.shift")
+    with pytest.raises(FeatgapError, match="no config section"):
+        options.step_defaults("analysis.nonesuch")
+
+
+def test_a_schema_default_alone_changes_what_a_step_uses(tmp_path, monkeypatch):
+    assert report_options({})["max_numbers"] == 40
+    _edited_schema(tmp_path, monkeypatch, "report", "max_numbers", 7)
+    assert report_options({})["max_numbers"] == 7
+    assert report_options({"report": {"max_numbers": 3}})["max_numbers"] == 3  # config still wins
+
+
+def test_an_analysis_follows_its_schema_default(planted_eval, tmp_path, monkeypatch):
+    _fake_training_outputs(tmp_path)
+
+    def verdict(out: str) -> str:
+        return overfit(selection_path=tmp_path / "selection.json", history_path=tmp_path / "history.csv",
+                       metrics1=planted_eval["test1"] / "metrics.json", metrics2=planted_eval["test2"] / "metrics.json",
+                       out_dir=tmp_path / out, head_name="linear")["verdict"]
+
+    assert "overfitting is material" in verdict("schema")  # train − holdout 0.06 > default 0.02
+    _edited_schema(tmp_path, monkeypatch, "analysis.overfit", "overfit_threshold", 0.1)
+    assert "overfitting is small" in verdict("edited")
