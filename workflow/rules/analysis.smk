@@ -7,19 +7,9 @@
 
 EMBED_HEAD = ANALYSIS.get("embedding", {}).get("head") or (HEADS[0] if HEADS else None)
 
-GAP_FILES = ["per_class.csv", "summary.json", "drop_distribution.png", "top_drops.png"]
-SHIFT_FILES = ["features.csv", "summary.json", "volcano.png", "top_features.png", "domain_roc.png"]
-ADAPT_FILES = ["adaptation.csv", "summary.json", "adaptation.png"]
-IMBALANCE_FILES = ["per_class.csv", "summary.json", "scatter.png"]
-OVERFIT_FILES = ["accuracy.csv", "grid.csv", "summary.json", "accuracy.png", "grid.png", "curves.png"]
-MISCLASS_FILES = ["features.csv", "summary.json", "clusters.png"]
-MISCLASS_COMPARE_FILES = ["compare.csv", "summary.json", "compare.png"]
 # The backbone was trained on the train split (EVA-02 …ft_in22k_in1k on ImageNet-1k train): the
 # analyses that report holdout numbers state it next to them.
 BACKBONE_SAW_TRAIN = "true" if config.get("backbone_saw_train") else "false"
-EMBEDDING_FILES = ["coords.csv", "summary.json", "pca.png", "tsne.png"]
-DIFFICULTY_FILES = ["typicality.csv", "summary.json", "typicality.png"]
-LABEL_NOISE_FILES = ["disagreements.csv", "summary.json", "confidence.png"]
 
 
 rule class_counts:
@@ -53,7 +43,16 @@ rule gap:
         counts=analysis_dir("class_counts.csv"),
         code=code("gap"),
     output:
-        reported(analysis_dir("gap", "{head}"), GAP_FILES, "gap", "2. Per-class drop", "{head}"),
+        **reported(
+            analysis_dir("gap", "{head}"),
+            "gap",
+            "2. Per-class drop",
+            "{head}",
+            table="per_class.csv",
+            summary="summary.json",
+            distribution_figure="drop_distribution.png",
+            top_figure="top_drops.png",
+        ),
     log:
         "logs/analysis/gap.{head}.log",
     wildcard_constraints:
@@ -64,12 +63,12 @@ rule gap:
         mem_mb=1000,
         runtime=10,
     params:
-        out_dir=lambda wc, output: Path(output[0]).parent,
+        outputs=lambda wc, output: output_args(output),
         options=analysis_options("gap"),
         seed=config["seed"],
     shell:
         "python -m scripts.gap --metrics1 {input.metrics1:q} --metrics2 {input.metrics2:q}"
-        " --class-counts {input.counts:q} --out-dir {params.out_dir:q} --options {params.options}"
+        " --class-counts {input.counts:q} {params.outputs} --options {params.options}"
         " --seed {params.seed} --head-name {wildcards.head:q} > {log:q} 2>&1"
 
 
@@ -83,7 +82,17 @@ rule shift:
         test2=manifest_path("test2"),
         code=code("shift"),
     output:
-        reported(analysis_dir("shift"), SHIFT_FILES, "shift", "3. Feature shift", "test sets"),
+        **reported(
+            analysis_dir("shift"),
+            "shift",
+            "3. Feature shift",
+            "test sets",
+            table="features.csv",
+            summary="summary.json",
+            volcano_figure="volcano.png",
+            top_features_figure="top_features.png",
+            roc_figure="domain_roc.png",
+        ),
     log:
         "logs/analysis/shift.log",
     benchmark:
@@ -97,12 +106,12 @@ rule shift:
         mem_mb=2500,
         runtime=30,
     params:
-        out_dir=lambda wc, output: Path(output[0]).parent,
+        outputs=lambda wc, output: output_args(output),
         options=analysis_options("shift"),
         seed=config["seed"],
     shell:
         "OMP_NUM_THREADS={threads} python -m scripts.shift features --test1 {input.test1:q} --test2 {input.test2:q}"
-        " --out-dir {params.out_dir:q} --options {params.options} --seed {params.seed} > {log:q} 2>&1"
+        " {params.outputs} --options {params.options} --seed {params.seed} > {log:q} 2>&1"
 
 
 if analysis_on("shift"):
@@ -116,8 +125,14 @@ rule shift_adapt:
         test2=manifest_path("test2"),
         code=code("shift"),
     output:
-        reported(
-            analysis_dir("shift", "adapt", "{head}"), ADAPT_FILES, "adapt", "3. Feature shift", "adaptation {head}"
+        **reported(
+            analysis_dir("shift", "adapt", "{head}"),
+            "adapt",
+            "3. Feature shift",
+            "adaptation {head}",
+            table="adaptation.csv",
+            summary="summary.json",
+            figure="adaptation.png",
         ),
     log:
         "logs/analysis/shift_adapt.{head}.log",
@@ -133,12 +148,12 @@ rule shift_adapt:
         mem_mb=2500,
         runtime=20,
     params:
-        out_dir=lambda wc, output: Path(output[0]).parent,
+        outputs=lambda wc, output: output_args(output),
         options=analysis_options("shift_adapt"),
         seed=config["seed"],
     shell:
         "OMP_NUM_THREADS={threads} python -m scripts.shift adapt --head {input.model:q} --head-name {wildcards.head:q}"
-        " --test1 {input.test1:q} --test2 {input.test2:q} --out-dir {params.out_dir:q} --options {params.options}"
+        " --test1 {input.test1:q} --test2 {input.test2:q} {params.outputs} --options {params.options}"
         " --seed {params.seed} > {log:q} 2>&1"
 
 
@@ -153,7 +168,15 @@ rule imbalance:
         metrics2=eval_file("{head}", "test2", "metrics.json"),
         code=code("imbalance"),
     output:
-        reported(analysis_dir("imbalance", "{head}"), IMBALANCE_FILES, "imbalance", "4. Class imbalance", "{head}"),
+        **reported(
+            analysis_dir("imbalance", "{head}"),
+            "imbalance",
+            "4. Class imbalance",
+            "{head}",
+            table="per_class.csv",
+            summary="summary.json",
+            figure="scatter.png",
+        ),
     log:
         "logs/analysis/imbalance.{head}.log",
     wildcard_constraints:
@@ -164,12 +187,12 @@ rule imbalance:
         mem_mb=1000,
         runtime=10,
     params:
-        out_dir=lambda wc, output: Path(output[0]).parent,
+        outputs=lambda wc, output: output_args(output),
         options=analysis_options("imbalance"),
         seed=config["seed"],
     shell:
         "python -m scripts.imbalance --class-counts {input.counts:q} --metrics1 {input.metrics1:q}"
-        " --metrics2 {input.metrics2:q} --out-dir {params.out_dir:q} --options {params.options}"
+        " --metrics2 {input.metrics2:q} {params.outputs} --options {params.options}"
         " --seed {params.seed} --head-name {wildcards.head:q} > {log:q} 2>&1"
 
 
@@ -185,7 +208,18 @@ rule overfit:
         metrics2=eval_file("{head}", "test2", "metrics.json"),
         code=code("overfit"),
     output:
-        reported(analysis_dir("overfit", "{head}"), OVERFIT_FILES, "overfit", "5. Overfitting", "{head}"),
+        **reported(
+            analysis_dir("overfit", "{head}"),
+            "overfit",
+            "5. Overfitting",
+            "{head}",
+            table="accuracy.csv",
+            grid_table="grid.csv",
+            summary="summary.json",
+            accuracy_figure="accuracy.png",
+            grid_figure="grid.png",
+            curves_figure="curves.png",
+        ),
     log:
         "logs/analysis/overfit.{head}.log",
     wildcard_constraints:
@@ -196,12 +230,12 @@ rule overfit:
         mem_mb=1000,
         runtime=10,
     params:
-        out_dir=lambda wc, output: Path(output[0]).parent,
+        outputs=lambda wc, output: output_args(output),
         options=analysis_options("overfit"),
         backbone_saw_train=BACKBONE_SAW_TRAIN,
     shell:
         "python -m scripts.overfit --selection {input.selection:q} --history {input.history:q}"
-        " --metrics1 {input.metrics1:q} --metrics2 {input.metrics2:q} --out-dir {params.out_dir:q}"
+        " --metrics1 {input.metrics1:q} --metrics2 {input.metrics2:q} {params.outputs}"
         " --options {params.options} --backbone-saw-train {params.backbone_saw_train}"
         " --head-name {wildcards.head:q} > {log:q} 2>&1"
 
@@ -216,12 +250,14 @@ rule misclass:
         manifest=manifest_path("{test}"),
         code=code("misclass"),
     output:
-        reported(
+        **reported(
             analysis_dir("misclass", "{head}", "{test}"),
-            MISCLASS_FILES,
             "misclass",
             "6. Misclassified samples",
             "{head} {test}",
+            table="features.csv",
+            summary="summary.json",
+            figure="clusters.png",
         ),
     log:
         "logs/analysis/misclass.{head}.{test}.log",
@@ -235,12 +271,12 @@ rule misclass:
         mem_mb=3000,
         runtime=15,
     params:
-        out_dir=lambda wc, output: Path(output[0]).parent,
+        outputs=lambda wc, output: output_args(output),
         options=analysis_options("misclass"),
         seed=config["seed"],
     shell:
         "OMP_NUM_THREADS={threads} python -m scripts.misclass --predictions {input.predictions:q}"
-        " --manifest {input.manifest:q} --out-dir {params.out_dir:q} --options {params.options} --seed {params.seed}"
+        " --manifest {input.manifest:q} {params.outputs} --options {params.options} --seed {params.seed}"
         " --head-name {wildcards.head:q} --test-name {wildcards.test:q} > {log:q} 2>&1"
 
 
@@ -256,12 +292,14 @@ rule misclass_compare:
         features2=analysis_dir("misclass", "{head}", "test2", "features.csv"),
         code=code("misclass"),
     output:
-        reported(
+        **reported(
             analysis_dir("misclass_compare", "{head}"),
-            MISCLASS_COMPARE_FILES,
             "misclass_compare",
             "6. Misclassified samples",
             "{head} test1 vs test2",
+            table="compare.csv",
+            summary="summary.json",
+            figure="compare.png",
         ),
     log:
         "logs/analysis/misclass_compare.{head}.log",
@@ -273,11 +311,11 @@ rule misclass_compare:
         mem_mb=1000,
         runtime=10,
     params:
-        out_dir=lambda wc, output: Path(output[0]).parent,
+        outputs=lambda wc, output: output_args(output),
         options=analysis_options("misclass"),
     shell:
         "python -m scripts.misclass compare --features1 {input.features1:q} --features2 {input.features2:q}"
-        " --out-dir {params.out_dir:q} --options {params.options} --head-name {wildcards.head:q} > {log:q} 2>&1"
+        " {params.outputs} --options {params.options} --head-name {wildcards.head:q} > {log:q} 2>&1"
 
 
 if analysis_on("misclass"):
@@ -294,7 +332,15 @@ if EMBED_HEAD is not None and analysis_on("embedding"):
             predictions2=eval_file(EMBED_HEAD, "test2", "predictions.parquet"),
             code=code("embedding"),
         output:
-            reported(analysis_dir("embedding"), EMBEDDING_FILES, "embedding", "7. Embedding"),
+            **reported(
+                analysis_dir("embedding"),
+                "embedding",
+                "7. Embedding",
+                table="coords.csv",
+                summary="summary.json",
+                pca_figure="pca.png",
+                tsne_figure="tsne.png",
+            ),
         log:
             "logs/analysis/embedding.log",
         benchmark:
@@ -306,13 +352,13 @@ if EMBED_HEAD is not None and analysis_on("embedding"):
             mem_mb=3000,
             runtime=30,
         params:
-            out_dir=lambda wc, output: Path(output[0]).parent,
+            outputs=lambda wc, output: output_args(output),
             options=analysis_options("embedding"),
             seed=config["seed"],
             head=EMBED_HEAD,
         shell:
             "OMP_NUM_THREADS={threads} python -m scripts.embedding --test1 {input.test1:q} --test2 {input.test2:q}"
-            " --predictions1 {input.predictions1:q} --predictions2 {input.predictions2:q} --out-dir {params.out_dir:q}"
+            " --predictions1 {input.predictions1:q} --predictions2 {input.predictions2:q} {params.outputs}"
             " --options {params.options} --seed {params.seed} --head-name {params.head:q} --threads {threads}"
             " > {log:q} 2>&1"
 
@@ -352,7 +398,15 @@ rule difficulty:
         predictions2=eval_file("{head}", "test2", "predictions.parquet"),
         code=code("difficulty"),
     output:
-        reported(analysis_dir("difficulty", "{head}"), DIFFICULTY_FILES, "difficulty", "8. Difficulty", "{head}"),
+        **reported(
+            analysis_dir("difficulty", "{head}"),
+            "difficulty",
+            "8. Difficulty",
+            "{head}",
+            table="typicality.csv",
+            summary="summary.json",
+            figure="typicality.png",
+        ),
     log:
         "logs/analysis/difficulty.{head}.log",
     wildcard_constraints:
@@ -364,13 +418,13 @@ rule difficulty:
         mem_mb=2500,
         runtime=20,
     params:
-        out_dir=lambda wc, output: Path(output[0]).parent,
+        outputs=lambda wc, output: output_args(output),
         options=analysis_options("difficulty"),
         seed=config["seed"],
     shell:
         "OMP_NUM_THREADS={threads} python -m scripts.difficulty share --reference {input.reference:q}"
         " --test1 {input.test1:q} --test2 {input.test2:q} --predictions1 {input.predictions1:q}"
-        " --predictions2 {input.predictions2:q} --out-dir {params.out_dir:q} --options {params.options}"
+        " --predictions2 {input.predictions2:q} {params.outputs} --options {params.options}"
         " --seed {params.seed} --head-name {wildcards.head:q} > {log:q} 2>&1"
 
 
@@ -386,7 +440,15 @@ rule label_noise:
         real=LABEL_NOISE_REAL,  # ReaL check of test set 1 (real_labels.smk), when configured
         code=code("label_noise"),
     output:
-        reported(analysis_dir("label_noise", "{head}"), LABEL_NOISE_FILES, "label_noise", "9. Label noise", "{head}"),
+        **reported(
+            analysis_dir("label_noise", "{head}"),
+            "label_noise",
+            "9. Label noise",
+            "{head}",
+            table="disagreements.csv",
+            summary="summary.json",
+            figure="confidence.png",
+        ),
     log:
         "logs/analysis/label_noise.{head}.log",
     wildcard_constraints:
@@ -397,13 +459,13 @@ rule label_noise:
         mem_mb=1000,
         runtime=10,
     params:
-        out_dir=lambda wc, output: Path(output[0]).parent,
+        outputs=lambda wc, output: output_args(output),
         options=analysis_options("label_noise"),
         seed=config["seed"],
         real=lambda wc, input: " ".join(f"--real-rows {shlex.quote(p)}" for p in input.real),
     shell:
         "python -m scripts.label_noise --predictions1 {input.predictions1:q} --predictions2 {input.predictions2:q}"
-        " --out-dir {params.out_dir:q} --options {params.options} --seed {params.seed}"
+        " {params.outputs} --options {params.options} --seed {params.seed}"
         " --head-name {wildcards.head:q} {params.real} > {log:q} 2>&1"
 
 
@@ -413,7 +475,6 @@ if analysis_on("label_noise"):
 
 # Accuracy on the line: only when a reference table is configured (config/eva02.yaml: timm's results).
 REFERENCE_LINE = ANALYSIS.get("reference_line") or {}
-REFERENCE_LINE_FILES = ["line.csv", "summary.json", "line.png"]
 if REFERENCE_LINE.get("test1_table") and REFERENCE_LINE.get("test2_table") and HEADS and analysis_on("reference_line"):
 
     rule reference_line:
@@ -424,7 +485,14 @@ if REFERENCE_LINE.get("test1_table") and REFERENCE_LINE.get("test2_table") and H
             metrics2=expand(eval_file("{head}", "test2", "metrics.json"), head=HEADS),
             code=code("reference_line"),
         output:
-            reported(analysis_dir("reference_line"), REFERENCE_LINE_FILES, "reference_line", "1. Accuracy on the line"),
+            **reported(
+                analysis_dir("reference_line"),
+                "reference_line",
+                "1. Accuracy on the line",
+                table="line.csv",
+                summary="summary.json",
+                figure="line.png",
+            ),
         log:
             "logs/analysis/reference_line.log",
         conda:
@@ -433,7 +501,7 @@ if REFERENCE_LINE.get("test1_table") and REFERENCE_LINE.get("test2_table") and H
             mem_mb=500,
             runtime=5,
         params:
-            out_dir=lambda wc, output: Path(output[0]).parent,
+            outputs=lambda wc, output: output_args(output),
             min_top1=REFERENCE_LINE.get("min_test1_top1", 80.0),
             heads=lambda wc, input: " ".join(
                 f"--head {shlex.quote(h)} {shlex.quote(a)} {shlex.quote(b)}"
@@ -441,7 +509,7 @@ if REFERENCE_LINE.get("test1_table") and REFERENCE_LINE.get("test2_table") and H
             ),
         shell:
             "python -m scripts.reference_line --test1-table {input.test1_table:q} --test2-table {input.test2_table:q}"
-            " --min-test1-top1 {params.min_top1} {params.heads} --out-dir {params.out_dir:q} > {log:q} 2>&1"
+            " --min-test1-top1 {params.min_top1} {params.heads} {params.outputs} > {log:q} 2>&1"
 
     ALL_TARGETS.extend(rules.reference_line.output)
 
