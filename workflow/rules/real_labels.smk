@@ -50,7 +50,8 @@ if REAL_FILE and HEADS:
             " --source {params.source:q} {params.names} --options {params.options}"
             " --head-name {wildcards.head:q} --test-name {params.test:q} --seed {params.seed} > {log:q} 2>&1"
 
-    ALL_TARGETS.extend(targets(rules.real_labels, head=HEADS))
+    # Head by head, as before the outputs were named (the report's input order).
+    ALL_TARGETS.extend(f for head in HEADS for f in targets(rules.real_labels, head=head))
 
 
 # rows.parquet bounds label_noise's test-2 share only when the ReaL test set is test set 1.
