@@ -46,7 +46,7 @@ from scripts.featio import (
 from scripts.step_outputs import add_output_args, output_paths, parse_outputs
 
 DEFAULTS = {"bins": 10, "bootstrap": 500, "batch_rows": 8192}
-OUTPUTS = {"table": ".csv", "summary": ".json", "figure": ".png"}
+SHARE_OUTPUTS = {"table": ".csv", "summary": ".json", "figure": ".png"}
 
 
 # ---------------------------------------------------------------- train reference
@@ -124,7 +124,7 @@ def difficulty(*, reference: str | Path, test1: str | Path, test2: str | Path, p
                head_name: str | None = None, seed: int = 0) -> dict[str, Any]:
     started = time.perf_counter()
     opts = merge_options(options, DEFAULTS, "analysis.difficulty")
-    files = output_paths(outputs, OUTPUTS, "difficulty share")
+    files = output_paths(outputs, SHARE_OUTPUTS, "difficulty share")
     head = head_name or Path(predictions1).parent.parent.name
     ref = dict(np.load(reference))
     scores, frames = {}, {}
@@ -186,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     share = sub.add_parser("share", help="counterfactual share of the gap (one head)")
     for name in ("--reference", "--test1", "--test2", "--predictions1", "--predictions2"):
         share.add_argument(name, required=True)
-    add_output_args(share, OUTPUTS)
+    add_output_args(share, SHARE_OUTPUTS)
     share.add_argument("--options", default="{}")
     share.add_argument("--head-name")
     share.add_argument("--seed", type=int, default=0)

@@ -49,7 +49,7 @@ DEFAULTS = {
     "domain": {"max_rows_per_set": 5000, "folds": 5, "C": 1.0, "bootstrap": 500},
 }
 ADAPT_DEFAULTS = {"bootstrap": 500, "batch_size": 8192}
-FEATURE_OUTPUTS = {"table": ".csv", "summary": ".json", "volcano_figure": ".png", "top_features_figure": ".png",
+FEATURES_OUTPUTS = {"table": ".csv", "summary": ".json", "volcano_figure": ".png", "top_features_figure": ".png",
                    "roc_figure": ".png"}
 ADAPT_OUTPUTS = {"table": ".csv", "summary": ".json", "figure": ".png"}
 
@@ -185,7 +185,7 @@ def shift_features(*, test1: str | Path, test2: str | Path, outputs: Mapping[str
     started = time.perf_counter()
     opts = merge_options(options, DEFAULTS, "analysis.shift")
     alpha = float(opts["alpha"])
-    files = output_paths(outputs, FEATURE_OUTPUTS, "shift features")
+    files = output_paths(outputs, FEATURES_OUTPUTS, "shift features")
     s1 = read_split(shard_folder(test1), features=True, columns=("label",))
     s2 = read_split(shard_folder(test2), features=True, columns=("label",))
     x1, x2 = s1.features, s2.features
@@ -433,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ad = sub.add_parser("adapt", help="re-standardise each test set with its own moments (one head)")
     ad.add_argument("--head", required=True)
     ad.add_argument("--head-name")
-    for p, outputs in ((feat, FEATURE_OUTPUTS), (ad, ADAPT_OUTPUTS)):
+    for p, outputs in ((feat, FEATURES_OUTPUTS), (ad, ADAPT_OUTPUTS)):
         p.add_argument("--test1", required=True, help="test1 manifest")
         p.add_argument("--test2", required=True, help="test2 manifest")
         add_output_args(p, outputs)

@@ -1,6 +1,7 @@
 """How a step learns where to write: the rule owns every output path.
 
-A step declares the names and formats of what it writes (`OUTPUTS = {"summary": ".json", ...}`);
+A step declares the names and formats of what it writes (`OUTPUTS = {"summary": ".json", ...}`,
+`<SUBCOMMAND>_OUTPUTS` for each subcommand of a step that has them);
 the rule alone chooses the paths and passes each as `--output NAME=PATH` (workflow/rules/common.smk:
 `output_args`). The step function takes them as `outputs` and checks them with `output_paths`
 before any work, so a step writes exactly the paths it is given and nothing else.
