@@ -1,4 +1,4 @@
-"""The analysis steps' outputs as the rules name them: {step: {output name: file name}}.
+"""The steps' outputs as the rules name them: {step: {output name: file name}}.
 
 The rules (workflow/rules/*.smk) are the only place the workflow writes these file names; tests
 that call a step directly use the same names through `outputs_in`, and
@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 
 LAYOUT: dict[str, dict[str, str]] = {
+    "evaluate": {"predictions": "predictions.parquet", "metrics": "metrics.json", "confusions": "confusions.csv",
+                 "plot": "confused_pairs.png"},
     "gap": {"table": "per_class.csv", "summary": "summary.json", "distribution_figure": "drop_distribution.png",
             "top_figure": "top_drops.png"},
     "imbalance": {"table": "per_class.csv", "summary": "summary.json", "figure": "scatter.png"},

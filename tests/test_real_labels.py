@@ -152,7 +152,7 @@ def test_evaluate_writes_the_real_block(val, tmp_path):
                 features=features)
     manifest = tmp_path / "shards" / "test1.manifest.json"
     write_json(manifest, {"rows": 12, "dim": 4, "split": "test1", "source": "data/val.csv"})
-    metrics = evaluate(head_path="unused", manifest=manifest, out_dir=tmp_path / "out", num_classes=4,
+    metrics = evaluate(head_path="unused", manifest=manifest, outputs=outputs_in(tmp_path / "out", "evaluate"), num_classes=4,
                        options={"bootstrap": 50}, logits_fn=lambda x: x.astype(np.float64), real_labels=val["real"],
                        test_name="test1")
     real = metrics["real"]
@@ -164,7 +164,7 @@ def test_evaluate_writes_the_real_block(val, tmp_path):
                 features=features)
     with pytest.raises(FeatgapError, match=r"^data/val\.csv: line 7, column 'path': 'val/n01/photo\.jpg' is not an "
                                            r"ImageNet val file name"):
-        evaluate(head_path="unused", manifest=manifest, out_dir=tmp_path / "out2", num_classes=4,
+        evaluate(head_path="unused", manifest=manifest, outputs=outputs_in(tmp_path / "out2", "evaluate"), num_classes=4,
                  options={"bootstrap": 0}, logits_fn=lambda x: x.astype(np.float64), real_labels=val["real"])
 
 
