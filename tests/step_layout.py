@@ -11,6 +11,9 @@ import os
 from pathlib import Path
 
 LAYOUT: dict[str, dict[str, str]] = {
+    "train_head": {"model": "model.pt", "history": "history.csv", "selection": "selection.json"},
+    "baselines": {"model": "model.pt", "history": "history.csv", "selection": "selection.json"},
+    "improve": {"summary": "summary.json", "table": "variants.csv", "figure": "improve.png"},
     "evaluate": {"predictions": "predictions.parquet", "metrics": "metrics.json", "confusions": "confusions.csv",
                  "plot": "confused_pairs.png"},
     "gap": {"table": "per_class.csv", "summary": "summary.json", "distribution_figure": "drop_distribution.png",
