@@ -36,9 +36,12 @@ from tqdm import tqdm
 
 from scripts.featio import FeatgapError, meta_block, parse_json_arg, run_cli, shard_folder, write_json
 from scripts.heads import make_checkpoint, save_head
+from scripts.step_outputs import add_output_args, output_paths, parse_outputs
 from scripts.train_config import TrainSettings, parse_config, write_history
 from scripts.train_data import TrainSet, load_train, stratified_holdout
 
+# The heads' output contract (scripts/train_head.py): the rule chooses the paths.
+OUTPUTS = {"model": ".pt", "history": ".csv", "selection": ".json"}
 MISSING_BIAS = -1e4
 
 
@@ -154,10 +157,11 @@ def fit_logreg(data: TrainSet, cfg: BaselineConfig, hold_x, hold_y, seed: int, t
     return runs
 
 
-def train_baseline(manifest: str | Path, out_dir: str | Path, *, name: str, baseline: Mapping[str, Any],
+def train_baseline(manifest: str | Path, outputs: Mapping[str, str | Path], *, name: str, baseline: Mapping[str, Any],
                    train: Mapping[str, Any], num_classes: int, seed: int = 0, threads: int | None = None) -> dict:
-    """Fit baseline `name` on the split of `manifest`; write model.pt, history.csv, selection.json."""
+    """Fit baseline `name` on the split of `manifest`; write the model, history and selection outputs."""
     started = time.perf_counter()
+    files = output_paths(outputs, OUTPUTS, "baselines")
     cfg = parse_config(BaselineConfig, baseline, f"baselines.{name}")
     check_baseline(cfg, f"baselines.{name}")
     settings = parse_config(TrainSettings, train, "train")
@@ -188,9 +192,8 @@ def train_baseline(manifest: str | Path, out_dir: str | Path, *, name: str, base
                                  arch={"in_dim": data.dim, "num_classes": num_classes, "hidden": []},
                                  mean=data.prep.mean, std=data.prep.std, l2_normalize=cfg.l2_normalize,
                                  hparams=hparams, classes_seen=(counts > 0).astype(np.int64))
-    out = Path(out_dir)
-    save_head(out / "model.pt", checkpoint)
-    write_history(out / "history.csv", [row for run in runs for row in run["history"]])
+    save_head(files["model"], checkpoint)
+    write_history(files["history"], [row for run in runs for row in run["history"]])
     strip = lambda r: {k: v for k, v in r.items() if k not in ("state", "history")}
     rows_fit = runs[0]["rows"] * (cfg.epochs if cfg.type == "sgd" else 1) * len(runs)
     selection = {
@@ -205,14 +208,14 @@ def train_baseline(manifest: str | Path, out_dir: str | Path, *, name: str, base
         "timing": {"fit_s": round(fit_s, 3), "rows_per_s": round(rows_fit / max(fit_s, 1e-9), 1)},
         "meta": meta_block(seed=seed, device="cpu", started=started, inputs=[manifest]),
     }
-    write_json(out / "selection.json", selection)
+    write_json(files["selection"], selection)
     return selection
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--manifest", required=True, help="results/parquet/train.manifest.json")
-    parser.add_argument("--out-dir", required=True, help="results/heads/{baseline}")
+    add_output_args(parser, OUTPUTS)
     parser.add_argument("--name", required=True, help="the baseline's name in the config")
     parser.add_argument("--baseline", required=True, help="JSON: the baselines.{name} config section")
     parser.add_argument("--train", default="{}", help="JSON: the train config section")
@@ -220,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
-    selection = train_baseline(args.manifest, args.out_dir, name=args.name,
+    selection = train_baseline(args.manifest, parse_outputs(args.output), name=args.name,
                                baseline=parse_json_arg(args.baseline, "baseline"),
                                train=parse_json_arg(args.train, "train"), num_classes=args.num_classes,
                                seed=args.seed, threads=args.threads)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +43,9 @@ from scripts.featio import (
     shard_folder,
 )
 from scripts.options import merge_options
+from scripts.step_outputs import add_output_args, output_paths, parse_outputs
 
-FILES = ("typicality.csv", "summary.json", "typicality.png")
+SHARE_OUTPUTS = {"table": ".csv", "summary": ".json", "figure": ".png"}
 
 
 # ---------------------------------------------------------------- train reference
@@ -118,11 +119,11 @@ def difficulty_share(score1, correct1, labels1, score2, correct2, labels2, *, bi
 
 
 def difficulty(*, reference: str | Path, test1: str | Path, test2: str | Path, predictions1: str | Path,
-               predictions2: str | Path, out_dir: str | Path, options: dict | None = None,
+               predictions2: str | Path, outputs: Mapping[str, str | Path], options: dict | None = None,
                head_name: str | None = None, seed: int = 0) -> dict[str, Any]:
     started = time.perf_counter()
     opts = merge_options(options, "analysis.difficulty")
-    out = Path(out_dir)
+    files = output_paths(outputs, SHARE_OUTPUTS, "difficulty share")
     head = head_name or Path(predictions1).parent.parent.name
     ref = dict(np.load(reference))
     scores, frames = {}, {}
@@ -139,9 +140,8 @@ def difficulty(*, reference: str | Path, test1: str | Path, test2: str | Path, p
     result = difficulty_share(f1["distance"], f1["correct"], f1["label"], f2["distance"], f2["correct"], f2["label"],
                               bins=int(opts["bins"]), n_boot=int(opts["bootstrap"]), seed=seed)
     gap = 100 * float(f1["correct"].mean() - f2["correct"].mean())
-    files = {name: out / name for name in FILES}
-    write_table(pd.concat([f1, f2]), files["typicality.csv"])
-    figure = plot_typicality(f1, f2, head, files["typicality.png"])
+    write_table(pd.concat([f1, f2]), files["table"])
+    figure = plot_typicality(f1, f2, head, files["figure"])
     lo, hi = result["ci95"]
     sentence = (f"Test-2 images lie further from the nearest train class mean (median {result['median_distance_test2']:.2f}"
                 f" vs {result['median_distance_test1']:.2f}, each set re-centred); test set 1 re-weighted to test set "
@@ -150,7 +150,7 @@ def difficulty(*, reference: str | Path, test1: str | Path, test2: str | Path, p
                 + ("." if lo > 0 else ": no evidence that less typical test-2 images explain the gap."))
     block = evidence.block("difficulty", result["points"], result["ci95"], gap_points=gap, sentence=sentence,
                            unit="classes resampled")
-    return write_summary(files["summary.json"], verdict=sentence, figures=[figure], table=files["typicality.csv"],
+    return write_summary(files["summary"], verdict=sentence, figures=[figure], table=files["table"],
                          numbers={**result, "gap_points": gap}, started=started, seed=seed,
                          inputs=[reference, test1, test2, predictions1, predictions2],
                          extra={"head": head, "evidence": block})
@@ -183,8 +183,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ref.add_argument("--num-classes", type=int, required=True)
     ref.add_argument("--out", required=True)
     share = sub.add_parser("share", help="counterfactual share of the gap (one head)")
-    for name in ("--reference", "--test1", "--test2", "--predictions1", "--predictions2", "--out-dir"):
+    for name in ("--reference", "--test1", "--test2", "--predictions1", "--predictions2"):
         share.add_argument(name, required=True)
+    add_output_args(share, SHARE_OUTPUTS)
     share.add_argument("--options", default="{}")
     share.add_argument("--head-name")
     share.add_argument("--seed", type=int, default=0)
@@ -193,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(train_reference(args.train, args.num_classes, args.out))
         return
     summary = difficulty(reference=args.reference, test1=args.test1, test2=args.test2, predictions1=args.predictions1,
-                         predictions2=args.predictions2, out_dir=args.out_dir,
+                         predictions2=args.predictions2, outputs=parse_outputs(args.output),
                          options=parse_json_arg(args.options, "options"), head_name=args.head_name, seed=args.seed)
     print(summary["verdict"])
 

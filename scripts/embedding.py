@@ -7,13 +7,13 @@ Coloured by test set and by correctness. Numbers behind the verdict: explained v
 how mixed the sets are locally — the share of each point's k nearest neighbours (in the
 PCA space fed to t-SNE) that come from the same test set, against the share expected if the
 sets were exchangeable.
-Writes coords.csv, summary.json, pca.png, tsne.png.
+Writes the outputs table, summary, pca_figure, tsne_figure.
 """
 from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,9 @@ from scripts import stats
 from scripts.analysis_common import pyplot, save_figure, write_summary, write_table
 from scripts.featio import FeatgapError, parse_json_arg, read_split, run_cli, shard_folder
 from scripts.options import merge_options
+from scripts.step_outputs import add_output_args, output_paths, parse_outputs
 
-FILES = ("coords.csv", "summary.json", "pca.png", "tsne.png")
+OUTPUTS = {"table": ".csv", "summary": ".json", "pca_figure": ".png", "tsne_figure": ".png"}
 SET_COLORS = {"test1": "#4f81bd", "test2": "#c0504d"}
 
 
@@ -85,14 +86,14 @@ def plot_views(coords: np.ndarray, frame: pd.DataFrame, title: str, axis: str, p
 
 
 def embedding(*, test1: str | Path, test2: str | Path, predictions1: str | Path, predictions2: str | Path,
-              out_dir: str | Path, options: dict | None = None, seed: int = 0,
+              outputs: Mapping[str, str | Path], options: dict | None = None, seed: int = 0,
               head_name: str | None = None, threads: int = 1) -> dict[str, Any]:
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
 
     started = time.perf_counter()
     opts = merge_options(options, "analysis.embedding")
-    out = Path(out_dir)
+    files = output_paths(outputs, OUTPUTS, "embedding")
     head = head_name or opts["head"] or Path(predictions1).parent.parent.name
     sets = {"test1": sample_set(test1, predictions1, int(opts["per_set"]), seed),
             "test2": sample_set(test2, predictions2, int(opts["per_set"]), seed + 1)}
@@ -113,14 +114,13 @@ def embedding(*, test1: str | Path, test2: str | Path, predictions1: str | Path,
                 max_iter=int(opts["tsne_iter"]), n_jobs=threads).fit_transform(z)
     frame["pc1"], frame["pc2"] = z[:, 0], z[:, 1]
     frame["tsne1"], frame["tsne2"] = tsne[:, 0], tsne[:, 1]
-    files = {name: out / name for name in FILES}
-    write_table(frame, files["coords.csv"])
+    write_table(frame, files["table"])
     ev = pca.explained_variance_ratio_
     figures = [
         plot_views(z[:, :2], frame, f"PCA of test1 + test2 ({ev[0]:.1%} + {ev[1]:.1%} of variance)", "PC",
-                   files["pca.png"]),
+                   files["pca_figure"]),
         plot_views(tsne, frame, f"t-SNE (perplexity {perplexity:g}) of the first {n_comp} PCs", "t-SNE",
-                   files["tsne.png"]),
+                   files["tsne_figure"]),
     ]
     k = int(opts["neighbors"])
     groups = frame["set"].to_numpy()
@@ -147,7 +147,7 @@ def embedding(*, test1: str | Path, test2: str | Path, predictions1: str | Path,
         + (f"; misclassified points ({head}) cluster together only {'weakly' if mis_pca - mis_expect < 0.05 else 'noticeably'} "
            f"({mis_pca:.0%} same-correctness neighbours vs {mis_expect:.0%} expected)." if mis_pca is not None else ".")
     )
-    return write_summary(files["summary.json"], verdict=verdict, figures=figures, table=files["coords.csv"],
+    return write_summary(files["summary"], verdict=verdict, figures=figures, table=files["table"],
                          numbers=numbers, started=started, seed=seed,
                          inputs=[test1, test2, predictions1, predictions2], extra={"head": head})
 
@@ -158,14 +158,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--test2", required=True)
     parser.add_argument("--predictions1", required=True)
     parser.add_argument("--predictions2", required=True)
-    parser.add_argument("--out-dir", required=True)
+    add_output_args(parser, OUTPUTS)
     parser.add_argument("--options", default="{}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--head-name")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     summary = embedding(test1=args.test1, test2=args.test2, predictions1=args.predictions1,
-                        predictions2=args.predictions2, out_dir=args.out_dir,
+                        predictions2=args.predictions2, outputs=parse_outputs(args.output),
                         options=parse_json_arg(args.options, "options"), seed=args.seed, head_name=args.head_name,
                         threads=args.threads)
     print(summary["verdict"])

@@ -1,16 +1,15 @@
 """Evaluate one saved head (or baseline) on one test split.
 
-Outputs (docs/architecture.md, the evaluate stage):
-  predictions.parquet  row, path, label, pred, top5 (list<int16>), confidence, correct,
-                       p_label (softmax probability of the true class; used to break ties
-                       when ranking classes by their drop)
-  metrics.json         metrics (top-1, top-5, balanced accuracy, macro precision/recall/F1, NLL,
-                       ECE), ci95 (seeded percentile bootstrap), per_class (accuracy, n, ...),
-                       meta
-  confusions.csv       sparse confusion table: true, pred, count, true_name, pred_name
-  confused_pairs.png   the most frequent off-diagonal (true → pred) pairs
+Outputs (docs/architecture.md, the evaluate stage), each at the path the rule passes (--output NAME=PATH):
+  predictions  Parquet: row, path, label, pred, top5 (list<int16>), confidence, correct,
+               p_label (softmax probability of the true class; used to break ties when
+               ranking classes by their drop)
+  metrics      JSON: metrics (top-1, top-5, balanced accuracy, macro precision/recall/F1, NLL,
+               ECE), ci95 (seeded percentile bootstrap), per_class (accuracy, n, ...), meta
+  confusions   CSV, sparse confusion table: true, pred, count, true_name, pred_name
+  plot         PNG, the most frequent off-diagonal (true → pred) pairs
 
-With `real_labels` (a ReaL real.json, config evaluate.real_labels for its test set), metrics.json
+With `real_labels` (a ReaL real.json, config evaluate.real_labels for its test set), the metrics
 also has a `real` block (scripts.real_scoring.rescore): ReaL top-1 with its interval beside the
 original top-1 on the same images, and the split of the errors; images are matched by file name.
 
@@ -22,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +53,10 @@ from scripts.featio import (
     write_json,
 )
 from scripts.options import merge_options
+from scripts.step_outputs import add_output_args, output_paths, parse_outputs
 
 METRIC_KEYS = ("top1", "top5", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "nll", "ece")
+OUTPUTS = {"predictions": ".parquet", "metrics": ".json", "confusions": ".csv", "plot": ".png"}
 
 
 def predict_split(
@@ -199,7 +200,7 @@ def evaluate(
     *,
     head_path: str | Path,
     manifest: str | Path,
-    out_dir: str | Path,
+    outputs: Mapping[str, str | Path],
     num_classes: int,
     options: dict[str, Any],
     seed: int = 0,
@@ -219,7 +220,7 @@ def evaluate(
     # The config `evaluate:` section over its schema defaults; `real_labels` is accepted and unused
     # (the rule passes the file as `real_labels`, for its own test set only).
     opts = merge_options(options, "evaluate")
-    out = Path(out_dir)
+    files = output_paths(outputs, OUTPUTS, "evaluate")
     head_name = head_name or Path(head_path).parent.name
     test_name = test_name or Path(manifest).name.removesuffix(".manifest.json")
     # The one device parser (scripts.device): `cuda` resolves to an explicit `cuda:N`.
@@ -246,16 +247,16 @@ def evaluate(
         real = load_real(real_labels, num_classes)
     pred = predict_split(shard_folder(manifest), logits_fn, num_classes)
 
-    with atomic_path(out / "predictions.parquet") as tmp:
+    with atomic_path(files["predictions"]) as tmp:
         pq.write_table(predictions_table(pred), tmp, compression="zstd")
     point, intervals = compute_metrics(pred, num_classes, ece_bins=int(opts["ece_bins"]),
                                        n_resamples=int(opts["bootstrap"]), ci=0.95, seed=seed)
     per_class = per_class_table(pred, num_classes, names)
     conf = confusion_table(pred, num_classes, names)
-    write_table(conf, out / "confusions.csv")
+    write_table(conf, files["confusions"])
     plot_confused_pairs(conf, per_class["n"].to_numpy(), int(opts["top_confused"]),
                         f"{head_name} on {test_name}: most confused pairs (top-1 {point['top1']:.2%})",
-                        out / "confused_pairs.png")
+                        files["plot"])
     off = conf[conf["true"] != conf["pred"]].head(int(opts["top_confused"]))
     metrics = {
         "head": head_name,
@@ -276,8 +277,8 @@ def evaluate(
                                else None),
         "top_confused": off[["true", "pred", "count", "true_name", "pred_name"]].to_dict(orient="records"),
         "per_class": {col: per_class[col].tolist() for col in per_class.columns},
-        "files": {name: str(out / name) for name in
-                  ("predictions.parquet", "confusions.csv", "confused_pairs.png")},
+        # Keyed by file name, as the report looks the plot up (scripts/report.py).
+        "files": {files[name].name: str(files[name]) for name in ("predictions", "confusions", "plot")},
         "meta": meta_block(seed=seed, device=device, started=started, inputs=[head_path, manifest]),
     }
     if real is not None:
@@ -288,7 +289,7 @@ def evaluate(
                                   source=source, test=test_name, n_resamples=int(opts["bootstrap"]), seed=seed)
     metrics["per_class"] = {k: [None if (isinstance(v, float) and np.isnan(v)) else v for v in vals]
                             for k, vals in metrics["per_class"].items()}
-    write_json(out / "metrics.json", metrics)
+    write_json(files["metrics"], metrics)
     return metrics
 
 
@@ -296,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Evaluate a saved head on one test split.")
     parser.add_argument("--head", required=True, help="results/heads/{head}/model.pt")
     parser.add_argument("--manifest", required=True, help="results/parquet/{test}.manifest.json")
-    parser.add_argument("--out-dir", required=True)
+    add_output_args(parser, OUTPUTS)
     parser.add_argument("--num-classes", type=int, required=True)
     parser.add_argument("--options", default="{}", help="JSON: the config `evaluate:` section")
     parser.add_argument("--seed", type=int, default=0)
@@ -312,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    metrics = evaluate(head_path=args.head, manifest=args.manifest, out_dir=args.out_dir,
+    metrics = evaluate(head_path=args.head, manifest=args.manifest, outputs=parse_outputs(args.output),
                        num_classes=args.num_classes, options=parse_json_arg(args.options, "options"),
                        seed=args.seed, head_name=args.head_name, test_name=args.test_name,
                        backbone_saw_train=args.backbone_saw_train.lower() == "true",

@@ -2,8 +2,8 @@
 
 Reads the two metrics.json files written by evaluate (per-class correct counts and mean
 true-class probability) and the class-count table (train rows per class, class names); never a
-feature. Writes per_class.csv (one row per class, ranked by its shrunk drop), summary.json,
-drop_distribution.png and top_drops.png.
+feature. Writes the outputs (paths from the rule) table (one row per class, ranked by its shrunk
+drop), summary, distribution_figure and top_figure.
 
 Statistics (scripts.stats_classes; why and how well they work: docs/statistics.md):
   * is there a gap? the stratified permutation test on image-level counts with classes as
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +42,9 @@ from scripts.analysis_common import (
 )
 from scripts.featio import parse_json_arg, run_cli
 from scripts.options import merge_options
+from scripts.step_outputs import add_output_args, output_paths, parse_outputs
 
-FILES = ("per_class.csv", "summary.json", "drop_distribution.png", "top_drops.png")
+OUTPUTS = {"table": ".csv", "summary": ".json", "distribution_figure": ".png", "top_figure": ".png"}
 
 
 def _correct_counts(m: pd.DataFrame) -> np.ndarray:
@@ -119,18 +120,17 @@ def plot_top(frame: pd.DataFrame, k: int, head: str, path: Path) -> str:
     return save_figure(fig, path)
 
 
-def gap(*, metrics1: str | Path, metrics2: str | Path, class_counts: str | Path, out_dir: str | Path,
+def gap(*, metrics1: str | Path, metrics2: str | Path, class_counts: str | Path, outputs: Mapping[str, str | Path],
         options: dict | None = None, head_name: str | None = None, seed: int = 0) -> dict[str, Any]:
     started = time.perf_counter()
     opts = merge_options(options, "analysis.gap")
     alpha, k = float(opts["alpha"]), int(opts["top_k"])
-    out = Path(out_dir)
+    files = output_paths(outputs, OUTPUTS, "gap")
     head = head_name or Path(metrics1).parent.parent.name
     frame = per_class_gap(load_per_class(metrics1), load_per_class(metrics2), read_class_counts(class_counts))
-    files = {name: out / name for name in FILES}
-    write_table(frame, files["per_class.csv"])
-    figures = [plot_distribution(frame, head, files["drop_distribution.png"]),
-               plot_top(frame, k, head, files["top_drops.png"])]
+    write_table(frame, files["table"])
+    figures = [plot_distribution(frame, head, files["distribution_figure"]),
+               plot_top(frame, k, head, files["top_figure"])]
     valid = frame.dropna(subset=["drop"])
     counts = [valid[c].to_numpy() for c in ("correct_test1", "n_test1", "correct_test2", "n_test2")]
     test = stats_classes.stratified_gap_test(*counts, n_perm=int(opts["permutations"]), seed=seed)
@@ -170,7 +170,7 @@ def gap(*, metrics1: str | Path, metrics2: str | Path, class_counts: str | Path,
     gap_block = {"points": 100 * test["gap"], "ci95": [100 * v for v in intervals["ci_classes"]],
                  "significant": bool(test["p"] < alpha), "p": test["p"], "alpha": alpha,
                  "unit": "classes resampled (interval); images within class (permutation p)"}
-    return write_summary(files["summary.json"], verdict=verdict, figures=figures, table=files["per_class.csv"],
+    return write_summary(files["summary"], verdict=verdict, figures=figures, table=files["table"],
                          numbers=numbers, started=started, seed=seed, inputs=[metrics1, metrics2, class_counts],
                          extra={"head": head, "gap": gap_block,
                                 "evidence": concentration_evidence(share, gap_block, frame, alpha)})
@@ -229,13 +229,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--metrics1", required=True, help="results/eval/{head}/test1/metrics.json")
     parser.add_argument("--metrics2", required=True, help="results/eval/{head}/test2/metrics.json")
     parser.add_argument("--class-counts", required=True)
-    parser.add_argument("--out-dir", required=True)
+    add_output_args(parser, OUTPUTS)
     parser.add_argument("--options", default="{}")
     parser.add_argument("--head-name")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     summary = gap(metrics1=args.metrics1, metrics2=args.metrics2, class_counts=args.class_counts,
-                  out_dir=args.out_dir, options=parse_json_arg(args.options, "options"), head_name=args.head_name,
+                  outputs=parse_outputs(args.output), options=parse_json_arg(args.options, "options"), head_name=args.head_name,
                   seed=args.seed)
     print(summary["verdict"])
 

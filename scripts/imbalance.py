@@ -1,7 +1,7 @@
 """Does training-set class imbalance explain per-class accuracy or the drop? (one head)
 
 Reads the class-count table (train rows per class, from the label column only) and the two
-metrics.json files of evaluate. Writes per_class.csv, summary.json, scatter.png.
+metrics.json files of evaluate. Writes the outputs table, summary, figure.
 
 On ImageNet ~89% of classes have exactly the maximum of 1,300 training rows, so a rank
 correlation of rows vs drop is in effect a comparison of two groups with a 900-way tie. When
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +37,9 @@ from scripts.analysis_common import (
 )
 from scripts.featio import parse_json_arg, run_cli
 from scripts.options import merge_options
+from scripts.step_outputs import add_output_args, output_paths, parse_outputs
 
-FILES = ("per_class.csv", "summary.json", "scatter.png")
+OUTPUTS = {"table": ".csv", "summary": ".json", "figure": ".png"}
 TARGETS = (("acc_test1", "accuracy on test1"), ("acc_test2", "accuracy on test2"), ("drop", "drop (test1 − test2)"))
 
 
@@ -59,12 +60,12 @@ def plot_scatter(frame: pd.DataFrame, results: dict, head: str, path: Path) -> s
     return save_figure(fig, path)
 
 
-def imbalance(*, class_counts: str | Path, metrics1: str | Path, metrics2: str | Path, out_dir: str | Path,
+def imbalance(*, class_counts: str | Path, metrics1: str | Path, metrics2: str | Path, outputs: Mapping[str, str | Path],
               options: dict | None = None, head_name: str | None = None, seed: int = 0) -> dict[str, Any]:
     started = time.perf_counter()
     opts = merge_options(options, "analysis.imbalance")
     alpha = float(opts["alpha"])
-    out = Path(out_dir)
+    files = output_paths(outputs, OUTPUTS, "imbalance")
     head = head_name or Path(metrics1).parent.parent.name
     counts = read_class_counts(class_counts)
     m1, m2 = load_per_class(metrics1), load_per_class(metrics2)
@@ -85,9 +86,8 @@ def imbalance(*, class_counts: str | Path, metrics1: str | Path, metrics2: str |
             if full.sum() >= 2 and (~full).sum() >= 2 else None)
     reduced = frame[~full]
     within = stats.spearman(reduced["train_rows"], reduced["drop"]) if len(reduced) >= min_group else None
-    files = {name: out / name for name in FILES}
-    write_table(frame.sort_values("train_rows", kind="stable"), files["per_class.csv"])
-    figure = plot_scatter(frame, results, head, files["scatter.png"])
+    write_table(frame.sort_values("train_rows", kind="stable"), files["table"])
+    figure = plot_scatter(frame, results, head, files["figure"])
     primary = _primary(results["drop"], groups, trend_estimable, alpha, min_group)
     numbers = {"alpha": alpha, "n_classes": len(frame),
                "train_rows_min": int(frame["train_rows"].min()), "train_rows_max": int(frame["train_rows"].max()),
@@ -101,7 +101,7 @@ def imbalance(*, class_counts: str | Path, metrics1: str | Path, metrics2: str |
                "verdict_rests_on": ["primary_test", "primary_p", "primary_effect"]}
     verdict = _verdict(head, numbers, results, primary, alpha)
     block = imbalance_evidence(frame, full, primary, min_group, seed)
-    return write_summary(files["summary.json"], verdict=verdict, figures=[figure], table=files["per_class.csv"],
+    return write_summary(files["summary"], verdict=verdict, figures=[figure], table=files["table"],
                          numbers=numbers, started=started, seed=seed, inputs=[class_counts, metrics1, metrics2],
                          extra={"head": head, "evidence": block})
 
@@ -197,13 +197,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--class-counts", required=True)
     parser.add_argument("--metrics1", required=True)
     parser.add_argument("--metrics2", required=True)
-    parser.add_argument("--out-dir", required=True)
+    add_output_args(parser, OUTPUTS)
     parser.add_argument("--options", default="{}")
     parser.add_argument("--head-name")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     summary = imbalance(class_counts=args.class_counts, metrics1=args.metrics1, metrics2=args.metrics2,
-                        out_dir=args.out_dir, options=parse_json_arg(args.options, "options"),
+                        outputs=parse_outputs(args.output), options=parse_json_arg(args.options, "options"),
                         head_name=args.head_name, seed=args.seed)
     print(summary["verdict"])
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,9 +42,11 @@ from scripts.featio import (
     write_json,
 )
 from scripts.heads import load_checkpoint, predict_logits
+from scripts.step_outputs import add_output_args, output_paths, parse_outputs
 
 KINDS = ("retrain", "ensemble", "restandardize")
 TESTS = ("test1", "test2")
+OUTPUTS = {"summary": ".json", "table": ".csv", "figure": ".png"}
 
 
 @dataclass
@@ -114,10 +116,11 @@ def paired_comparison(base: dict[str, np.ndarray], variant: dict[str, np.ndarray
 
 
 def improve(baseline: str | Path, variants: dict[str, dict], test1: str | Path, test2: str | Path,
-            out_dir: str | Path, *, baseline_name: str, bootstrap: int = 1000, alpha: float = 0.05,
+            outputs: Mapping[str, str | Path], *, baseline_name: str, bootstrap: int = 1000, alpha: float = 0.05,
             seed: int = 0) -> dict:
-    """Score every variant against the baseline head; write summary.json, variants.csv, improve.png."""
+    """Score every variant against the baseline head; write the summary, the variants table and the figure."""
     started = time.perf_counter()
+    files = output_paths(outputs, OUTPUTS, "improve")
     if not variants:
         raise FeatgapError("improve: no variants configured (improve.variants)")
     tests = {"test1": load_test(test1, "test1"), "test2": load_test(test2, "test2")}
@@ -155,10 +158,9 @@ def improve(baseline: str | Path, variants: dict[str, dict], test1: str | Path, 
                    "alpha": alpha},
         "meta": meta_block(seed=seed, started=started, inputs=[baseline, test1, test2]),
     }
-    out = Path(out_dir)
-    write_table(pd.DataFrame([_flat(r) for r in rows]), out / "variants.csv")
-    save_figure(_figure(rows, baseline_name), out / "improve.png")
-    write_json(out / "summary.json", summary)
+    write_table(pd.DataFrame([_flat(r) for r in rows]), files["table"])
+    save_figure(_figure(rows, baseline_name), files["figure"])
+    write_json(files["summary"], summary)
     return summary
 
 
@@ -223,13 +225,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help='JSON: {name: {"kind": ..., "models": [model.pt paths], "set": {...}}}')
     parser.add_argument("--test1", required=True, help="results/parquet/test1.manifest.json")
     parser.add_argument("--test2", required=True, help="results/parquet/test2.manifest.json")
-    parser.add_argument("--out-dir", required=True)
+    add_output_args(parser, OUTPUTS)
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--alpha", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     summary = improve(args.baseline, parse_json_arg(args.variants, "variants"), args.test1, args.test2,
-                      args.out_dir, baseline_name=args.baseline_name, bootstrap=args.bootstrap,
+                      parse_outputs(args.output), baseline_name=args.baseline_name, bootstrap=args.bootstrap,
                       alpha=args.alpha, seed=args.seed)
     print(summary["verdict"])
 

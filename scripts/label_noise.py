@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +41,9 @@ from scripts.analysis_common import (
 )
 from scripts.featio import FeatgapError, parse_json_arg, run_cli
 from scripts.options import merge_options
+from scripts.step_outputs import add_output_args, output_paths, parse_outputs
 
-FILES = ("disagreements.csv", "summary.json", "confidence.png")
+OUTPUTS = {"table": ".csv", "summary": ".json", "figure": ".png"}
 
 
 def excess_rate(confidence: np.ndarray, wrong: np.ndarray, threshold: float) -> float:
@@ -115,12 +116,12 @@ def _read(path: str | Path) -> pd.DataFrame:
     return frame
 
 
-def label_noise(*, predictions1: str | Path, predictions2: str | Path, out_dir: str | Path,
+def label_noise(*, predictions1: str | Path, predictions2: str | Path, outputs: Mapping[str, str | Path],
                 options: dict | None = None, head_name: str | None = None, seed: int = 0,
                 real_rows: str | Path | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     opts = merge_options(options, "analysis.label_noise")
-    out = Path(out_dir)
+    files = output_paths(outputs, OUTPUTS, "label_noise")
     head = head_name or Path(predictions1).parent.parent.name
     p1, p2 = _read(predictions1), _read(predictions2)
     result = label_noise_share(p1["confidence"], ~p1["correct"].astype(bool), p1["label"], p2["confidence"],
@@ -129,9 +130,8 @@ def label_noise(*, predictions1: str | Path, predictions2: str | Path, out_dir: 
     gap = 100 * float(p1["correct"].mean() - p2["correct"].mean())
     confident = p2[(p2["confidence"] >= result["threshold"]) & ~p2["correct"].astype(bool)]
     examples = confident.sort_values(["confidence", "row"], ascending=[False, True]).head(int(opts["examples"]))
-    files = {name: out / name for name in FILES}
-    write_table(examples, files["disagreements.csv"])
-    figure = plot_confidence(p1, p2, result["threshold"], head, files["confidence.png"])
+    write_table(examples, files["table"])
+    figure = plot_confidence(p1, p2, result["threshold"], head, files["figure"])
     real = None
     if real_rows:
         real = real_bounded_share(p1["confidence"], ~p1["correct"].astype(bool), p1["label"],
@@ -160,7 +160,7 @@ def label_noise(*, predictions1: str | Path, predictions2: str | Path, out_dir: 
     numbers = {**result, **({(k if k.startswith("real_") else f"real_{k}"): v for k, v in real.items()}
                             if real else {}), "gap_points": gap, "examples": examples[["path", "label", "pred", "confidence"]]
                .head(10).to_dict(orient="records")}
-    return write_summary(files["summary.json"], verdict=sentence, figures=[figure], table=files["disagreements.csv"],
+    return write_summary(files["summary"], verdict=sentence, figures=[figure], table=files["table"],
                          numbers=numbers, started=started, seed=seed,
                          inputs=[predictions1, predictions2] + ([real_rows] if real_rows else []),
                          extra={"head": head, "evidence": block})
@@ -189,14 +189,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Confident disagreements beyond calibration (label noise).")
     parser.add_argument("--predictions1", required=True)
     parser.add_argument("--predictions2", required=True)
-    parser.add_argument("--out-dir", required=True)
+    add_output_args(parser, OUTPUTS)
     parser.add_argument("--options", default="{}")
     parser.add_argument("--head-name")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--real-rows", default=None,
                         help="rows.parquet of the real_labels check of test set 1 (bounds the share by ReaL)")
     args = parser.parse_args(argv)
-    summary = label_noise(predictions1=args.predictions1, predictions2=args.predictions2, out_dir=args.out_dir,
+    summary = label_noise(predictions1=args.predictions1, predictions2=args.predictions2, outputs=parse_outputs(args.output),
                           options=parse_json_arg(args.options, "options"), head_name=args.head_name, seed=args.seed,
                           real_rows=args.real_rows or None)
     print(summary["verdict"])

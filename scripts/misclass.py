@@ -11,7 +11,7 @@ feature: raw means and variances (descriptive), within_diff (misclassified − c
 class), within-class variances, Cohen's d = within_diff / pooled within-class sd, t, df, p, BH
 q, and the unadjusted Welch t / q for contrast. The significant features (q < alpha) are
 grouped by k-means in the (Cohen's d, variance difference / pooled variance) plane. Writes
-features.csv, summary.json, clusters.png.
+the outputs table, summary, figure.
 
 `compare` reads both test sets' features.csv and asks what the gap question needs: does the
 within-class signature of a misclassified image differ between test set 1 and test set 2?
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +48,9 @@ from scripts.featio import (
     shard_folder,
 )
 from scripts.options import merge_options
+from scripts.step_outputs import add_output_args, output_paths, parse_outputs
 
-FILES = ("features.csv", "summary.json", "clusters.png")
+OUTPUTS = {"table": ".csv", "summary": ".json", "figure": ".png"}
 
 
 def correct_vs_misclassified(x: np.ndarray, correct: np.ndarray, labels: np.ndarray | None = None) -> pd.DataFrame:
@@ -141,12 +142,12 @@ def plot_clusters(table: pd.DataFrame, clusters: list[dict], title: str, path: P
     return save_figure(fig, path)
 
 
-def misclass(*, predictions: str | Path, manifest: str | Path, out_dir: str | Path, options: dict | None = None,
+def misclass(*, predictions: str | Path, manifest: str | Path, outputs: Mapping[str, str | Path], options: dict | None = None,
              seed: int = 0, head_name: str | None = None, test_name: str | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     opts = merge_options(options, "analysis.misclass")
     alpha = float(opts["alpha"])
-    out = Path(out_dir)
+    files = output_paths(outputs, OUTPUTS, "misclass")
     head = head_name or Path(predictions).parent.parent.name
     test = test_name or Path(predictions).parent.name
     pred = pq.read_table(predictions, columns=["row", "correct"])
@@ -155,16 +156,15 @@ def misclass(*, predictions: str | Path, manifest: str | Path, out_dir: str | Pa
     if len(pred_row) != len(split.row) or not np.array_equal(pred_row, split.row):
         raise FeatgapError(f"{predictions}: rows do not match {manifest} (re-run evaluate for this split)")
     correct = pred.column("correct").to_numpy(zero_copy_only=False).astype(bool)
-    files = {name: out / name for name in FILES}
     if min(correct.sum(), (~correct).sum()) < 2:
         # A (near-)perfect or useless head: nothing to compare; say so instead of failing the run.
         return _degenerate(files, correct, split.features.shape[1], head, test, alpha, started, seed,
                            [predictions, manifest])
     table, clusters = cluster(correct_vs_misclassified(split.features, correct, split.label), alpha,
                               int(opts["clusters"]), seed)
-    write_table(table, files["features.csv"])
+    write_table(table, files["table"])
     figure = plot_clusters(table, clusters, f"{head} on {test}: correct vs misclassified samples",
-                           files["clusters.png"])
+                           files["figure"])
     n_sig, d = int(table["significant"].sum()), len(table)
     top = table.reindex(table["t"].abs().sort_values(ascending=False).index).head(10)
     numbers = {
@@ -189,7 +189,7 @@ def misclass(*, predictions: str | Path, manifest: str | Path, out_dir: str | Pa
         + f"; within class, misclassified samples have {numbers['median_var_ratio']:.2f}× the variance (median over "
         "features). Whether this explains the gap is read from the comparison with the other test set."
     )
-    return write_summary(files["summary.json"], verdict=verdict, figures=[figure], table=files["features.csv"],
+    return write_summary(files["summary"], verdict=verdict, figures=[figure], table=files["table"],
                          numbers=numbers, started=started, seed=seed, inputs=[predictions, manifest],
                          extra={"head": head, "test": test})
 
@@ -202,22 +202,22 @@ def _degenerate(files, correct, dim, head, test, alpha, started, seed, inputs) -
                 "t", "df", "p", "q", "t_unadjusted", "q_unadjusted"):
         table[col] = np.nan
     table["significant"], table["cluster"] = False, -1
-    write_table(table, files["features.csv"])
+    write_table(table, files["table"])
     fig, ax = plt.subplots(figsize=(5, 2))
     ax.axis("off")
     ax.text(0.5, 0.5, f"{int((~correct).sum())} misclassified, {int(correct.sum())} correct: nothing to compare",
             ha="center", va="center")
-    figure = save_figure(fig, files["clusters.png"])
+    figure = save_figure(fig, files["figure"])
     numbers = {"alpha": alpha, "n_features": dim, "n_correct": int(correct.sum()),
                "n_misclassified": int((~correct).sum()), "n_significant": 0, "share_significant": 0.0,
                "clusters": [], "top_features": []}
     verdict = (f"On {test}, {head} has {numbers['n_misclassified']} misclassified and {numbers['n_correct']} correct "
                "samples: too few in one group (< 2) to compare their features.")
-    return write_summary(files["summary.json"], verdict=verdict, figures=[figure], table=files["features.csv"],
+    return write_summary(files["summary"], verdict=verdict, figures=[figure], table=files["table"],
                          numbers=numbers, started=started, seed=seed, inputs=inputs, extra={"head": head, "test": test})
 
 
-COMPARE_FILES = ("compare.csv", "summary.json", "compare.png")
+COMPARE_OUTPUTS = {"table": ".csv", "summary": ".json", "figure": ".png"}
 
 
 def compare_tables(t1: pd.DataFrame, t2: pd.DataFrame) -> pd.DataFrame:
@@ -235,12 +235,12 @@ def compare_tables(t1: pd.DataFrame, t2: pd.DataFrame) -> pd.DataFrame:
                          "q": stats.bh_q(p)})
 
 
-def compare(*, features1: str | Path, features2: str | Path, out_dir: str | Path, options: dict | None = None,
+def compare(*, features1: str | Path, features2: str | Path, outputs: Mapping[str, str | Path], options: dict | None = None,
             head_name: str | None = None, seed: int = 0) -> dict[str, Any]:
     started = time.perf_counter()
     opts = merge_options(options, "analysis.misclass")
     alpha = float(opts["alpha"])
-    out = Path(out_dir)
+    files = output_paths(outputs, COMPARE_OUTPUTS, "misclass compare")
     head = head_name or Path(features1).parent.parent.name
     t1, t2 = pd.read_csv(features1), pd.read_csv(features2)
     need = {"feature", "within_diff", "within_se", "q"}
@@ -248,8 +248,7 @@ def compare(*, features1: str | Path, features2: str | Path, out_dir: str | Path
         if not need <= set(table.columns):
             raise FeatgapError(f"{path}: expected columns {sorted(need)} (re-run misclass), found {list(table.columns)}")
     table = compare_tables(t1, t2)
-    files = {name: out / name for name in COMPARE_FILES}
-    write_table(table, files["compare.csv"])
+    write_table(table, files["table"])
     valid = table.dropna(subset=["within_diff_test1", "within_diff_test2"])
     rho = stats.spearman(valid["within_diff_test1"], valid["within_diff_test2"])
     d = len(table)
@@ -265,7 +264,7 @@ def compare(*, features1: str | Path, features2: str | Path, out_dir: str | Path
                "top_features": table.reindex(table["z"].abs().sort_values(ascending=False).index).head(10)[
                    ["feature", "within_diff_test1", "within_diff_test2", "z", "q"]].to_dict(orient="records")}
     figure = _plot_compare(table, alpha, f"{head}: within-class effect of being misclassified, test1 vs test2",
-                           files["compare.png"])
+                           files["figure"])
     similar = rho["rho"] is not None and np.isfinite(rho["rho"])
     verdict = (
         f"Within class, misclassified images differ from correct ones in {n1} features on test set 1 and {n2} on "
@@ -277,7 +276,7 @@ def compare(*, features1: str | Path, features2: str | Path, out_dir: str | Path
            if n_differ else "no evidence that misclassification on test set 2 has a signature of its own that "
            "would explain the gap.")
     )
-    return write_summary(files["summary.json"], verdict=verdict, figures=[figure], table=files["compare.csv"],
+    return write_summary(files["summary"], verdict=verdict, figures=[figure], table=files["table"],
                          numbers=numbers, started=started, seed=seed, inputs=[features1, features2],
                          extra={"head": head})
 
@@ -309,13 +308,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Features of correct vs misclassified samples (within class).")
     parser.add_argument("--predictions", required=True, help="results/eval/{head}/{test}/predictions.parquet")
     parser.add_argument("--manifest", required=True, help="results/parquet/{test}.manifest.json")
-    parser.add_argument("--out-dir", required=True)
+    add_output_args(parser, OUTPUTS)
     parser.add_argument("--options", default="{}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--head-name")
     parser.add_argument("--test-name")
     args = parser.parse_args(argv)
-    summary = misclass(predictions=args.predictions, manifest=args.manifest, out_dir=args.out_dir,
+    summary = misclass(predictions=args.predictions, manifest=args.manifest, outputs=parse_outputs(args.output),
                        options=parse_json_arg(args.options, "options"), seed=args.seed,
                        head_name=args.head_name, test_name=args.test_name)
     print(summary["verdict"])
@@ -326,11 +325,11 @@ def compare_main(argv: Sequence[str]) -> None:
                                      description="Within-class misclassification effects, test1 vs test2.")
     parser.add_argument("--features1", required=True, help="results/analysis/misclass/{head}/test1/features.csv")
     parser.add_argument("--features2", required=True, help="results/analysis/misclass/{head}/test2/features.csv")
-    parser.add_argument("--out-dir", required=True)
+    add_output_args(parser, COMPARE_OUTPUTS)
     parser.add_argument("--options", default="{}")
     parser.add_argument("--head-name")
     args = parser.parse_args(argv)
-    summary = compare(features1=args.features1, features2=args.features2, out_dir=args.out_dir,
+    summary = compare(features1=args.features1, features2=args.features2, outputs=parse_outputs(args.output),
                       options=parse_json_arg(args.options, "options"), head_name=args.head_name)
     print(summary["verdict"])
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +37,10 @@ from scripts.analysis_common import (
 )
 from scripts.featio import FeatgapError, parse_json_arg, read_json, run_cli
 from scripts.options import merge_options
+from scripts.step_outputs import add_output_args, output_paths, parse_outputs
 
-FILES = ("accuracy.csv", "grid.csv", "summary.json", "accuracy.png", "grid.png", "curves.png")
+OUTPUTS = {"table": ".csv", "grid_table": ".csv", "summary": ".json",
+           "accuracy_figure": ".png", "grid_figure": ".png", "curves_figure": ".png"}
 
 
 def read_history(path: str | Path) -> pd.DataFrame:
@@ -183,22 +185,21 @@ def plot_curves(history: pd.DataFrame, win: int, head: str, path: Path) -> str:
 
 
 def overfit(*, selection_path: str | Path, history_path: str | Path, metrics1: str | Path, metrics2: str | Path,
-            out_dir: str | Path, options: dict | None = None, head_name: str | None = None,
+            outputs: Mapping[str, str | Path], options: dict | None = None, head_name: str | None = None,
             seed: int = 0, backbone_saw_train: bool = False) -> dict[str, Any]:
     started = time.perf_counter()
     opts = merge_options(options, "analysis.overfit")
-    out = Path(out_dir)
+    files = output_paths(outputs, OUTPUTS, "overfit")
     head = head_name or Path(selection_path).parent.name
     selection = read_json(selection_path)
     history = read_history(history_path)
     m1, m2 = read_json(metrics1), read_json(metrics2)
     acc, at = accuracies(selection, history, m1, m2)
     grid = grid_table(selection, history)
-    files = {name: out / name for name in FILES}
-    write_table(acc, files["accuracy.csv"])
-    write_table(grid, files["grid.csv"])
-    figures = [plot_accuracy(acc, head, files["accuracy.png"]), plot_grid(grid, head, files["grid.png"]),
-               plot_curves(history, at["candidate"], head, files["curves.png"])]
+    write_table(acc, files["table"])
+    write_table(grid, files["grid_table"])
+    figures = [plot_accuracy(acc, head, files["accuracy_figure"]), plot_grid(grid, head, files["grid_figure"]),
+               plot_curves(history, at["candidate"], head, files["curves_figure"])]
     a = dict(zip(acc["split"], acc["accuracy"]))
     a = {k: _num(v) for k, v in a.items()}
     train_gap = a["train"] - a["holdout"] if a["train"] is not None and a["holdout"] is not None else None
@@ -248,10 +249,10 @@ def overfit(*, selection_path: str | Path, history_path: str | Path, metrics1: s
                + (f". The chosen {' and '.join(edges)} of the grid: the grid may be too narrow." if edges else
                   f". Across the grid the holdout score varies by {spread:.1%}." if spread is not None else "."))
     block = overfit_evidence(train_gap, test_gap, thr, backbone_saw_train)
-    return write_summary(files["summary.json"], verdict=verdict, figures=figures, table=files["accuracy.csv"],
+    return write_summary(files["summary"], verdict=verdict, figures=figures, table=files["table"],
                          numbers=numbers, started=started, seed=seed,
                          inputs=[selection_path, history_path, metrics1, metrics2],
-                         extra={"head": head, "grid_table": str(files["grid.csv"]), "evidence": block,
+                         extra={"head": head, "grid_table": str(files["grid_table"]), "evidence": block,
                                 "caveats": ["train accuracy is the running accuracy of the winner's training epoch",
                                             "with refit, the final head saw the holdout; holdout is the grid-phase score"]
                                 + ([("backbone_saw_train: the backbone was trained on the train split, so train and "
@@ -289,14 +290,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--history", required=True, help="results/heads/{head}/history.csv")
     parser.add_argument("--metrics1", required=True)
     parser.add_argument("--metrics2", required=True)
-    parser.add_argument("--out-dir", required=True)
+    add_output_args(parser, OUTPUTS)
     parser.add_argument("--options", default="{}")
     parser.add_argument("--head-name")
     parser.add_argument("--backbone-saw-train", default="false", choices=["true", "false", "True", "False"],
                         help="config backbone_saw_train: the backbone was trained on the train split")
     args = parser.parse_args(argv)
     summary = overfit(selection_path=args.selection, history_path=args.history, metrics1=args.metrics1,
-                      metrics2=args.metrics2, out_dir=args.out_dir, options=parse_json_arg(args.options, "options"),
+                      metrics2=args.metrics2, outputs=parse_outputs(args.output), options=parse_json_arg(args.options, "options"),
                       head_name=args.head_name, backbone_saw_train=args.backbone_saw_train.lower() == "true")
     print(summary["verdict"])
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +58,9 @@ from scripts.real_scoring import (  # noqa: F401  (load_real, match_paths, resco
     rescore,
     score,
 )
+from scripts.step_outputs import add_output_args, output_paths, parse_outputs
 
-FILES = ("errors.csv", "rows.parquet", "summary.json", "real_errors.png")
+OUTPUTS = {"table": ".csv", "rows": ".parquet", "summary": ".json", "figure": ".png"}
 CATEGORY_TEXT = {"in_real": "prediction in the ReaL set", "no_label": "image with no valid label",
                  "genuine": "genuine error"}
 
@@ -99,7 +100,7 @@ def enrichment(confident: np.ndarray, in_real: np.ndarray, wrong: np.ndarray, cl
     return out
 
 
-def real_check(*, predictions: str | Path, real_file: str | Path, out_dir: str | Path, num_classes: int,
+def real_check(*, predictions: str | Path, real_file: str | Path, outputs: Mapping[str, str | Path], num_classes: int,
                threshold: float, source: str | None = None, class_names: str | None = None,
                options: dict | None = None, head_name: str | None = None, test_name: str = "test1",
                seed: int = 0) -> dict[str, Any]:
@@ -107,7 +108,7 @@ def real_check(*, predictions: str | Path, real_file: str | Path, out_dir: str |
     the ReaL set", the calibration that scripts.label_noise uses, and rows.parquet."""
     started = time.perf_counter()
     opts = merge_options(options, "analysis.real_labels")
-    out = Path(out_dir)
+    files = output_paths(outputs, OUTPUTS, "real_labels")
     head = head_name or Path(predictions).parent.parent.name
     frame = pd.read_parquet(predictions, columns=["row", "path", "label", "pred", "confidence"])
     if frame.empty:
@@ -141,11 +142,10 @@ def real_check(*, predictions: str | Path, real_file: str | Path, out_dir: str |
                          "confidence": conf.astype(np.float32), "n_real": scored.n_real.astype(np.int16),
                          "pred_in_real": scored.pred_in_real, "label_in_real": scored.label_in_real,
                          "category": cats.astype(str)})
-    files = {name: out / name for name in FILES}
-    write_table(rows, files["rows.parquet"])
+    write_table(rows, files["rows"])
     errors = _error_table(frame, cats, scored, real, names)
-    write_table(errors, files["errors.csv"])
-    figure = plot_errors(cats, conf, threshold, head, test_name, files["real_errors.png"])
+    write_table(errors, files["table"])
+    figure = plot_errors(cats, conf, threshold, head, test_name, files["figure"])
     examples = {c: errors[errors["category"] == c].head(int(opts["examples"])).to_dict(orient="records")
                 for c in CATEGORIES}
     errs = split["errors"]
@@ -161,7 +161,7 @@ def real_check(*, predictions: str | Path, real_file: str | Path, out_dir: str |
                "share_in_real_other": enrich["share_in_real_other"],
                **{(k if k.startswith("calibration") else f"calibration_{k}"): v for k, v in calibration.items()},
                **{f"examples_{c}": examples[c] for c in CATEGORIES}}
-    return write_summary(files["summary.json"], verdict=sentence, figures=[figure], table=files["errors.csv"],
+    return write_summary(files["summary"], verdict=sentence, figures=[figure], table=files["table"],
                          numbers=numbers, started=started, seed=seed, inputs=[predictions, real_file],
                          extra={"head": head, "test": test_name, "real_file": str(real_file),
                                 "error_split": split, "enrichment": enrich, "calibration": calibration,
@@ -255,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="ReaL labels: error split, enrichment, label-noise calibration.")
     parser.add_argument("--predictions", required=True, help="results/eval/{head}/{test}/predictions.parquet")
     parser.add_argument("--real", required=True, help="ReaL real.json")
-    parser.add_argument("--out-dir", required=True)
+    add_output_args(parser, OUTPUTS)
     parser.add_argument("--num-classes", type=int, required=True)
     parser.add_argument("--threshold", type=float, required=True, help="analysis.label_noise.threshold")
     parser.add_argument("--source", default=None, help="the test CSV (named in messages)")
@@ -265,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--test-name", default="test1")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    summary = real_check(predictions=args.predictions, real_file=args.real, out_dir=args.out_dir,
+    summary = real_check(predictions=args.predictions, real_file=args.real, outputs=parse_outputs(args.output),
                          num_classes=args.num_classes, threshold=args.threshold, source=args.source,
                          class_names=args.class_names or None, options=parse_json_arg(args.options, "options"),
                          head_name=args.head_name, test_name=args.test_name, seed=args.seed)

@@ -18,13 +18,13 @@ line's slope, and the uncertainty of the fitted line at that point (OLS covarian
 SD is the spread of *models* around the line, reported next to it, not part of the interval.
 
 CLI: python -m scripts.reference_line --test1-table CSV --test2-table CSV --min-test1-top1 80
-     --head NAME METRICS1 METRICS2 [--head ...] --out-dir DIR
+     --head NAME METRICS1 METRICS2 [--head ...] --output NAME=PATH ...
 """
 from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +40,9 @@ from scripts.analysis_common import (
     write_table,
 )
 from scripts.featio import FeatgapError, read_json, run_cli
+from scripts.step_outputs import add_output_args, output_paths, parse_outputs
 
-FILES = ("line.csv", "summary.json", "line.png")
+OUTPUTS = {"table": ".csv", "summary": ".json", "figure": ".png"}
 
 
 def read_pairs(test1_table: str | Path, test2_table: str | Path, min_test1_top1: float) -> pd.DataFrame:
@@ -123,9 +124,9 @@ def plot_line(pairs: pd.DataFrame, line: dict, heads: dict, path: Path) -> str:
 
 
 def reference_line(*, test1_table: str | Path, test2_table: str | Path, heads: dict[str, tuple[str, str]],
-                   out_dir: str | Path, min_test1_top1: float = 80.0) -> dict[str, Any]:
+                   outputs: Mapping[str, str | Path], min_test1_top1: float = 80.0) -> dict[str, Any]:
     started = time.perf_counter()
-    out = Path(out_dir)
+    files = output_paths(outputs, OUTPUTS, "reference_line")
     pairs = read_pairs(test1_table, test2_table, min_test1_top1)
     line = fit_line(pairs)
     line["filter"] = f"test-1 top-1 >= {min_test1_top1:g}%"
@@ -133,10 +134,9 @@ def reference_line(*, test1_table: str | Path, test2_table: str | Path, heads: d
     for name, (m1, m2) in heads.items():
         (t1, se1), (t2, se2) = _top1_and_se(m1), _top1_and_se(m2)
         rows[name] = effective_robustness(line, t1, t2, se1, se2)
-    files = {name: out / name for name in FILES}
     write_table(pairs.assign(expected_test2=[expected_test2(line, v) for v in pairs["top1_test1"]]),
-                files["line.csv"])
-    figure = plot_line(pairs, line, rows, files["line.png"])
+                files["table"])
+    figure = plot_line(pairs, line, rows, files["figure"])
     parts = [f"{name}: {r['test1_top1']:.2f}% on test set 1 → expected {r['expected_test2_top1']:.2f}% on test set 2, "
              f"observed {r['test2_top1']:.2f}% (effective robustness {r['effective_robustness']:+.2f} points, 95% "
              f"interval {r['ci95'][0]:+.2f} to {r['ci95'][1]:+.2f})" for name, r in rows.items()]
@@ -145,7 +145,7 @@ def reference_line(*, test1_table: str | Path, test2_table: str | Path, heads: d
                f"{line['residual_sd_points']:.2f} points). " + "; ".join(parts) + ".")
     numbers = {k: v for k, v in line.items() if k != "cov"}
     numbers["heads"] = [{"head": k, **v} for k, v in rows.items()]
-    return write_summary(files["summary.json"], verdict=verdict, figures=[figure], table=files["line.csv"],
+    return write_summary(files["summary"], verdict=verdict, figures=[figure], table=files["table"],
                          numbers=numbers, started=started,
                          inputs=[test1_table, test2_table, *[p for pair in heads.values() for p in pair]],
                          extra={"line": line, "heads": rows})
@@ -157,10 +157,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--test2-table", required=True)
     parser.add_argument("--min-test1-top1", type=float, default=80.0)
     parser.add_argument("--head", nargs=3, action="append", metavar=("NAME", "METRICS1", "METRICS2"), default=[])
-    parser.add_argument("--out-dir", required=True)
+    add_output_args(parser, OUTPUTS)
     args = parser.parse_args(argv)
     summary = reference_line(test1_table=args.test1_table, test2_table=args.test2_table,
-                             heads={n: (a, b) for n, a, b in args.head}, out_dir=args.out_dir,
+                             heads={n: (a, b) for n, a, b in args.head}, outputs=parse_outputs(args.output),
                              min_test1_top1=args.min_test1_top1)
     print(summary["verdict"])
 

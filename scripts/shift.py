@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +40,11 @@ from scripts.featio import (
     shard_folder,
 )
 from scripts.options import merge_options
+from scripts.step_outputs import add_output_args, output_paths, parse_outputs
 
-FEATURE_FILES = ("features.csv", "summary.json", "volcano.png", "top_features.png", "domain_roc.png")
-ADAPT_FILES = ("adaptation.csv", "summary.json", "adaptation.png")
+FEATURES_OUTPUTS = {"table": ".csv", "summary": ".json", "volcano_figure": ".png", "top_features_figure": ".png",
+                   "roc_figure": ".png"}
+ADAPT_OUTPUTS = {"table": ".csv", "summary": ".json", "figure": ".png"}
 
 
 # ---------------------------------------------------------------- per-feature tests
@@ -171,12 +173,12 @@ def plot_roc(domain: dict, path: Path) -> str:
 
 
 # ---------------------------------------------------------------- step: features
-def shift_features(*, test1: str | Path, test2: str | Path, out_dir: str | Path, options: dict | None = None,
+def shift_features(*, test1: str | Path, test2: str | Path, outputs: Mapping[str, str | Path], options: dict | None = None,
                    seed: int = 0) -> dict[str, Any]:
     started = time.perf_counter()
     opts = merge_options(options, "analysis.shift")
     alpha = float(opts["alpha"])
-    out = Path(out_dir)
+    files = output_paths(outputs, FEATURES_OUTPUTS, "shift features")
     s1 = read_split(shard_folder(test1), features=True, columns=("label",))
     s2 = read_split(shard_folder(test2), features=True, columns=("label",))
     x1, x2 = s1.features, s2.features
@@ -190,12 +192,11 @@ def shift_features(*, test1: str | Path, test2: str | Path, out_dir: str | Path,
     table["shifted"] = table["significant"] & (table["cohens_d"].abs() >= min_effect)
     domain = domain_classifier(x1, x2, s1.label.astype(np.int64), s2.label.astype(np.int64), opts["domain"], seed)
     table["domain_coef"] = domain["coef"]
-    files = {name: out / name for name in FEATURE_FILES}
-    write_table(table, files["features.csv"])
+    write_table(table, files["table"])
     figures = [
-        plot_volcano(table, alpha, files["volcano.png"]),
-        plot_top_features(x1, x2, table, int(opts["top_features"]), files["top_features.png"]),
-        plot_roc(domain, files["domain_roc.png"]),
+        plot_volcano(table, alpha, files["volcano_figure"]),
+        plot_top_features(x1, x2, table, int(opts["top_features"]), files["top_features_figure"]),
+        plot_roc(domain, files["roc_figure"]),
     ]
     sig = table[table["significant"]].sort_values(["q", "feature"])
     n_sig, d = len(sig), table.shape[0]
@@ -232,7 +233,7 @@ def shift_features(*, test1: str | Path, test2: str | Path, out_dir: str | Path,
         f"separates the sets with AUC {domain['auc']:.3f} [{lo:.3f}, {hi:.3f}]"
         f"{'' if distinguishable else ' (interval includes 0.5: not distinguishable)'}."
     )
-    return write_summary(files["summary.json"], verdict=verdict, figures=figures, table=files["features.csv"],
+    return write_summary(files["summary"], verdict=verdict, figures=figures, table=files["table"],
                          numbers=numbers, started=started, seed=seed, inputs=[test1, test2])
 
 
@@ -245,7 +246,7 @@ def _own_moments(head, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return m.mean.astype(np.float32), np.sqrt(m.var).astype(np.float32)
 
 
-def adapt(*, head_path: str | Path, test1: str | Path, test2: str | Path, out_dir: str | Path,
+def adapt(*, head_path: str | Path, test1: str | Path, test2: str | Path, outputs: Mapping[str, str | Path],
           options: dict | None = None, seed: int = 0, head_name: str | None = None) -> dict[str, Any]:
     """Top-1 of a head with the stored train standardisation vs each test set's own moments."""
     import torch
@@ -254,7 +255,7 @@ def adapt(*, head_path: str | Path, test1: str | Path, test2: str | Path, out_di
 
     started = time.perf_counter()
     opts = merge_options(options, "analysis.shift_adapt")
-    out = Path(out_dir)
+    files = output_paths(outputs, ADAPT_OUTPUTS, "shift adapt")
     head_name = head_name or Path(head_path).parent.name
     ckpt = load_checkpoint(head_path)
     base = load_head(ckpt)
@@ -313,9 +314,8 @@ def adapt(*, head_path: str | Path, test1: str | Path, test2: str | Path, out_di
         numbers[f"gap_closed_share_{variant}"] = (gap_before - gap2) / gap_before if gap_before > 0 else None
     for key, value in acc.items():
         numbers[f"top1_{key[0]}_{key[1]}"] = value
-    files = {name: out / name for name in ADAPT_FILES}
-    write_table(table, files["adaptation.csv"])
-    figure = plot_adaptation(table[table["standardisation"] != "test1_mean"], head_name, files["adaptation.png"])
+    write_table(table, files["table"])
+    figure = plot_adaptation(table[table["standardisation"] != "test1_mean"], head_name, files["figure"])
     labels = {t: split.label.astype(np.int64) for t, split in data.items()}
     reweighted = domain_reweighted_accuracy(data["test1"].features, data["test2"].features, labels["test1"],
                                             labels["test2"], correct[("test1", "train")], seed)
@@ -335,7 +335,7 @@ def adapt(*, head_path: str | Path, test1: str | Path, test2: str | Path, out_di
            f", so matching the first moments closes {closed:.0%} of the gap." if closed >= 0.005 else
            f", so matching the first moments does not close the gap ({closed:+.0%}).")
     )
-    return write_summary(files["summary.json"], verdict=verdict, figures=[figure], table=files["adaptation.csv"],
+    return write_summary(files["summary"], verdict=verdict, figures=[figure], table=files["table"],
                          numbers=numbers, started=started, seed=seed, inputs=[head_path, test1, test2],
                          extra={"head": head_name, "evidence": block})
 
@@ -426,18 +426,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     ad = sub.add_parser("adapt", help="re-standardise each test set with its own moments (one head)")
     ad.add_argument("--head", required=True)
     ad.add_argument("--head-name")
-    for p in (feat, ad):
+    for p, outputs in ((feat, FEATURES_OUTPUTS), (ad, ADAPT_OUTPUTS)):
         p.add_argument("--test1", required=True, help="test1 manifest")
         p.add_argument("--test2", required=True, help="test2 manifest")
-        p.add_argument("--out-dir", required=True)
+        add_output_args(p, outputs)
         p.add_argument("--options", default="{}")
         p.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    opts = parse_json_arg(args.options, "options")
+    opts, outputs = parse_json_arg(args.options, "options"), parse_outputs(args.output)
     if args.cmd == "features":
-        summary = shift_features(test1=args.test1, test2=args.test2, out_dir=args.out_dir, options=opts, seed=args.seed)
+        summary = shift_features(test1=args.test1, test2=args.test2, outputs=outputs, options=opts, seed=args.seed)
     else:
-        summary = adapt(head_path=args.head, test1=args.test1, test2=args.test2, out_dir=args.out_dir, options=opts,
+        summary = adapt(head_path=args.head, test1=args.test1, test2=args.test2, outputs=outputs, options=opts,
                         seed=args.seed, head_name=args.head_name)
     print(summary["verdict"])
 

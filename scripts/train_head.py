@@ -1,5 +1,5 @@
 """Train one classification head (linear or MLP) on the train split, hyperparameters chosen on a
-stratified holdout of it; write model.pt, history.csv and selection.json (docs/architecture.md).
+stratified holdout of it; write the model, history and selection outputs (docs/architecture.md).
 
 A grid of learning rate × weight decay candidates is trained at once on the same batches
 (scripts.train_grid); the winner has the best holdout top-1 (ties: lower holdout loss, then
@@ -35,6 +35,7 @@ from scripts.featio import (
     write_json,
 )
 from scripts.heads import build_net, make_checkpoint, save_head
+from scripts.step_outputs import add_output_args, output_paths, parse_outputs
 from scripts.train_config import HeadConfig, TrainSettings, parse_config, write_history
 from scripts.train_data import TrainSet, load_train, whitening_map
 from scripts.train_grid import (
@@ -45,6 +46,9 @@ from scripts.train_grid import (
     cosine_scale,
     evaluate_grid,
 )
+
+# Named outputs, at the paths the rule passes (--output NAME=PATH); baselines writes the same three.
+OUTPUTS = {"model": ".pt", "history": ".csv", "selection": ".json"}
 
 
 def class_weights(counts: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -192,11 +196,12 @@ def fit_temperature(state: dict[str, torch.Tensor], arch: dict, data: TrainSet, 
             "holdout_nll_after": nll(float(best.x)), "holdout_rows": len(y)}
 
 
-def train_head(manifest: str | Path, out_dir: str | Path, *, name: str, head: Mapping[str, Any],
+def train_head(manifest: str | Path, outputs: Mapping[str, str | Path], *, name: str, head: Mapping[str, Any],
                train: Mapping[str, Any], num_classes: int, seed: int = 0,
                threads: int | None = None) -> dict:
-    """Train head `name` on the split of `manifest`; write model.pt, history.csv, selection.json."""
+    """Train head `name` on the split of `manifest`; write the model, history and selection outputs."""
     started = time.perf_counter()
+    files = output_paths(outputs, OUTPUTS, "train_head")
     cfg = parse_config(HeadConfig, head, f"heads.{name}")
     settings = parse_config(TrainSettings, train, "train")
     device = resolve_device(settings.device)
@@ -251,9 +256,8 @@ def train_head(manifest: str | Path, out_dir: str | Path, *, name: str, head: Ma
                                  l2_normalize=cfg.l2_normalize, hparams=hparams,
                                  classes_seen=(counts > 0).astype(np.int64),
                                  temperature=calibration["temperature"] if calibration else 1.0)
-    out = Path(out_dir)
-    save_head(out / "model.pt", checkpoint)
-    write_history(out / "history.csv", history)
+    save_head(files["model"], checkpoint)
+    write_history(files["history"], history)
     n_fit = len(data.fit_rows)
     selection = {
         "head": name,
@@ -276,7 +280,7 @@ def train_head(manifest: str | Path, out_dir: str | Path, *, name: str, head: Ma
                    "candidate_rows_per_s": round(n_fit * result["candidate_epochs"] / max(grid_s, 1e-9), 1)},
         "meta": meta_block(seed=seed, device=str(device), started=started, inputs=[manifest]),
     }
-    write_json(out / "selection.json", selection)
+    write_json(files["selection"], selection)
     return selection
 
 
@@ -290,7 +294,7 @@ def _num(value: float) -> float | None:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--manifest", required=True, help="results/parquet/train.manifest.json")
-    parser.add_argument("--out-dir", required=True, help="results/heads/{head}")
+    add_output_args(parser, OUTPUTS)
     parser.add_argument("--name", required=True, help="the head's name in the config")
     parser.add_argument("--head", required=True, help="JSON: the heads.{name} config section")
     parser.add_argument("--train", default="{}", help="JSON: the train config section")
@@ -298,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
-    selection = train_head(args.manifest, args.out_dir, name=args.name,
+    selection = train_head(args.manifest, parse_outputs(args.output), name=args.name,
                            head=parse_json_arg(args.head, "head"), train=parse_json_arg(args.train, "train"),
                            num_classes=args.num_classes, seed=args.seed, threads=args.threads)
     win = selection["winner"]

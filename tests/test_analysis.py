@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as sps
+from step_layout import outputs_in
 from test_analysis_fixtures import planted, planted_eval  # noqa: F401 - fixtures
 
 from scripts.class_counts import main as counts_main
@@ -46,7 +47,7 @@ def test_class_counts(planted, counts):
 
 def test_gap_ranks_planted_hard_classes_first(planted, planted_eval, counts, tmp_path):
     summary = gap(metrics1=planted_eval["test1"] / "metrics.json", metrics2=planted_eval["test2"] / "metrics.json",
-                  class_counts=counts, out_dir=tmp_path, options={"top_k": 5, "permutations": 2000,
+                  class_counts=counts, outputs=outputs_in(tmp_path, "gap"), options={"top_k": 5, "permutations": 2000,
                                                                    "bootstrap": 500, "null_reps": 200},
                   head_name="linear")
     _summary_contract(summary, tmp_path)
@@ -79,7 +80,7 @@ def test_gap_plots_names_with_dollars(planted_eval, counts, tmp_path):
     odd = tmp_path / "counts.csv"
     frame.to_csv(odd, index=False)
     summary = gap(metrics1=planted_eval["test1"] / "metrics.json", metrics2=planted_eval["test2"] / "metrics.json",
-                  class_counts=odd, out_dir=tmp_path / "o", options={"top_k": 20, "permutations": 200,
+                  class_counts=odd, outputs=outputs_in(tmp_path / "o", "gap"), options={"top_k": 20, "permutations": 200,
                                                                      "bootstrap": 200, "null_reps": 50},
                   head_name="lin$ear")
     assert (tmp_path / "o" / "top_drops.png").stat().st_size > 1000
@@ -101,7 +102,7 @@ def test_imbalance_two_groups_when_counts_tie(tmp_path):
             "class": list(range(c)), "n": [n] * c, "correct": k.tolist(), "accuracy": (k / n).tolist(),
             "mean_p_label": (k / n).tolist()}}))
     summary = imbalance(class_counts=tmp_path / "counts.csv", metrics1=tmp_path / "test1.json",
-                        metrics2=tmp_path / "test2.json", out_dir=tmp_path / "o", head_name="linear",
+                        metrics2=tmp_path / "test2.json", outputs=outputs_in(tmp_path / "o", "imbalance"), head_name="linear",
                         options={"permutations": 999})
     n = summary["numbers"]
     assert n["trend_estimable"] is False and n["modal_count_share"] > 0.8
@@ -136,7 +137,7 @@ def test_overfit(planted_eval, tmp_path):
     _fake_training_outputs(tmp_path)
     summary = overfit(selection_path=tmp_path / "selection.json", history_path=tmp_path / "history.csv",
                       metrics1=planted_eval["test1"] / "metrics.json", metrics2=planted_eval["test2"] / "metrics.json",
-                      out_dir=tmp_path / "out", head_name="linear")
+                      outputs=outputs_in(tmp_path / "out", "overfit"), head_name="linear")
     _summary_contract(summary, tmp_path / "out")
     n = summary["numbers"]
     assert n["train_acc"] == pytest.approx(0.80) and n["holdout_acc"] == pytest.approx(0.74)
@@ -153,7 +154,8 @@ def test_overfit_with_a_backbone_that_saw_train(planted_eval, tmp_path):
     _fake_training_outputs(tmp_path)
     summary = overfit(selection_path=tmp_path / "selection.json", history_path=tmp_path / "history.csv",
                       metrics1=planted_eval["test1"] / "metrics.json", metrics2=planted_eval["test2"] / "metrics.json",
-                      out_dir=tmp_path / "out", head_name="linear", backbone_saw_train=True)
+                      outputs=outputs_in(tmp_path / "out", "overfit"), head_name="linear",
+                      backbone_saw_train=True)
     verdict = summary["verdict"]
     assert summary["numbers"]["backbone_saw_train"] is True
     assert "backbone" in verdict and "not a like-for-like comparison" in verdict
@@ -167,7 +169,7 @@ def test_overfit_with_a_backbone_that_saw_train(planted_eval, tmp_path):
 
 def test_misclass_columns_and_planted_difference(planted, planted_eval, tmp_path):
     summary = misclass(predictions=planted_eval["test2"] / "predictions.parquet", manifest=planted["test2"],
-                       out_dir=tmp_path, options={"clusters": 2}, head_name="linear", test_name="test2")
+                       outputs=outputs_in(tmp_path, "misclass"), options={"clusters": 2}, head_name="linear", test_name="test2")
     _summary_contract(summary, tmp_path)
     table = pd.read_csv(tmp_path / "features.csv")
     assert len(table) == planted["spec"].dim
@@ -218,9 +220,9 @@ def test_misclass_compare(planted, planted_eval, tmp_path):
 
     for test in ("test1", "test2"):
         misclass(predictions=planted_eval[test] / "predictions.parquet", manifest=planted[test],
-                 out_dir=tmp_path / test, head_name="linear", test_name=test)
+                 outputs=outputs_in(tmp_path / test, "misclass"), head_name="linear", test_name=test)
     summary = compare(features1=tmp_path / "test1" / "features.csv", features2=tmp_path / "test2" / "features.csv",
-                      out_dir=tmp_path / "cmp", head_name="linear")
+                      outputs=outputs_in(tmp_path / "cmp", "misclass compare"), head_name="linear")
     _summary_contract(summary, tmp_path / "cmp")
     table = pd.read_csv(tmp_path / "cmp" / "compare.csv")
     t1 = pd.read_csv(tmp_path / "test1" / "features.csv")
@@ -239,7 +241,7 @@ def test_misclass_needs_both_outcomes():
 def test_embedding(planted, planted_eval, tmp_path):
     summary = embedding(test1=planted["test1"], test2=planted["test2"],
                         predictions1=planted_eval["test1"] / "predictions.parquet",
-                        predictions2=planted_eval["test2"] / "predictions.parquet", out_dir=tmp_path,
+                        predictions2=planted_eval["test2"] / "predictions.parquet", outputs=outputs_in(tmp_path, "embedding"),
                         options={"per_set": 120, "tsne_iter": 250, "pca_components": 10}, head_name="linear")
     _summary_contract(summary, tmp_path)
     coords = pd.read_csv(tmp_path / "coords.csv")
@@ -258,6 +260,7 @@ def test_misclass_perfect_head_does_not_fail(planted, planted_eval, tmp_path):
     table = table.set_column(table.schema.get_field_index("correct"), "correct",
                              pa.array(np.ones(table.num_rows, bool)))
     pq.write_table(table, tmp_path / "predictions.parquet")
-    summary = misclass(predictions=tmp_path / "predictions.parquet", manifest=planted["test2"], out_dir=tmp_path / "o")
+    summary = misclass(predictions=tmp_path / "predictions.parquet", manifest=planted["test2"],
+                       outputs=outputs_in(tmp_path / "o", "misclass"))
     assert "too few" in summary["verdict"] and summary["numbers"]["n_significant"] == 0
     assert (tmp_path / "o" / "clusters.png").is_file()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from step_layout import outputs_in
 from test_analysis_fixtures import planted, planted_eval  # noqa: F401 - fixtures
 
 from scripts.difficulty import difficulty, train_reference
@@ -25,9 +26,10 @@ def test_difficulty_and_label_noise_write_their_evidence(planted, planted_eval, 
     train_reference(planted["train"], planted["spec"].classes, tmp_path / "ref.npz")
     p1, p2 = planted_eval["test1"] / "predictions.parquet", planted_eval["test2"] / "predictions.parquet"
     d = difficulty(reference=tmp_path / "ref.npz", test1=planted["test1"], test2=planted["test2"], predictions1=p1,
-                   predictions2=p2, out_dir=tmp_path / "d", options={"bootstrap": 50}, head_name="linear")
-    n = label_noise(predictions1=p1, predictions2=p2, out_dir=tmp_path / "n", options={"bootstrap": 50},
-                    head_name="linear")
+                   predictions2=p2, outputs=outputs_in(tmp_path / "d", "difficulty share"), options={"bootstrap": 50},
+                   head_name="linear")
+    n = label_noise(predictions1=p1, predictions2=p2, outputs=outputs_in(tmp_path / "n", "label_noise"),
+                    options={"bootstrap": 50}, head_name="linear")
     for summary, cause in ((d, "difficulty"), (n, "label_noise")):
         block = json.loads(json.dumps(summary))["evidence"]
         assert block["cause"] == cause and block["unit"] == "classes resampled"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from step_layout import outputs_in
 
 from scripts import heads
 from scripts.featio import write_json, write_shard
@@ -95,7 +96,7 @@ def planted_eval(planted, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("eval")
     paths = {}
     for test in ("test1", "test2"):
-        evaluate(head_path=planted["head"], manifest=planted[test], out_dir=out / test,
+        evaluate(head_path=planted["head"], manifest=planted[test], outputs=outputs_in(out / test, "evaluate"),
                  num_classes=planted["spec"].classes, options={"bootstrap": 100}, seed=0)
         paths[test] = out / test
     return paths

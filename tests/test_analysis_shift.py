@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as sps
+from step_layout import outputs_in
 from test_analysis_fixtures import SPEC, build_dataset, planted, sample_split  # noqa: F401 - fixture
 
 from scripts.featio import FeatgapError, read_split, shard_folder
@@ -17,7 +18,7 @@ from scripts.shift import adapt, feature_tests, shift_features
 @pytest.fixture(scope="module")
 def shift_summary(planted, tmp_path_factory):
     out = tmp_path_factory.mktemp("shift")
-    summary = shift_features(test1=planted["test1"], test2=planted["test2"], out_dir=out,
+    summary = shift_features(test1=planted["test1"], test2=planted["test2"], outputs=outputs_in(out, "shift features"),
                              options={"domain": {"bootstrap": 100, "folds": 3}}, seed=0)
     return out, summary
 
@@ -79,7 +80,7 @@ def test_nothing_planted_nothing_found(tmp_path):
         any_found += int((feature_tests(x1, x2)["q"] < 0.05).any())
     assert any_found <= 3  # family-wise rate of BH under the global null is ≤ 5%: expect ~1.5 of 30
     data = build_dataset(tmp_path, shift_features=0, test2_noise=1.0, hard_noise=1.0, seed=5)
-    summary = shift_features(test1=data["test1"], test2=data["test2"], out_dir=tmp_path / "out",
+    summary = shift_features(test1=data["test1"], test2=data["test2"], outputs=outputs_in(tmp_path / "out", "shift features"),
                              options={"domain": {"bootstrap": 50, "folds": 3}})
     assert summary["numbers"]["n_significant"] == 0
     assert summary["numbers"]["domain_auc_ci95"][0] < 0.5 < summary["numbers"]["domain_auc_ci95"][1]
@@ -87,7 +88,8 @@ def test_nothing_planted_nothing_found(tmp_path):
 
 
 def test_adaptation_check(planted, tmp_path):
-    summary = adapt(head_path=planted["head"], test1=planted["test1"], test2=planted["test2"], out_dir=tmp_path,
+    summary = adapt(head_path=planted["head"], test1=planted["test1"], test2=planted["test2"],
+                    outputs=outputs_in(tmp_path, "shift adapt"),
                     options={"bootstrap": 50})
     table = pd.read_csv(tmp_path / "adaptation.csv")
     assert set(table["standardisation"]) == {"train", "own_mean", "own_mean_std", "test1_mean"}
@@ -116,4 +118,5 @@ def test_adaptation_check(planted, tmp_path):
 
 def test_unknown_option_rejected(planted, tmp_path):
     with pytest.raises(FeatgapError, match="unknown key"):
-        shift_features(test1=planted["test1"], test2=planted["test2"], out_dir=tmp_path, options={"alpa": 0.1})
+        shift_features(test1=planted["test1"], test2=planted["test2"], outputs=outputs_in(tmp_path, "shift features"),
+                       options={"alpa": 0.1})

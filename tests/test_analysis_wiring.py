@@ -2,7 +2,9 @@
 (The end-to-end run and its rerun checks are in tests/test_reruns.py.)"""
 from __future__ import annotations
 
+import importlib
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -68,3 +70,68 @@ def test_all_analysis_outputs_are_targets(dag):
     for name in ("evaluate", "class_counts", "gap", "shift", "shift_adapt", "imbalance", "overfit", "misclass",
                  "embedding"):
         assert name in rules, f"rule {name} is not in the DAG of `all`"
+
+
+# Every analysis rule in the DAG, real_labels and reference_line included (off in the demo config).
+ALL_ANALYSES = """
+evaluate:
+  real_labels: {file: resources/real-labels/real.json, test: test1}
+analysis:
+  reference_line:
+    test1_table: resources/timm-results/results-imagenet.csv
+    test2_table: resources/timm-results/results-imagenetv2-matched-frequency.csv
+"""
+
+
+def declared_outputs(step: str) -> dict[str, str] | None:
+    """What a step declares it writes: `OUTPUTS` of scripts/<module>.py, or `<SUBCOMMAND>_OUTPUTS`
+    for a subcommand (`shift adapt` → ADAPT_OUTPUTS); None for a step
+    without the interface (class_counts, evaluate, …)."""
+    module, _, command = step.partition(" ")
+    found = importlib.import_module(f"scripts.{module}")
+    return getattr(found, f"{command.upper()}_OUTPUTS", None) or getattr(found, "OUTPUTS", None)
+
+
+@pytest.fixture(scope="module")
+def analysis_jobs(tmp_path_factory):
+    """(step, {output name: path}, the job's outputs) of every analysis step's job."""
+    overlay = tmp_path_factory.mktemp("config") / "all_analyses.yaml"
+    overlay.write_text(ALL_ANALYSES)
+    exe = shutil.which("snakemake") or str(Path(sys.executable).with_name("snakemake"))
+    if not Path(exe).exists():
+        pytest.skip("snakemake not installed")
+    res = subprocess.run([exe, "-n", "-p", "--forceall", "--cores", "1", "--configfile", str(overlay), "--", "all"],
+                         cwd=ROOT, check=False, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    jobs = []
+    for block in re.findall(r"^rule \w+:\n(.*?^Shell command: .*?)$", res.stdout, re.M | re.S):
+        command = block.split("Shell command: ", 1)[1]
+        args = shlex.split(command.split(" > ")[0])
+        if "-m" not in args:
+            continue
+        module = args[args.index("-m") + 1].removeprefix("scripts.")
+        after = args[args.index("-m") + 2]
+        step = module if after.startswith("--") else f"{module} {after}"
+        if declared_outputs(step) is None:
+            continue
+        assert "--out-dir" not in args, command
+        named = dict(args[i + 1].split("=", 1) for i, a in enumerate(args) if a == "--output")
+        outputs = re.search(r"^\s+output: (.*)$", block, re.M).group(1).split(", ")
+        jobs.append((step, named, outputs))
+    return jobs
+
+
+def test_rules_pass_exactly_their_outputs_under_the_names_steps_declare(analysis_jobs):
+    """Rule outputs == what the step is told to write (the step writes exactly those: test_step_outputs),
+    under the names and formats the step declares; tests/step_layout.py matches the rules."""
+    from step_layout import LAYOUT
+
+    seen = set()
+    for step, named, outputs in analysis_jobs:
+        seen.add(step)
+        assert sorted(named.values()) == sorted(outputs), step
+        assert {name: Path(path).suffix for name, path in named.items()} == declared_outputs(step), step
+        if step in LAYOUT:
+            assert {name: Path(path).name for name, path in named.items()} == LAYOUT[step], step
+    assert set(LAYOUT) <= seen, f"tests/step_layout.py names steps no rule runs: {sorted(set(LAYOUT) - seen)}"
+    assert {"gap", "shift features", "shift adapt", "misclass compare", "reference_line", "real_labels"} <= seen

@@ -6,6 +6,7 @@ import csv
 import numpy as np
 import pytest
 import torch
+from step_layout import outputs_in
 
 from scripts.baselines import MISSING_BIAS, linear_state, train_baseline
 from scripts.featio import FeatgapError, read_json
@@ -25,7 +26,8 @@ def small(tmp_path_factory):
 @pytest.mark.parametrize("baseline", [{"type": "sgd", "alpha": [1e-4, 1e-2], "epochs": 2, "chunk_rows": 100},
                                       {"type": "logreg", "C": [0.1, 1.0], "subsample": 200}])
 def test_baseline_contract(small, tmp_path, baseline):
-    train_baseline(small["manifest"], tmp_path, name=baseline["type"], baseline=baseline, train=SETTINGS,
+    train_baseline(small["manifest"], outputs_in(tmp_path, "baselines"),
+                   name=baseline["type"], baseline=baseline, train=SETTINGS,
                          num_classes=8, seed=0)
     ckpt = torch.load(tmp_path / "model.pt", weights_only=True)
     assert ckpt["kind"] == "linear" and ckpt["state_dict"]["0.weight"].shape == (8, 16)
@@ -38,7 +40,8 @@ def test_baseline_contract(small, tmp_path, baseline):
     rows = list(csv.DictReader((tmp_path / "history.csv").open()))
     assert rows and rows[0]["holdout_acc"] != ""
     # Same seed, same bytes.
-    train_baseline(small["manifest"], tmp_path / "again", name=baseline["type"], baseline=baseline, train=SETTINGS,
+    train_baseline(small["manifest"], outputs_in(tmp_path / "again", "baselines"),
+                   name=baseline["type"], baseline=baseline, train=SETTINGS,
                    num_classes=8, seed=0)
     assert (tmp_path / "model.pt").read_bytes() == (tmp_path / "again/model.pt").read_bytes()
 
@@ -70,7 +73,9 @@ def test_linear_state_binary_and_missing_classes():
 
 def test_baseline_config_errors(small, tmp_path):
     with pytest.raises(FeatgapError, match="type must be sgd or logreg"):
-        train_baseline(small["manifest"], tmp_path, name="b", baseline={"type": "svm"}, train=SETTINGS, num_classes=8)
+        train_baseline(small["manifest"], outputs_in(tmp_path, "baselines"),
+                       name="b", baseline={"type": "svm"}, train=SETTINGS, num_classes=8)
     with pytest.raises(FeatgapError, match="unknown key"):
-        train_baseline(small["manifest"], tmp_path, name="b", baseline={"type": "sgd", "lr": 1}, train=SETTINGS,
+        train_baseline(small["manifest"], outputs_in(tmp_path, "baselines"),
+                       name="b", baseline={"type": "sgd", "lr": 1}, train=SETTINGS,
                        num_classes=8)

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from sklearn import metrics as skm
+from step_layout import output_argv, outputs_in
 from test_analysis_fixtures import planted, planted_eval  # noqa: F401 - fixtures
 
 from scripts import heads
@@ -75,7 +76,7 @@ def test_confusions_sparse_and_complete(planted_eval):
 
 
 def test_seeded_and_repeatable(planted, planted_eval, tmp_path):
-    evaluate(head_path=planted["head"], manifest=planted["test2"], out_dir=tmp_path, num_classes=20,
+    evaluate(head_path=planted["head"], manifest=planted["test2"], outputs=outputs_in(tmp_path, "evaluate"), num_classes=20,
              options={"bootstrap": 100}, seed=0)
     a = json.loads((tmp_path / "metrics.json").read_text())
     b = json.loads((planted_eval["test2"] / "metrics.json").read_text())
@@ -93,7 +94,7 @@ def test_mlp_head_and_class_names(planted, tmp_path):
     heads.save_head(tmp_path / "mlp" / "model.pt", ckpt)
     names = tmp_path / "names.txt"
     names.write_text("".join(f"thing {i}\n" for i in range(20)))
-    m = evaluate(head_path=tmp_path / "mlp" / "model.pt", manifest=planted["test1"], out_dir=tmp_path / "out",
+    m = evaluate(head_path=tmp_path / "mlp" / "model.pt", manifest=planted["test1"], outputs=outputs_in(tmp_path / "out", "evaluate"),
                  num_classes=20, options={"bootstrap": 0, "class_names": str(names)})
     assert m["head"] == "mlp" and m["test"] == "test1" and m["ci95"] == {}
     assert m["per_class"]["name"][3] == "thing 3"
@@ -124,14 +125,14 @@ def test_shipped_imagenet_names():
 def test_errors_are_clear(planted, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run_cli(main, ["--head", str(tmp_path / "missing.pt"), "--manifest", str(planted["test1"]),
-                       "--out-dir", str(tmp_path / "o"), "--num-classes", "20"])
+                       *output_argv(tmp_path / "o", "evaluate"), "--num-classes", "20"])
     assert exit_info.value.code == 1
     assert "head file not found" in capsys.readouterr().err
     with pytest.raises(FeatgapError, match="head has 20 classes, config num_classes is 30"):
-        evaluate(head_path=planted["head"], manifest=planted["test1"], out_dir=tmp_path / "o", num_classes=30,
+        evaluate(head_path=planted["head"], manifest=planted["test1"], outputs=outputs_in(tmp_path / "o", "evaluate"), num_classes=30,
                  options={})
     with pytest.raises(FeatgapError, match="unknown keys"):
-        evaluate(head_path=planted["head"], manifest=planted["test1"], out_dir=tmp_path / "o", num_classes=20,
+        evaluate(head_path=planted["head"], manifest=planted["test1"], outputs=outputs_in(tmp_path / "o", "evaluate"), num_classes=20,
                  options={"bootstrapp": 3})
     assert not (tmp_path / "o" / "metrics.json").exists()
 
@@ -141,7 +142,7 @@ def test_class_names_are_escaped_for_matplotlib(planted, tmp_path):
     names = tmp_path / "names.txt"
     odd = ["$\\foo{$", "price $5 - $10", "$x$", "a\\b"] + [f"thing {i}" for i in range(4, 20)]
     names.write_text("".join(f"{n}\n" for n in odd))
-    m = evaluate(head_path=planted["head"], manifest=planted["test2"], out_dir=tmp_path / "out", num_classes=20,
+    m = evaluate(head_path=planted["head"], manifest=planted["test2"], outputs=outputs_in(tmp_path / "out", "evaluate"), num_classes=20,
                  options={"bootstrap": 0, "class_names": str(names), "top_confused": 20}, head_name="lin$ear")
     assert m["per_class"]["name"][:4] == odd[:4]
     assert (tmp_path / "out" / "confused_pairs.png").stat().st_size > 1000
@@ -159,6 +160,6 @@ def test_intervals_resample_within_class_and_ece_is_debiased(planted, planted_ev
 
 
 def test_backbone_flag_is_stated(planted, tmp_path):
-    m = evaluate(head_path=planted["head"], manifest=planted["test2"], out_dir=tmp_path, num_classes=20,
+    m = evaluate(head_path=planted["head"], manifest=planted["test2"], outputs=outputs_in(tmp_path, "evaluate"), num_classes=20,
                  options={"bootstrap": 0}, backbone_saw_train=True)
     assert m["backbone_saw_train"] is True and "backbone was trained on" in m["calibration_caveat"]

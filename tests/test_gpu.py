@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from step_layout import outputs_in
 
 from scripts.device import resolve_device
 from scripts.featio import shard_folder
@@ -41,7 +42,7 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cpu_runs(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("cpu")
-    return {name: train_head(data["manifest"], out / name, name=name, head=head,
+    return {name: train_head(data["manifest"], outputs_in(out / name, "train_head"), name=name, head=head,
                              train={"device": "cpu", "threads": 2, "holdout_fraction": 0.1},
                              num_classes=CLASSES, seed=0)
             for name, head in (("linear", LINEAR), ("mlp", MLP))}
@@ -52,7 +53,7 @@ def cpu_runs(data, tmp_path_factory):
 @pytest.mark.parametrize("head", ["linear", "mlp"])
 def test_same_winner_as_cpu(data, cpu_runs, tmp_path, device, placement, head):
     spec = LINEAR if head == "linear" else MLP
-    sel = train_head(data["manifest"], tmp_path, name=head, head=spec,
+    sel = train_head(data["manifest"], outputs_in(tmp_path, "train_head"), name=head, head=spec,
                      train={"device": device, "holdout_fraction": 0.1, **PLACEMENTS[placement]},
                      num_classes=CLASSES, seed=0)
     ref = cpu_runs[head]
@@ -96,7 +97,7 @@ def test_gpu_memory_within_bound_and_no_pinned_cache(data, tmp_path):
     base = torch.cuda.memory_allocated()
     head = {**LINEAR, "refit": False}
     eval_batch = 4096
-    sel = train_head(data["manifest"], tmp_path, name="lin", head=head,
+    sel = train_head(data["manifest"], outputs_in(tmp_path, "train_head"), name="lin", head=head,
                      train={"device": "cuda", "holdout_fraction": 0.1, "eval_batch_size": eval_batch},
                      num_classes=CLASSES, seed=0)
     peak = torch.cuda.max_memory_allocated() - base
@@ -121,7 +122,7 @@ def test_gpu_memory_within_bound_and_no_pinned_cache(data, tmp_path):
 
 def test_same_seed_same_bytes_on_gpu(data, tmp_path):
     for run in ("a", "b"):
-        train_head(data["manifest"], tmp_path / run, name="m", head=MLP,
+        train_head(data["manifest"], outputs_in(tmp_path / run, "train_head"), name="m", head=MLP,
                    train={"device": "cuda", "holdout_fraction": 0.1}, num_classes=CLASSES, seed=1)
     assert (tmp_path / "a/model.pt").read_bytes() == (tmp_path / "b/model.pt").read_bytes()
 
@@ -130,7 +131,7 @@ def test_successive_halving_on_the_gpu(data, tmp_path):
     """Halving rebuilds the captured step for the smaller grid at each rung: same survivors as on the CPU."""
     head = {**LINEAR, "lr": [1e-4, 1e-3, 3e-3], "weight_decay": [1e-4, 1e-2, 1.0], "selection": "halving",
             "halving_eta": 3}
-    runs = {dev: train_head(data["manifest"], tmp_path / dev, name="h", head=head,
+    runs = {dev: train_head(data["manifest"], outputs_in(tmp_path / dev, "train_head"), name="h", head=head,
                             train={"device": dev, "holdout_fraction": 0.1}, num_classes=CLASSES, seed=0)
             for dev in ("cpu", "cuda")}
     assert runs["cuda"]["halving"]["rungs"] == runs["cpu"]["halving"]["rungs"] == [1, 3]
@@ -144,10 +145,10 @@ def test_improve_variants_train_on_the_gpu(data, tmp_path, change):
     """The improve stage's training options inside the captured step: deterministic, and as good as
     the same variant on the CPU (within 2 points: their noise draws differ between devices)."""
     head = {**LINEAR, **change}
-    runs = [train_head(data["manifest"], tmp_path / str(i), name="v", head=head,
+    runs = [train_head(data["manifest"], outputs_in(tmp_path / str(i), "train_head"), name="v", head=head,
                        train={"device": "cuda", "holdout_fraction": 0.1}, num_classes=CLASSES, seed=0)
             for i in range(2)]
     assert (tmp_path / "0/model.pt").read_bytes() == (tmp_path / "1/model.pt").read_bytes()
-    cpu = train_head(data["manifest"], tmp_path / "cpu", name="v", head=head,
+    cpu = train_head(data["manifest"], outputs_in(tmp_path / "cpu", "train_head"), name="v", head=head,
                      train={"device": "cpu", "holdout_fraction": 0.1}, num_classes=CLASSES, seed=0)
     assert abs(runs[0]["winner"]["holdout_acc"] - cpu["winner"]["holdout_acc"]) <= 0.02

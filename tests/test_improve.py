@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 from scipy.stats import binomtest
+from step_layout import outputs_in
 
 from scripts.generate_demo import DemoSpec, FeatureModel
 from scripts.improve import improve, mcnemar_exact, paired_comparison
@@ -68,8 +69,10 @@ def setup(tmp_path_factory):
         manifests[test] = write_split_shards(root / test, labels, feats.astype(np.float32), shards=1)
     head = {"type": "linear", "lr": [1e-2], "weight_decay": [1e-3], "epochs": 4, "batch_size": 64}
     train = {"device": "cpu", "threads": 1, "holdout_fraction": 0.1}
-    train_head(data["manifest"], root / "base", name="base", head=head, train=train, num_classes=CLASSES)
-    train_head(data["manifest"], root / "noise", name="noise", head={**head, "feature_noise": 0.5}, train=train,
+    train_head(data["manifest"], outputs_in(root / "base", "train_head"),
+               name="base", head=head, train=train, num_classes=CLASSES)
+    train_head(data["manifest"], outputs_in(root / "noise", "train_head"),
+               name="noise", head={**head, "feature_noise": 0.5}, train=train,
                num_classes=CLASSES)
     return {"root": root, **manifests}
 
@@ -81,7 +84,7 @@ def test_test_time_restandardisation_is_found_to_help(setup, tmp_path):
                 "noise": {"kind": "retrain", "models": [str(root / "noise/model.pt")], "set": {"feature_noise": 0.5}},
                 "ensemble": {"kind": "ensemble", "models": [str(root / "base/model.pt"), str(root / "noise/model.pt")]},
                 "restandardize": {"kind": "restandardize"}}
-    summary = improve(root / "base/model.pt", variants, setup["test1"], setup["test2"], tmp_path / "out",
+    summary = improve(root / "base/model.pt", variants, setup["test1"], setup["test2"], outputs_in(tmp_path / "out", "improve"),
                       baseline_name="base", bootstrap=300, seed=0)
     rows = {r["name"]: r for r in summary["variants"]}
     assert rows["same_head"]["delta_test2"]["points"] == 0 and rows["same_head"]["delta_test2"]["mcnemar_p"] == 1
@@ -101,5 +104,6 @@ def test_nothing_beyond_noise_is_said_plainly(setup, tmp_path):
     root = setup["root"]
     shutil.copy(root / "base/model.pt", tmp_path / "copy.pt")
     summary = improve(root / "base/model.pt", {"same_head": {"kind": "retrain", "models": [str(tmp_path / "copy.pt")]}},
-                      setup["test1"], setup["test2"], tmp_path / "out", baseline_name="base", bootstrap=100)
+                      setup["test1"], setup["test2"], outputs_in(tmp_path / "out", "improve"), baseline_name="base",
+                      bootstrap=100)
     assert summary["verdict"].startswith("No variant improves test set 2 over the primary head (base) beyond noise")

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from step_layout import output_argv, outputs_in
 
 from scripts.evaluate import evaluate
 from scripts.featio import FeatgapError, run_cli, write_json, write_shard
@@ -90,9 +91,9 @@ def test_rescore_counts_by_hand(val):
 
 def test_real_check_split_enrichment_and_calibration(val):
     out = val["root"] / "check"
-    summary = real_check(predictions=val["pred"], real_file=val["real"], out_dir=out, num_classes=4, threshold=0.8,
-                         source="data/val.csv", class_names=str(val["names"]), options={"bootstrap": 100},
-                         head_name="linear")
+    summary = real_check(predictions=val["pred"], real_file=val["real"], outputs=outputs_in(out, "real_labels"),
+                         num_classes=4, threshold=0.8, source="data/val.csv", class_names=str(val["names"]),
+                         options={"bootstrap": 100}, head_name="linear")
     split = summary["error_split"]
     assert (split["errors"], split["in_real"], split["no_label"], split["genuine"]) == (7, 3, 1, 3)
     e = summary["enrichment"]
@@ -119,16 +120,16 @@ def test_real_check_split_enrichment_and_calibration(val):
 
 
 def test_label_noise_is_bounded_by_real(val, tmp_path):
-    real_check(predictions=val["pred"], real_file=val["real"], out_dir=tmp_path / "check", num_classes=4,
-               threshold=0.8, options={"bootstrap": 50})
+    real_check(predictions=val["pred"], real_file=val["real"], outputs=outputs_in(tmp_path / "check", "real_labels"),
+               num_classes=4, threshold=0.8, options={"bootstrap": 50})
     p2 = tmp_path / "eval" / "linear" / "test2" / "predictions.parquet"
     p2.parent.mkdir(parents=True)
     label2, pred2 = [0, 0, 1, 1, 2, 2], [1, 0, 2, 1, 0, 2]
     pd.DataFrame({"row": np.arange(6), "path": [f"v2/{i}.jpeg" for i in range(6)], "label": label2, "pred": pred2,
                   "confidence": [.9, .95, .99, .5, .85, .3], "correct": np.equal(label2, pred2)}).to_parquet(p2)
-    plain = label_noise(predictions1=val["pred"], predictions2=p2, out_dir=tmp_path / "plain",
+    plain = label_noise(predictions1=val["pred"], predictions2=p2, outputs=outputs_in(tmp_path / "plain", "label_noise"),
                         options={"bootstrap": 50})
-    bounded = label_noise(predictions1=val["pred"], predictions2=p2, out_dir=tmp_path / "bounded",
+    bounded = label_noise(predictions1=val["pred"], predictions2=p2, outputs=outputs_in(tmp_path / "bounded", "label_noise"),
                           options={"bootstrap": 50}, real_rows=tmp_path / "check" / "rows.parquet")
     # Calibration share: test-2 excess 100·(3 − 0.31)/6 minus test-1 excess 100·(3 − 0.42)/12.
     share = 100 * (3 - 0.31) / 6 - 100 * (3 - 0.42) / 12
@@ -151,7 +152,7 @@ def test_evaluate_writes_the_real_block(val, tmp_path):
                 features=features)
     manifest = tmp_path / "shards" / "test1.manifest.json"
     write_json(manifest, {"rows": 12, "dim": 4, "split": "test1", "source": "data/val.csv"})
-    metrics = evaluate(head_path="unused", manifest=manifest, out_dir=tmp_path / "out", num_classes=4,
+    metrics = evaluate(head_path="unused", manifest=manifest, outputs=outputs_in(tmp_path / "out", "evaluate"), num_classes=4,
                        options={"bootstrap": 50}, logits_fn=lambda x: x.astype(np.float64), real_labels=val["real"],
                        test_name="test1")
     real = metrics["real"]
@@ -163,7 +164,7 @@ def test_evaluate_writes_the_real_block(val, tmp_path):
                 features=features)
     with pytest.raises(FeatgapError, match=r"^data/val\.csv: line 7, column 'path': 'val/n01/photo\.jpg' is not an "
                                            r"ImageNet val file name"):
-        evaluate(head_path="unused", manifest=manifest, out_dir=tmp_path / "out2", num_classes=4,
+        evaluate(head_path="unused", manifest=manifest, outputs=outputs_in(tmp_path / "out2", "evaluate"), num_classes=4,
                  options={"bootstrap": 0}, logits_fn=lambda x: x.astype(np.float64), real_labels=val["real"])
 
 
@@ -203,12 +204,12 @@ def test_paths_that_do_not_map_are_one_line(val):
 
 
 def test_cli(val, capsys):
-    main(["--predictions", str(val["pred"]), "--real", str(val["real"]), "--out-dir", str(val["root"] / "cli"),
+    main(["--predictions", str(val["pred"]), "--real", str(val["real"]), *output_argv(val["root"] / "cli", "real_labels"),
           "--num-classes", "4", "--threshold", "0.8", "--options", '{"bootstrap": 30}', "--class-names", ""])
     assert "prediction in the ReaL set" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_:
-        run_cli(main, ["--predictions", str(val["pred"]), "--real", str(val["root"] / "nope.json"), "--out-dir",
-                       str(val["root"] / "cli2"), "--num-classes", "4", "--threshold", "0.8"])
+        run_cli(main, ["--predictions", str(val["pred"]), "--real", str(val["root"] / "nope.json"),
+                       *output_argv(val["root"] / "cli2", "real_labels"), "--num-classes", "4", "--threshold", "0.8"])
     assert exit_.value.code == 1 and "nope.json: ReaL labels file not found" in capsys.readouterr().err
 
 

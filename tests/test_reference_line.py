@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from step_layout import outputs_in
 
 from scripts import reference_line as rl
 from scripts.featio import write_json
@@ -33,7 +34,7 @@ def test_effective_robustness_of_heads(tmp_path):
     # A head 5 points below the line.
     below = (_metrics(tmp_path / "b1.json", 0.9006, 0.0026), _metrics(tmp_path / "b2.json", 0.7736, 0.0082))
     summary = rl.reference_line(test1_table=T1, test2_table=T2, heads={"own": on, "worse": below},
-                                out_dir=tmp_path / "out")
+                                outputs=outputs_in(tmp_path / "out", "reference_line"))
     own, worse = summary["heads"]["own"], summary["heads"]["worse"]
     assert own["expected_test2_top1"] == pytest.approx(82.36, abs=0.01)
     assert own["ci95"][0] < 0 < own["ci95"][1] and own["effective_robustness"] == pytest.approx(0.35, abs=0.01)

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+from step_layout import outputs_in
 from test_analysis_fixtures import planted, planted_eval  # noqa: F401 - fixtures
 
 from scripts import evidence, report
@@ -301,15 +302,15 @@ def test_report_on_real_analysis_outputs(planted, planted_eval, tmp_path, monkey
                           "results/analysis/class_counts.csv")
     assert len(counts) == spec.classes
     gap.gap(metrics1=m1, metrics2=m2, class_counts="results/analysis/class_counts.csv",
-            out_dir="results/analysis/gap/linear", head_name="linear")
+            outputs=outputs_in("results/analysis/gap/linear", "gap"), head_name="linear")
     imbalance.imbalance(class_counts="results/analysis/class_counts.csv", metrics1=m1, metrics2=m2,
-                        out_dir="results/analysis/imbalance/linear", head_name="linear")
-    shift.shift_features(test1=planted["test1"], test2=planted["test2"], out_dir="results/analysis/shift",
+                        outputs=outputs_in("results/analysis/imbalance/linear", "imbalance"), head_name="linear")
+    shift.shift_features(test1=planted["test1"], test2=planted["test2"], outputs=outputs_in("results/analysis/shift", "shift features"),
                          options={"domain": {"bootstrap": 50, "folds": 3}})
     shift.adapt(head_path=planted["head"], test1=planted["test1"], test2=planted["test2"],
-                out_dir="results/analysis/shift/adapt/linear", options={"bootstrap": 50}, head_name="linear")
+                outputs=outputs_in("results/analysis/shift/adapt/linear", "shift adapt"), options={"bootstrap": 50}, head_name="linear")
     misclass.misclass(predictions=planted_eval["test2"] / "predictions.parquet", manifest=planted["test2"],
-                      out_dir="results/analysis/misclass/linear/test2", head_name="linear", test_name="test2")
+                      outputs=outputs_in("results/analysis/misclass/linear/test2", "misclass"), head_name="linear", test_name="test2")
     eval_dir = Path("results/eval/linear")
     for test in ("test1", "test2"):  # as evaluate writes them under results/eval/{head}/{test}
         (eval_dir / test).mkdir(parents=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from step_layout import outputs_in
 
 from scripts.generate_demo import DemoSpec
 from scripts.heads import predict_logits
@@ -47,7 +48,8 @@ def dataset(tmp_path_factory):
 def test_linear_head_matches_logistic_regression(dataset, tmp_path, capsys):
     config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
     settings = {**config["train"], "device": "cpu"}
-    train_head(dataset["manifest"], tmp_path, name="linear", head=config["heads"]["linear"], train=settings,
+    train_head(dataset["manifest"], outputs_in(tmp_path, "train_head"),
+               name="linear", head=config["heads"]["linear"], train=settings,
                num_classes=20, seed=0)
     logits = predict_logits(tmp_path / "model.pt", dataset["test_features"])
     head_acc = float((logits.argmax(1) == dataset["test_labels"]).mean())

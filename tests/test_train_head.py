@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from step_layout import output_argv, outputs_in
 
 from scripts.featio import FeatgapError, read_json, shard_folder
 from scripts.generate_demo import DemoSpec
@@ -30,17 +31,19 @@ def small(tmp_path_factory):
 def test_same_seed_same_bytes(small, tmp_path):
     head = {**FAST, "type": "mlp", "hidden": [16], "dropout": 0.2, "lr": [1e-3, 1e-2], "weight_decay": [0.01]}
     for run in ("a", "b"):
-        train_head(small["manifest"], tmp_path / run, name="h", head=head, train=SETTINGS, num_classes=12, seed=3)
+        train_head(small["manifest"], outputs_in(tmp_path / run, "train_head"),
+                   name="h", head=head, train=SETTINGS, num_classes=12, seed=3)
     assert (tmp_path / "a/model.pt").read_bytes() == (tmp_path / "b/model.pt").read_bytes()
     assert (tmp_path / "a/history.csv").read_text().count("\n") > 1
-    train_head(small["manifest"], tmp_path / "c", name="h", head=head, train=SETTINGS, num_classes=12, seed=4)
+    train_head(small["manifest"], outputs_in(tmp_path / "c", "train_head"),
+               name="h", head=head, train=SETTINGS, num_classes=12, seed=4)
     assert (tmp_path / "a/model.pt").read_bytes() != (tmp_path / "c/model.pt").read_bytes()
 
 
 def test_outputs_and_round_trip(small, tmp_path):
     """Without refit the saved head is the selected candidate: applying it through
     scripts.heads to the raw holdout rows must reproduce the holdout score of selection.json."""
-    sel = train_head(small["manifest"], tmp_path, name="lin", head={**FAST, "refit": False},
+    sel = train_head(small["manifest"], outputs_in(tmp_path, "train_head"), name="lin", head={**FAST, "refit": False},
                      train=SETTINGS, num_classes=12, seed=0)
     ckpt = torch.load(tmp_path / "model.pt", weights_only=True)
     assert load_checkpoint(tmp_path / "model.pt")["format"] == ckpt["format"] == "featgap.head/1"
@@ -75,7 +78,7 @@ def test_class_sorted_shards_are_shuffled_globally(tmp_path):
         seen = [len(np.unique(y.numpy())) for _, y in data.batches(data.fit_rows, 64, np.random.default_rng(1))]
         assert min(seen[:-1]) >= classes - 1, f"batches are not mixed across shards: {seen}"
     for budget in (1000, 0.02):
-        train_head(manifest, tmp_path / f"h{budget}", name="lin", num_classes=classes, seed=0,
+        train_head(manifest, outputs_in(tmp_path / f"h{budget}", "train_head"), name="lin", num_classes=classes, seed=0,
                    head={"lr": [5e-2], "epochs": 5, "batch_size": 64, "warmup_epochs": 0},
                    train={**SETTINGS, "memory_budget_mb": budget})
         pred = predict_logits(tmp_path / f"h{budget}/model.pt", feats).argmax(1)
@@ -95,14 +98,15 @@ def test_stratified_holdout_keeps_tiny_classes():
 
 def test_early_stopping_and_class_balanced(small, tmp_path):
     # lr = 0 never improves the holdout after the first epoch: stops after 1 + patience epochs.
-    sel = train_head(small["manifest"], tmp_path, name="lin", num_classes=12, seed=0, train=SETTINGS,
+    sel = train_head(small["manifest"], outputs_in(tmp_path, "train_head"),
+                     name="lin", num_classes=12, seed=0, train=SETTINGS,
                      head={"lr": [0.0], "epochs": 10, "patience": 2, "class_balanced": True})
     assert sel["timing"]["grid_epochs"] == 3 and sel["refit"]["epochs"] == 1
 
 
 def test_config_errors(small, tmp_path):
-    run = lambda head, train=SETTINGS: train_head(small["manifest"], tmp_path, name="x", head=head,
-                                                   train=train, num_classes=12)
+    run = lambda head, train=SETTINGS: train_head(small["manifest"], outputs_in(tmp_path, "train_head"),
+                                                  name="x", head=head, train=train, num_classes=12)
     with pytest.raises(FeatgapError, match=r"unknown key"):
         run({"learning_rate": 1})
     with pytest.raises(FeatgapError, match=r"hidden widths"):
@@ -110,27 +114,30 @@ def test_config_errors(small, tmp_path):
     with pytest.raises(FeatgapError, match=r"holdout is empty"):
         run(FAST, {**SETTINGS, "holdout_fraction": 0.0})
     with pytest.raises(FeatgapError, match=r"row 600 has label 10, expected 0..9"):
-        train_head(small["manifest"], tmp_path, name="x", head=FAST, train=SETTINGS, num_classes=10)
+        train_head(small["manifest"], outputs_in(tmp_path, "train_head"),
+                   name="x", head=FAST, train=SETTINGS, num_classes=10)
 
 
 def test_cli(small, tmp_path, capsys):
-    main(["--manifest", str(small["manifest"]), "--out-dir", str(tmp_path / "cli"), "--name", "lin",
+    main(["--manifest", str(small["manifest"]), *output_argv(tmp_path / "cli", "train_head"), "--name", "lin",
           "--head", json.dumps({"epochs": 1}), "--train", json.dumps(SETTINGS), "--num-classes", "12"])
     assert {p.name for p in (tmp_path / "cli").iterdir()} == {"model.pt", "history.csv", "selection.json"}
     from scripts.featio import run_cli
 
     with pytest.raises(SystemExit):
-        run_cli(main, ["--manifest", str(small["manifest"]), "--out-dir", str(tmp_path / "x"), "--name", "x",
+        run_cli(main, ["--manifest", str(small["manifest"]), *output_argv(tmp_path / "x", "train_head"), "--name", "x",
                        "--head", "{not json", "--num-classes", "12"])
     assert "featgap error: --head" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_path(small, tmp_path):
-    sel = train_head(small["manifest"], tmp_path, name="lin", head=FAST, train={**SETTINGS, "device": "cuda"},
+    sel = train_head(small["manifest"], outputs_in(tmp_path, "train_head"),
+                     name="lin", head=FAST, train={**SETTINGS, "device": "cuda"},
                      num_classes=12, seed=0)
     assert sel["meta"]["device"].startswith("cuda")
-    ref = train_head(small["manifest"], tmp_path / "cpu", name="lin", head=FAST, train=SETTINGS, num_classes=12)
+    ref = train_head(small["manifest"], outputs_in(tmp_path / "cpu", "train_head"),
+                     name="lin", head=FAST, train=SETTINGS, num_classes=12)
     # bf16 autocast on the GPU: close to, not identical with, the float32 CPU run.
     assert abs(sel["winner"]["holdout_acc"] - ref["winner"]["holdout_acc"]) < 0.1
 
@@ -139,15 +146,18 @@ def test_cuda_request_without_gpu_fails_clearly(small, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
     with pytest.raises(FeatgapError, match=r"no CUDA device"):
-        train_head(small["manifest"], tmp_path, name="x", head=FAST, train={**SETTINGS, "device": "cuda"},
+        train_head(small["manifest"], outputs_in(tmp_path, "train_head"),
+                   name="x", head=FAST, train={**SETTINGS, "device": "cuda"},
                    num_classes=12)
 
 
 def test_temperature_calibration_lowers_holdout_nll_and_keeps_predictions(small, tmp_path):
     head = {**FAST, "refit": False}
-    plain = train_head(small["manifest"], tmp_path / "plain", name="h", head={**head, "calibrate": False},
+    plain = train_head(small["manifest"], outputs_in(tmp_path / "plain", "train_head"),
+                       name="h", head={**head, "calibrate": False},
                        train=SETTINGS, num_classes=12, seed=0)
-    calibrated = train_head(small["manifest"], tmp_path / "cal", name="h", head=head, train=SETTINGS,
+    calibrated = train_head(small["manifest"], outputs_in(tmp_path / "cal", "train_head"),
+                            name="h", head=head, train=SETTINGS,
                             num_classes=12, seed=0)
     assert plain["calibration"] is None
     cal = calibrated["calibration"]

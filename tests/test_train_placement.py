@@ -7,6 +7,7 @@ import tracemalloc
 import numpy as np
 import pytest
 import torch
+from step_layout import outputs_in
 
 from scripts import train_data
 from scripts.device import resolve_device
@@ -118,7 +119,8 @@ def test_selection_scores_in_float32_like_the_saved_head(small, tmp_path, monkey
     monkeypatch.setattr(StepRunner, "_autocast", lambda self: torch.autocast("cpu", dtype=torch.bfloat16))
     head = {"type": "mlp" if hidden else "linear", "hidden": hidden, "lr": [3e-3, 3e-2], "weight_decay": [1e-4],
             "epochs": 3, "batch_size": 64, "refit": False, "calibrate": False}
-    sel = train_head(small["manifest"], tmp_path, name="h", head=head, train=SETTINGS, num_classes=10, seed=0)
+    sel = train_head(small["manifest"], outputs_in(tmp_path, "train_head"),
+                     name="h", head=head, train=SETTINGS, num_classes=10, seed=0)
     _, holdout = stratified_holdout(small["train_labels"], 0.1, np.random.default_rng([0, 0]))
     logits = predict_logits(tmp_path / "model.pt", small["train_features"][holdout])
     acc = float((logits.argmax(1) == small["train_labels"][holdout]).mean())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from step_layout import outputs_in
 
 from scripts.generate_demo import DemoSpec
 from scripts.train_grid import CandidateGrid, GridOptimizer, grid_loss
@@ -53,8 +54,9 @@ def test_halving_matches_the_grid_winner_for_a_third_of_the_work(tmp_path):
     head = {"type": "linear", "lr": [1e-4, 1e-3, 1e-2], "weight_decay": [1e-4, 1e-2, 1.0], "epochs": 6,
             "batch_size": 64, "label_smoothing": 0.1, "refit": False}
     train = {"device": "cpu", "threads": 1, "holdout_fraction": 0.2}
-    grid = train_head(data["manifest"], tmp_path / "grid", name="g", head=head, train=train, num_classes=10)
-    halved = train_head(data["manifest"], tmp_path / "half", name="h",
+    grid = train_head(data["manifest"], outputs_in(tmp_path / "grid", "train_head"),
+                      name="g", head=head, train=train, num_classes=10)
+    halved = train_head(data["manifest"], outputs_in(tmp_path / "half", "train_head"), name="h",
                         head={**head, "selection": "halving", "halving_eta": 3},
                         train=train, num_classes=10)
     assert halved["halving"]["rungs"] == [1, 3] and len(halved["halving"]["survivors"]) == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from step_layout import outputs_in
 
 from scripts.featio import FeatgapError, shard_folder
 from scripts.generate_demo import DemoSpec
@@ -38,7 +39,8 @@ def test_pca_whitened_head_is_an_ordinary_head_on_raw_features(data, tmp_path, h
     """The map is folded into the first layer: applying the saved head to raw holdout rows gives
     the holdout score selection saw."""
     head = {**BASE, "type": "mlp" if hidden else "linear", "hidden": hidden, "pca_whiten": 12}
-    sel = train_head(data["manifest"], tmp_path, name="p", head=head, train=TRAIN, num_classes=8, seed=0)
+    sel = train_head(data["manifest"], outputs_in(tmp_path, "train_head"),
+                     name="p", head=head, train=TRAIN, num_classes=8, seed=0)
     ckpt = torch.load(tmp_path / "model.pt", weights_only=True)
     assert ckpt["arch"]["in_dim"] == 24 and ckpt["state_dict"]["0.weight"].shape[1] == 24
     _, holdout = stratified_holdout(data["train_labels"], 0.1, np.random.default_rng([0, 0]))
@@ -50,8 +52,10 @@ def test_pca_whitened_head_is_an_ordinary_head_on_raw_features(data, tmp_path, h
 
 @pytest.mark.parametrize("change", [{"feature_noise": 0.5}, {"mixup": 0.4}, {"logit_adjustment": 1.0}])
 def test_regularised_training_is_deterministic_and_changes_the_head(data, tmp_path, change):
-    plain = train_head(data["manifest"], tmp_path / "plain", name="x", head=BASE, train=TRAIN, num_classes=8)
-    runs = [train_head(data["manifest"], tmp_path / f"r{i}", name="x", head={**BASE, **change}, train=TRAIN,
+    plain = train_head(data["manifest"], outputs_in(tmp_path / "plain", "train_head"),
+                       name="x", head=BASE, train=TRAIN, num_classes=8)
+    runs = [train_head(data["manifest"], outputs_in(tmp_path / f"r{i}", "train_head"),
+                       name="x", head={**BASE, **change}, train=TRAIN,
                        num_classes=8) for i in range(2)]
     assert (tmp_path / "r0/model.pt").read_bytes() == (tmp_path / "r1/model.pt").read_bytes()
     assert (tmp_path / "r0/model.pt").read_bytes() != (tmp_path / "plain/model.pt").read_bytes()
@@ -79,7 +83,8 @@ def test_logit_adjusted_loss_favours_rare_classes(tmp_path):
     test_x = (means[test_y] + rng.normal(size=(len(test_y), 6))).astype(np.float32)
     share = {}
     for name, tau in (("plain", 0.0), ("adjusted", 1.0)):
-        train_head(manifest, tmp_path / name, name=name, head={**BASE, "logit_adjustment": tau, "epochs": 6},
+        train_head(manifest, outputs_in(tmp_path / name, "train_head"),
+                   name=name, head={**BASE, "logit_adjustment": tau, "epochs": 6},
                    train=TRAIN, num_classes=4)
         share[name] = float((predict_logits(tmp_path / name / "model.pt", test_x).argmax(1) == 0).mean())
     assert share["adjusted"] < share["plain"], share

@@ -84,7 +84,8 @@ import json, sys, time, torch
 from scripts.train_head import train_head
 manifest, out, name, head, train = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4]), json.loads(sys.argv[5])
 t0 = time.perf_counter()
-sel = train_head(manifest, out, name=name, head=head, train=train, num_classes=int(sys.argv[6]), seed=0)
+outputs = {"model": f"{out}/model.pt", "history": f"{out}/history.csv", "selection": f"{out}/selection.json"}
+sel = train_head(manifest, outputs, name=name, head=head, train=train, num_classes=int(sys.argv[6]), seed=0)
 total = time.perf_counter() - t0
 print("RESULT", json.dumps({"total_s": total, "selection": sel,
       "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20}), flush=True)

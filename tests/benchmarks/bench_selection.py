@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from scripts.generate_demo import DemoSpec
 from scripts.train_head import train_head
+from tests.step_layout import outputs_in
 from tests.test_train_helpers import make_dataset
 
 
@@ -59,7 +60,7 @@ def main() -> None:
         for name, (manifest, classes) in datasets(Path(tmp), args.skip_100k).items():
             runs: dict[str, list[dict]] = {"grid": [], "halving": []}
             for i, method in enumerate(("grid", "halving", "halving", "grid")):
-                sel = train_head(manifest, Path(tmp) / f"{method}{i}", name=method,
+                sel = train_head(manifest, outputs_in(Path(tmp) / f"{method}{i}", "train_head"), name=method,
                                  head={**head, "selection": method}, train=train, num_classes=classes, seed=0)
                 runs[method].append(sel)
             summary = {}

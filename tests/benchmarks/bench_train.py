@@ -42,6 +42,7 @@ from scripts.device import configure_determinism
 from scripts.generate_demo import DemoSpec
 from scripts.train_data import load_train, stratified_holdout
 from scripts.train_head import HeadConfig, run_grid
+from tests.step_layout import output_argv
 from tests.test_train_helpers import make_dataset
 
 CLASSES, DIM, TRAIN_PER_CLASS, TEST_PER_CLASS = 1000, 1024, 100, 10
@@ -286,7 +287,7 @@ def bench_accuracy(work: Path, threads: int, c_grid: list[float], shape: tuple[f
     eva02 = yaml.safe_load((ROOT / "config/eva02.yaml").read_text())
     head, settings = eva02["heads"]["linear"], {"holdout_fraction": eva02["train"]["holdout_fraction"],
                                                    "device": "cpu", "threads": threads}
-    seconds, rss, _ = child(HEAD, "--manifest", str(data["manifest"]), "--out-dir", str(work / "linear"),
+    seconds, rss, _ = child(HEAD, "--manifest", str(data["manifest"]), *output_argv(work / "linear", "train_head"),
                             "--name", "linear", "--head", json.dumps(head), "--train", json.dumps(settings),
                             "--num-classes", str(classes), "--seed", "0", "--threads", str(threads))
     selection = json.loads((work / "linear/selection.json").read_text())

@@ -7,17 +7,6 @@
 
 EMBED_HEAD = ANALYSIS["embedding"]["head"] or (HEADS[0] if HEADS else None)
 
-GAP_FILES = ["per_class.csv", "summary.json", "drop_distribution.png", "top_drops.png"]
-SHIFT_FILES = ["features.csv", "summary.json", "volcano.png", "top_features.png", "domain_roc.png"]
-ADAPT_FILES = ["adaptation.csv", "summary.json", "adaptation.png"]
-IMBALANCE_FILES = ["per_class.csv", "summary.json", "scatter.png"]
-OVERFIT_FILES = ["accuracy.csv", "grid.csv", "summary.json", "accuracy.png", "grid.png", "curves.png"]
-MISCLASS_FILES = ["features.csv", "summary.json", "clusters.png"]
-MISCLASS_COMPARE_FILES = ["compare.csv", "summary.json", "compare.png"]
-EMBEDDING_FILES = ["coords.csv", "summary.json", "pca.png", "tsne.png"]
-DIFFICULTY_FILES = ["typicality.csv", "summary.json", "typicality.png"]
-LABEL_NOISE_FILES = ["disagreements.csv", "summary.json", "confidence.png"]
-
 
 rule class_counts:
     input:
@@ -50,7 +39,16 @@ rule gap:
         counts=analysis_dir("class_counts.csv"),
         code=code("gap"),
     output:
-        reported(analysis_dir("gap", "{head}"), GAP_FILES, "gap", "2. Per-class drop", "{head}"),
+        **reported(
+            analysis_dir("gap", "{head}"),
+            "gap",
+            "2. Per-class drop",
+            "{head}",
+            table="per_class.csv",
+            summary="summary.json",
+            distribution_figure="drop_distribution.png",
+            top_figure="top_drops.png",
+        ),
     log:
         "logs/analysis/gap.{head}.log",
     wildcard_constraints:
@@ -61,12 +59,12 @@ rule gap:
         mem_mb=1000,
         runtime=10,
     params:
-        out_dir=lambda wc, output: Path(output[0]).parent,
+        outputs=lambda wc, output: output_args(output),
         options=analysis_options("gap"),
         seed=config["seed"],
     shell:
         "python -m scripts.gap --metrics1 {input.metrics1:q} --metrics2 {input.metrics2:q}"
-        " --class-counts {input.counts:q} --out-dir {params.out_dir:q} --options {params.options}"
+        " --class-counts {input.counts:q} {params.outputs} --options {params.options}"
         " --seed {params.seed} --head-name {wildcards.head:q} > {log:q} 2>&1"
 
 
@@ -80,7 +78,17 @@ rule shift:
         test2=manifest_path("test2"),
         code=code("shift"),
     output:
-        reported(analysis_dir("shift"), SHIFT_FILES, "shift", "3. Feature shift", "test sets"),
+        **reported(
+            analysis_dir("shift"),
+            "shift",
+            "3. Feature shift",
+            "test sets",
+            table="features.csv",
+            summary="summary.json",
+            volcano_figure="volcano.png",
+            top_features_figure="top_features.png",
+            roc_figure="domain_roc.png",
+        ),
     log:
         "logs/analysis/shift.log",
     benchmark:
@@ -94,12 +102,12 @@ rule shift:
         mem_mb=2500,
         runtime=30,
     params:
-        out_dir=lambda wc, output: Path(output[0]).parent,
+        outputs=lambda wc, output: output_args(output),
         options=analysis_options("shift"),
         seed=config["seed"],
     shell:
         "OMP_NUM_THREADS={threads} python -m scripts.shift features --test1 {input.test1:q} --test2 {input.test2:q}"
-        " --out-dir {params.out_dir:q} --options {params.options} --seed {params.seed} > {log:q} 2>&1"
+        " {params.outputs} --options {params.options} --seed {params.seed} > {log:q} 2>&1"
 
 
 if analysis_on("shift"):
@@ -113,8 +121,14 @@ rule shift_adapt:
         test2=manifest_path("test2"),
         code=code("shift"),
     output:
-        reported(
-            analysis_dir("shift", "adapt", "{head}"), ADAPT_FILES, "adapt", "3. Feature shift", "adaptation {head}"
+        **reported(
+            analysis_dir("shift", "adapt", "{head}"),
+            "adapt",
+            "3. Feature shift",
+            "adaptation {head}",
+            table="adaptation.csv",
+            summary="summary.json",
+            figure="adaptation.png",
         ),
     log:
         "logs/analysis/shift_adapt.{head}.log",
@@ -130,12 +144,12 @@ rule shift_adapt:
         mem_mb=2500,
         runtime=20,
     params:
-        out_dir=lambda wc, output: Path(output[0]).parent,
+        outputs=lambda wc, output: output_args(output),
         options=analysis_options("shift_adapt"),
         seed=config["seed"],
     shell:
         "OMP_NUM_THREADS={threads} python -m scripts.shift adapt --head {input.model:q} --head-name {wildcards.head:q}"
-        " --test1 {input.test1:q} --test2 {input.test2:q} --out-dir {params.out_dir:q} --options {params.options}"
+        " --test1 {input.test1:q} --test2 {input.test2:q} {params.outputs} --options {params.options}"
         " --seed {params.seed} > {log:q} 2>&1"
 
 
@@ -150,7 +164,15 @@ rule imbalance:
         metrics2=eval_file("{head}", "test2", "metrics.json"),
         code=code("imbalance"),
     output:
-        reported(analysis_dir("imbalance", "{head}"), IMBALANCE_FILES, "imbalance", "4. Class imbalance", "{head}"),
+        **reported(
+            analysis_dir("imbalance", "{head}"),
+            "imbalance",
+            "4. Class imbalance",
+            "{head}",
+            table="per_class.csv",
+            summary="summary.json",
+            figure="scatter.png",
+        ),
     log:
         "logs/analysis/imbalance.{head}.log",
     wildcard_constraints:
@@ -161,12 +183,12 @@ rule imbalance:
         mem_mb=1000,
         runtime=10,
     params:
-        out_dir=lambda wc, output: Path(output[0]).parent,
+        outputs=lambda wc, output: output_args(output),
         options=analysis_options("imbalance"),
         seed=config["seed"],
     shell:
         "python -m scripts.imbalance --class-counts {input.counts:q} --metrics1 {input.metrics1:q}"
-        " --metrics2 {input.metrics2:q} --out-dir {params.out_dir:q} --options {params.options}"
+        " --metrics2 {input.metrics2:q} {params.outputs} --options {params.options}"
         " --seed {params.seed} --head-name {wildcards.head:q} > {log:q} 2>&1"
 
 
@@ -182,7 +204,18 @@ rule overfit:
         metrics2=eval_file("{head}", "test2", "metrics.json"),
         code=code("overfit"),
     output:
-        reported(analysis_dir("overfit", "{head}"), OVERFIT_FILES, "overfit", "5. Overfitting", "{head}"),
+        **reported(
+            analysis_dir("overfit", "{head}"),
+            "overfit",
+            "5. Overfitting",
+            "{head}",
+            table="accuracy.csv",
+            grid_table="grid.csv",
+            summary="summary.json",
+            accuracy_figure="accuracy.png",
+            grid_figure="grid.png",
+            curves_figure="curves.png",
+        ),
     log:
         "logs/analysis/overfit.{head}.log",
     wildcard_constraints:
@@ -193,12 +226,12 @@ rule overfit:
         mem_mb=1000,
         runtime=10,
     params:
-        out_dir=lambda wc, output: Path(output[0]).parent,
+        outputs=lambda wc, output: output_args(output),
         options=analysis_options("overfit"),
         backbone_saw_train=BACKBONE_SAW_TRAIN,
     shell:
         "python -m scripts.overfit --selection {input.selection:q} --history {input.history:q}"
-        " --metrics1 {input.metrics1:q} --metrics2 {input.metrics2:q} --out-dir {params.out_dir:q}"
+        " --metrics1 {input.metrics1:q} --metrics2 {input.metrics2:q} {params.outputs}"
         " --options {params.options} --backbone-saw-train {params.backbone_saw_train}"
         " --head-name {wildcards.head:q} > {log:q} 2>&1"
 
@@ -213,12 +246,14 @@ rule misclass:
         manifest=manifest_path("{test}"),
         code=code("misclass"),
     output:
-        reported(
+        **reported(
             analysis_dir("misclass", "{head}", "{test}"),
-            MISCLASS_FILES,
             "misclass",
             "6. Misclassified samples",
             "{head} {test}",
+            table="features.csv",
+            summary="summary.json",
+            figure="clusters.png",
         ),
     log:
         "logs/analysis/misclass.{head}.{test}.log",
@@ -232,12 +267,12 @@ rule misclass:
         mem_mb=3000,
         runtime=15,
     params:
-        out_dir=lambda wc, output: Path(output[0]).parent,
+        outputs=lambda wc, output: output_args(output),
         options=analysis_options("misclass"),
         seed=config["seed"],
     shell:
         "OMP_NUM_THREADS={threads} python -m scripts.misclass --predictions {input.predictions:q}"
-        " --manifest {input.manifest:q} --out-dir {params.out_dir:q} --options {params.options} --seed {params.seed}"
+        " --manifest {input.manifest:q} {params.outputs} --options {params.options} --seed {params.seed}"
         " --head-name {wildcards.head:q} --test-name {wildcards.test:q} > {log:q} 2>&1"
 
 
@@ -253,12 +288,14 @@ rule misclass_compare:
         features2=analysis_dir("misclass", "{head}", "test2", "features.csv"),
         code=code("misclass"),
     output:
-        reported(
+        **reported(
             analysis_dir("misclass_compare", "{head}"),
-            MISCLASS_COMPARE_FILES,
             "misclass_compare",
             "6. Misclassified samples",
             "{head} test1 vs test2",
+            table="compare.csv",
+            summary="summary.json",
+            figure="compare.png",
         ),
     log:
         "logs/analysis/misclass_compare.{head}.log",
@@ -270,11 +307,11 @@ rule misclass_compare:
         mem_mb=1000,
         runtime=10,
     params:
-        out_dir=lambda wc, output: Path(output[0]).parent,
+        outputs=lambda wc, output: output_args(output),
         options=analysis_options("misclass"),
     shell:
         "python -m scripts.misclass compare --features1 {input.features1:q} --features2 {input.features2:q}"
-        " --out-dir {params.out_dir:q} --options {params.options} --head-name {wildcards.head:q} > {log:q} 2>&1"
+        " {params.outputs} --options {params.options} --head-name {wildcards.head:q} > {log:q} 2>&1"
 
 
 if analysis_on("misclass"):
@@ -291,7 +328,15 @@ if EMBED_HEAD is not None and analysis_on("embedding"):
             predictions2=eval_file(EMBED_HEAD, "test2", "predictions.parquet"),
             code=code("embedding"),
         output:
-            reported(analysis_dir("embedding"), EMBEDDING_FILES, "embedding", "7. Embedding"),
+            **reported(
+                analysis_dir("embedding"),
+                "embedding",
+                "7. Embedding",
+                table="coords.csv",
+                summary="summary.json",
+                pca_figure="pca.png",
+                tsne_figure="tsne.png",
+            ),
         log:
             "logs/analysis/embedding.log",
         benchmark:
@@ -303,13 +348,13 @@ if EMBED_HEAD is not None and analysis_on("embedding"):
             mem_mb=3000,
             runtime=30,
         params:
-            out_dir=lambda wc, output: Path(output[0]).parent,
+            outputs=lambda wc, output: output_args(output),
             options=analysis_options("embedding"),
             seed=config["seed"],
             head=EMBED_HEAD,
         shell:
             "OMP_NUM_THREADS={threads} python -m scripts.embedding --test1 {input.test1:q} --test2 {input.test2:q}"
-            " --predictions1 {input.predictions1:q} --predictions2 {input.predictions2:q} --out-dir {params.out_dir:q}"
+            " --predictions1 {input.predictions1:q} --predictions2 {input.predictions2:q} {params.outputs}"
             " --options {params.options} --seed {params.seed} --head-name {params.head:q} --threads {threads}"
             " > {log:q} 2>&1"
 
@@ -349,7 +394,15 @@ rule difficulty:
         predictions2=eval_file("{head}", "test2", "predictions.parquet"),
         code=code("difficulty"),
     output:
-        reported(analysis_dir("difficulty", "{head}"), DIFFICULTY_FILES, "difficulty", "8. Difficulty", "{head}"),
+        **reported(
+            analysis_dir("difficulty", "{head}"),
+            "difficulty",
+            "8. Difficulty",
+            "{head}",
+            table="typicality.csv",
+            summary="summary.json",
+            figure="typicality.png",
+        ),
     log:
         "logs/analysis/difficulty.{head}.log",
     wildcard_constraints:
@@ -361,13 +414,13 @@ rule difficulty:
         mem_mb=2500,
         runtime=20,
     params:
-        out_dir=lambda wc, output: Path(output[0]).parent,
+        outputs=lambda wc, output: output_args(output),
         options=analysis_options("difficulty"),
         seed=config["seed"],
     shell:
         "OMP_NUM_THREADS={threads} python -m scripts.difficulty share --reference {input.reference:q}"
         " --test1 {input.test1:q} --test2 {input.test2:q} --predictions1 {input.predictions1:q}"
-        " --predictions2 {input.predictions2:q} --out-dir {params.out_dir:q} --options {params.options}"
+        " --predictions2 {input.predictions2:q} {params.outputs} --options {params.options}"
         " --seed {params.seed} --head-name {wildcards.head:q} > {log:q} 2>&1"
 
 
@@ -383,7 +436,15 @@ rule label_noise:
         real=LABEL_NOISE_REAL,  # ReaL check of test set 1 (real_labels.smk), when configured (common.smk)
         code=code("label_noise"),
     output:
-        reported(analysis_dir("label_noise", "{head}"), LABEL_NOISE_FILES, "label_noise", "9. Label noise", "{head}"),
+        **reported(
+            analysis_dir("label_noise", "{head}"),
+            "label_noise",
+            "9. Label noise",
+            "{head}",
+            table="disagreements.csv",
+            summary="summary.json",
+            figure="confidence.png",
+        ),
     log:
         "logs/analysis/label_noise.{head}.log",
     wildcard_constraints:
@@ -394,13 +455,13 @@ rule label_noise:
         mem_mb=1000,
         runtime=10,
     params:
-        out_dir=lambda wc, output: Path(output[0]).parent,
+        outputs=lambda wc, output: output_args(output),
         options=analysis_options("label_noise"),
         seed=config["seed"],
         real=lambda wc, input: " ".join(f"--real-rows {shlex.quote(p)}" for p in input.real),
     shell:
         "python -m scripts.label_noise --predictions1 {input.predictions1:q} --predictions2 {input.predictions2:q}"
-        " --out-dir {params.out_dir:q} --options {params.options} --seed {params.seed}"
+        " {params.outputs} --options {params.options} --seed {params.seed}"
         " --head-name {wildcards.head:q} {params.real} > {log:q} 2>&1"
 
 
@@ -410,7 +471,6 @@ if analysis_on("label_noise"):
 
 # Accuracy on the line: only when a reference table is configured (config/eva02.yaml: timm's results).
 REFERENCE_LINE = ANALYSIS["reference_line"]
-REFERENCE_LINE_FILES = ["line.csv", "summary.json", "line.png"]
 if REFERENCE_LINE["test1_table"] and REFERENCE_LINE["test2_table"] and HEADS and analysis_on("reference_line"):
 
     rule reference_line:
@@ -421,7 +481,14 @@ if REFERENCE_LINE["test1_table"] and REFERENCE_LINE["test2_table"] and HEADS and
             metrics2=expand(eval_file("{head}", "test2", "metrics.json"), head=HEADS),
             code=code("reference_line"),
         output:
-            reported(analysis_dir("reference_line"), REFERENCE_LINE_FILES, "reference_line", "1. Accuracy on the line"),
+            **reported(
+                analysis_dir("reference_line"),
+                "reference_line",
+                "1. Accuracy on the line",
+                table="line.csv",
+                summary="summary.json",
+                figure="line.png",
+            ),
         log:
             "logs/analysis/reference_line.log",
         conda:
@@ -430,7 +497,7 @@ if REFERENCE_LINE["test1_table"] and REFERENCE_LINE["test2_table"] and HEADS and
             mem_mb=500,
             runtime=5,
         params:
-            out_dir=lambda wc, output: Path(output[0]).parent,
+            outputs=lambda wc, output: output_args(output),
             min_top1=REFERENCE_LINE["min_test1_top1"],
             heads=lambda wc, input: " ".join(
                 f"--head {shlex.quote(h)} {shlex.quote(a)} {shlex.quote(b)}"
@@ -438,7 +505,7 @@ if REFERENCE_LINE["test1_table"] and REFERENCE_LINE["test2_table"] and HEADS and
             ),
         shell:
             "python -m scripts.reference_line --test1-table {input.test1_table:q} --test2-table {input.test2_table:q}"
-            " --min-test1-top1 {params.min_top1} {params.heads} --out-dir {params.out_dir:q} > {log:q} 2>&1"
+            " --min-test1-top1 {params.min_top1} {params.heads} {params.outputs} > {log:q} 2>&1"
 
     ALL_TARGETS.extend(rules.reference_line.output)
 

@@ -147,9 +147,10 @@ def analysis_options(name):
     return as_json({k: v for k, v in ANALYSIS[name].items() if k != "enabled"})
 
 
-def reported(folder, files, caption, category, subcategory=None):
-    """`folder/file` for each file; figures (.png) also go into `snakemake --report` under the
-    category, with workflow/report/{caption}.rst as their caption."""
+def reported(folder, caption, category, subcategory=None, **files):
+    """Named outputs {name: folder/file} (`output: **reported(...)`): the only place a step's output
+    file names are written; the step gets them as `--output name=path` (output_args). Figures (.png)
+    also go into `snakemake --report` under the category, with workflow/report/{caption}.rst."""
 
     def one(name):
         path = f"{folder}/{name}"
@@ -157,7 +158,13 @@ def reported(folder, files, caption, category, subcategory=None):
             return path
         return report(path, caption=f"../report/{caption}.rst", category=category, subcategory=subcategory)
 
-    return [one(name) for name in files]
+    return {name: one(file) for name, file in files.items()}
+
+
+def output_args(output):
+    """A rule's named outputs as the step's `--output name=path` arguments, each shell-quoted
+    (a params function: `outputs=lambda wc, output: output_args(output)`)."""
+    return " ".join(f"--output {shlex.quote(f'{name}={path}')}" for name, path in output.items())
 
 
 def targets(rule, **wildcards):

@@ -1,7 +1,6 @@
 # Evaluate stage: every head and baseline on both test splits (the only rule besides the
 # analyses that reads a test split). With evaluate.real_labels.file set, the ReaL test set's job
 # also re-scores with ReaL labels (REAL_FILE, REAL_TEST: common.smk).
-EVAL_FILES = ["predictions.parquet", "metrics.json", "confusions.csv", "confused_pairs.png"]
 
 
 rule evaluate:
@@ -38,7 +37,7 @@ rule evaluate:
         mem_mb=2000,
         runtime=30,
     params:
-        out_dir=lambda wc, output: Path(output.metrics).parent,
+        outputs=lambda wc, output: output_args(output),
         # Without real_labels: it reaches only its own test set's job (--real-labels), so that
         # switching ReaL on does not rerun the other test set.
         options=as_json({k: v for k, v in config["evaluate"].items() if k != "real_labels"}),
@@ -48,10 +47,11 @@ rule evaluate:
         backbone_saw_train=BACKBONE_SAW_TRAIN,
         real=lambda wc, input: " ".join(f"--real-labels {shlex.quote(p)}" for p in input.real),
     shell:
-        "python -m scripts.evaluate --head {input.model:q} --manifest {input.manifest:q} --out-dir {params.out_dir:q}"
+        "python -m scripts.evaluate --head {input.model:q} --manifest {input.manifest:q} {params.outputs}"
         " --num-classes {params.num_classes} --options {params.options} --seed {params.seed}"
         " --backbone-saw-train {params.backbone_saw_train} {params.real}"
         " --head-name {wildcards.head:q} --test-name {wildcards.test:q} --threads {threads} > {log:q} 2>&1"
 
 
-ALL_TARGETS.extend(expand("results/eval/{head}/{test}/{file}", head=HEADS, test=TESTS, file=EVAL_FILES))
+# Head by head and test by test, as before the outputs were named (the report's input order).
+ALL_TARGETS.extend(f for head in HEADS for test in TESTS for f in targets(rules.evaluate, head=head, test=test))

@@ -64,9 +64,9 @@ rule improve_train:
         train=as_json(TRAIN),
         num_classes=config["num_classes"],
         seed=config["seed"],
-        out_dir=lambda wc, output: Path(output.model).parent,
+        outputs=lambda wc, output: output_args(output),
     shell:
-        "python -m scripts.train_head --manifest {input.manifest:q} --out-dir {params.out_dir:q}"
+        "python -m scripts.train_head --manifest {input.manifest:q} {params.outputs}"
         " --name {wildcards.variant:q} --head {params.head} --train {params.train}"
         " --num-classes {params.num_classes} --seed {params.seed} --threads {threads} > {log:q} 2>&1"
 
@@ -113,11 +113,11 @@ rule improve_compare:
         bootstrap=IMPROVE["bootstrap"],
         alpha=IMPROVE["alpha"],
         seed=config["seed"],
-        out_dir=lambda wc, output: Path(output.summary).parent,
+        outputs=lambda wc, output: output_args(output),
     shell:
         "python -m scripts.improve --baseline {input.baseline:q} --baseline-name {params.baseline:q}"
         " --variants {params.variants} --test1 {input.test1:q} --test2 {input.test2:q}"
-        " --out-dir {params.out_dir:q} --bootstrap {params.bootstrap} --alpha {params.alpha}"
+        " {params.outputs} --bootstrap {params.bootstrap} --alpha {params.alpha}"
         " --seed {params.seed} > {log:q} 2>&1"
 
 

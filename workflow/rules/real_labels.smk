@@ -1,8 +1,7 @@
 # ReaL check (on when evaluate.real_labels.file is set): per head, the ReaL test set's errors split
 # into prediction-in-ReaL / no valid label / genuine, the enrichment of confident disagreements for
-# label noise, and rows.parquet, with which label_noise (analysis.smk) bounds its test-2 share when
-# the ReaL test set is test set 1 (REAL_FILE, REAL_TEST, LABEL_NOISE_REAL: common.smk).
-REAL_LABELS_FILES = ["errors.csv", "rows.parquet", "summary.json", "real_errors.png"]
+# label noise, and the per-row table (output `rows`), with which label_noise (analysis.smk) bounds
+# its test-2 share when the ReaL test set is test set 1 (REAL_FILE, REAL_TEST, LABEL_NOISE_REAL: common.smk).
 
 if REAL_FILE and HEADS:
 
@@ -13,14 +12,16 @@ if REAL_FILE and HEADS:
             names=CLASS_NAMES,
             code=code("real_labels", "analysis_common", "evidence", "stats"),
         output:
-            [
-                (
-                    report(f, caption="../report/real_labels.rst", category="9. Label noise", subcategory="{head}")
-                    if f.endswith(".png")
-                    else f
-                )
-                for f in expand("results/analysis/real_labels/{{head}}/{file}", file=REAL_LABELS_FILES)
-            ],
+            **reported(
+                analysis_dir("real_labels", "{head}"),
+                "real_labels",
+                "9. Label noise",
+                "{head}",
+                table="errors.csv",
+                rows="rows.parquet",
+                summary="summary.json",
+                figure="real_errors.png",
+            ),
         log:
             "logs/analysis/real_labels.{head}.log",
         benchmark:
@@ -33,7 +34,7 @@ if REAL_FILE and HEADS:
             mem_mb=1000,
             runtime=10,
         params:
-            out_dir=lambda wc, output: Path(output[0]).parent,
+            outputs=lambda wc, output: output_args(output),
             options=as_json(config["analysis"]["real_labels"]),
             # The same "confident" as the label_noise cause it calibrates.
             threshold=config["analysis"]["label_noise"]["threshold"],
@@ -44,8 +45,13 @@ if REAL_FILE and HEADS:
             seed=config["seed"],
         shell:
             "python -m scripts.real_labels --predictions {input.predictions:q} --real {input.real:q}"
-            " --out-dir {params.out_dir:q} --num-classes {params.num_classes} --threshold {params.threshold}"
+            " {params.outputs} --num-classes {params.num_classes} --threshold {params.threshold}"
             " --source {params.source:q} {params.names} --options {params.options}"
             " --head-name {wildcards.head:q} --test-name {params.test:q} --seed {params.seed} > {log:q} 2>&1"
 
-    ALL_TARGETS.extend(expand("results/analysis/real_labels/{head}/{file}", head=HEADS, file=REAL_LABELS_FILES))
+    # Head by head, as before the outputs were named (the report's input order).
+    ALL_TARGETS.extend(f for head in HEADS for f in targets(rules.real_labels, head=head))
+
+
+# rows.parquet bounds label_noise's test-2 share only when the ReaL test set is test set 1.
+LABEL_NOISE_REAL = [rules.real_labels.output.rows] if REAL_FILE and HEADS and REAL_TEST == "test1" else []

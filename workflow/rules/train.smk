@@ -3,7 +3,6 @@
 # writing results/heads/{name}/model.pt, history.csv, selection.json.
 # Each job gets only its own config entry (+ the shared train: section), so changing one head's
 # settings reruns that head alone.
-HEAD_FILES = ["model.pt", "history.csv", "selection.json"]
 
 
 # TRAIN_ROWS, TRAIN_MEM_MB and HEAD_RUNTIME (resource estimates, shared with improve.smk): common.smk.
@@ -40,9 +39,9 @@ rule train_head:
         train=as_json(TRAIN),
         num_classes=config["num_classes"],
         seed=config["seed"],
-        out_dir=lambda wc, output: Path(output.model).parent,
+        outputs=lambda wc, output: output_args(output),
     shell:
-        "python -m scripts.train_head --manifest {input.manifest:q} --out-dir {params.out_dir:q}"
+        "python -m scripts.train_head --manifest {input.manifest:q} {params.outputs}"
         " --name {wildcards.head:q} --head {params.head} --train {params.train}"
         " --num-classes {params.num_classes} --seed {params.seed} --threads {threads} > {log:q} 2>&1"
 
@@ -79,11 +78,18 @@ rule train_baseline:
         train=as_json(TRAIN),
         num_classes=config["num_classes"],
         seed=config["seed"],
-        out_dir=lambda wc, output: Path(output.model).parent,
+        outputs=lambda wc, output: output_args(output),
     shell:
-        "python -m scripts.baselines --manifest {input.manifest:q} --out-dir {params.out_dir:q}"
+        "python -m scripts.baselines --manifest {input.manifest:q} {params.outputs}"
         " --name {wildcards.baseline:q} --baseline {params.baseline} --train {params.train}"
         " --num-classes {params.num_classes} --seed {params.seed} --threads {threads} > {log:q} 2>&1"
 
 
-ALL_TARGETS.extend(expand(head_file("{head}", "{file}"), head=HEADS, file=HEAD_FILES))
+# Head by head, as before the outputs were named (the report's input order).
+ALL_TARGETS.extend(
+    f
+    for head in HEADS
+    for f in (
+        targets(rules.train_head, head=head) if head in TRAIN_HEADS else targets(rules.train_baseline, baseline=head)
+    )
+)
