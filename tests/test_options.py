@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from step_layout import outputs_in
 from test_analysis import _fake_training_outputs
 from test_analysis_fixtures import planted, planted_eval  # noqa: F401 - fixtures
 
@@ -82,7 +83,7 @@ def test_an_analysis_follows_its_schema_default(planted_eval, tmp_path, monkeypa
     def verdict(out: str) -> str:
         return overfit(selection_path=tmp_path / "selection.json", history_path=tmp_path / "history.csv",
                        metrics1=planted_eval["test1"] / "metrics.json", metrics2=planted_eval["test2"] / "metrics.json",
-                       out_dir=tmp_path / out, head_name="linear")["verdict"]
+                       outputs=outputs_in(tmp_path / out, "overfit"), head_name="linear")["verdict"]
 
     assert "overfitting is material" in verdict("schema")  # train − holdout 0.06 > default 0.02
     _edited_schema(tmp_path, monkeypatch, "analysis.overfit", "overfit_threshold", 0.1)

@@ -94,7 +94,6 @@ REAL_FILE = config["evaluate"]["real_labels"]["file"]
 REAL_TEST = config["evaluate"]["real_labels"]["test"]
 if REAL_FILE and not Path(REAL_FILE).exists() and Path(workflow.basedir, REAL_FILE).is_file():
     REAL_FILE = str(Path(workflow.basedir, REAL_FILE))
-LABEL_NOISE_REAL = ["results/analysis/real_labels/{head}/rows.parquet"] if REAL_FILE and REAL_TEST == "test1" else []
 
 # The improve stage (improve.smk) is on with at least one variant; the report then reads its outputs.
 IMPROVE = config["improve"]
@@ -133,6 +132,13 @@ def improve_file(name):
 
 
 IMPROVE_FILES = [improve_file(f) for f in ("summary.json", "variants.csv", "improve.png")]
+
+# The check's per-row table: an output of real_labels, and label_noise's input when the ReaL test set
+# is test set 1 (one name for both).
+REAL_ROWS = "rows.parquet"
+LABEL_NOISE_REAL = (
+    [analysis_dir("real_labels", "{head}", REAL_ROWS)] if REAL_FILE and HEADS and REAL_TEST == "test1" else []
+)
 
 
 # ---------------------------------------------------------------- analyses

@@ -1,7 +1,7 @@
 # ReaL check (on when evaluate.real_labels.file is set): per head, the ReaL test set's errors split
 # into prediction-in-ReaL / no valid label / genuine, the enrichment of confident disagreements for
 # label noise, and the per-row table (output `rows`), with which label_noise (analysis.smk) bounds
-# its test-2 share when the ReaL test set is test set 1 (REAL_FILE, REAL_TEST, LABEL_NOISE_REAL: common.smk).
+# its test-2 share when the ReaL test set is test set 1 (REAL_FILE, REAL_TEST, REAL_ROWS, LABEL_NOISE_REAL: common.smk).
 
 if REAL_FILE and HEADS:
 
@@ -18,7 +18,7 @@ if REAL_FILE and HEADS:
                 "9. Label noise",
                 "{head}",
                 table="errors.csv",
-                rows="rows.parquet",
+                rows=REAL_ROWS,
                 summary="summary.json",
                 figure="real_errors.png",
             ),
@@ -51,7 +51,3 @@ if REAL_FILE and HEADS:
 
     # Head by head, as before the outputs were named (the report's input order).
     ALL_TARGETS.extend(f for head in HEADS for f in targets(rules.real_labels, head=head))
-
-
-# rows.parquet bounds label_noise's test-2 share only when the ReaL test set is test set 1.
-LABEL_NOISE_REAL = [rules.real_labels.output.rows] if REAL_FILE and HEADS and REAL_TEST == "test1" else []
