@@ -392,3 +392,27 @@ def test_real_labels_beside_top1_and_in_the_answer(artifacts, tmp_path):
     assert section.ran and section.tables[0]["title"] == "examples_in_real" and "val/&lt;script&gt;" in page
     answer = json.loads(Path(tmp_path / "results/report/answer.json").read_text())
     assert answer["real_labels"]["top1"] == 0.85 and answer["real_labels"]["errors"]["genuine"] == 10
+
+
+def test_improve_section_shows_effective_robustness_when_the_line_is_configured(improved, tmp_path):
+    path = Path("results/improve/summary.json")
+    summary = json.loads(path.read_text())
+    on_line = {"expected_test2_top1": 72.0, "expected_gap": 8.0, "effective_robustness": -2.0, "ci95": [-3.0, -1.0]}
+    summary["reference_line"] = {"models": 1040, "slope": 1.008, "intercept": -0.366, "baseline": on_line}
+    for v in summary["variants"]:
+        er = v["delta_test2"]["points"] - 2.0
+        v["reference_line"] = {**on_line, "effective_robustness": er, "ci95": [er - 1.0, er + 1.0]}
+    write_json(path, summary)
+    ctx, page, _ = _build(improved, tmp_path)
+    section = next(s for s in ctx["sections"] if s.id == "improve")
+    table = section.tables[0]
+    assert table["columns"][-1] == "effective robustness (points) [95% CI]"
+    assert table["rows"][0][1] == "mixup" and table["rows"][0][-2:] == ["72.00", "-0.50 [-1.50, +0.50]"]
+    numbers = dict(section.numbers)
+    assert numbers["baseline effective robustness (points) [95% CI]"] == "-2.00 [-3.00, -1.00]"
+    assert "1040 models" in numbers["reference line"] and "effective robustness" in page
+    # Not configured (the fixture as written): no such columns.
+    write_json(path, {k: v for k, v in summary.items() if k != "reference_line"})
+    ctx, _, _ = _build(improved, tmp_path)
+    columns = next(s for s in ctx["sections"] if s.id == "improve").tables[0]["columns"]
+    assert "effective robustness (points) [95% CI]" not in columns

@@ -33,6 +33,14 @@ VARIANT_MODELS = {
     for name, spec in IMPROVE_VARIANTS.items()
 }
 
+# The accuracy-on-the-line fit (analysis.smk's reference_line), an input only when that rule exists:
+# switching it on or off reruns improve_compare (its input set changes), never the variants' training.
+IMPROVE_REFERENCE = (
+    [f"{analysis_dir('reference_line')}/summary.json"]
+    if any(r.name == "reference_line" for r in workflow.rules)
+    else []
+)
+
 
 rule improve_train:
     input:
@@ -80,6 +88,7 @@ rule improve_compare:
         test1=manifest_path("test1"),
         test2=manifest_path("test2"),
         qc=[qc_path("test1"), qc_path("test2"), qc_path("cross")],
+        reference=IMPROVE_REFERENCE,
         code=code("improve"),
     output:
         summary="results/improve/summary.json",
@@ -116,11 +125,12 @@ rule improve_compare:
         alpha=IMPROVE.get("alpha", 0.05),
         seed=config["seed"],
         out_dir=lambda wc, output: Path(output.summary).parent,
+        reference=lambda wc, input: " ".join(f"--reference-line {shlex.quote(p)}" for p in input.reference),
     shell:
         "python -m scripts.improve --baseline {input.baseline:q} --baseline-name {params.baseline:q}"
         " --variants {params.variants} --test1 {input.test1:q} --test2 {input.test2:q}"
         " --out-dir {params.out_dir:q} --bootstrap {params.bootstrap} --alpha {params.alpha}"
-        " --seed {params.seed} > {log:q} 2>&1"
+        " --seed {params.seed} {params.reference} > {log:q} 2>&1"
 
 
 if IMPROVE_VARIANTS:
