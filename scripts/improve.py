@@ -177,8 +177,10 @@ def improve(baseline: str | Path, variants: dict[str, dict], test1: str | Path, 
             row[f"delta_{t}"]["mcnemar_p_holm"] = float(p)
     for row in rows:
         row["improves_test2"] = _beyond_noise(row["delta_test2"], alpha, +1)
+        row["hurts_test2"] = _beyond_noise(row["delta_test2"], alpha, -1)
         row["hurts_test1"] = _beyond_noise(row["delta_test1"], alpha, -1)
         row["gains_test2_by_losing_test1"] = row["improves_test2"] and row["hurts_test1"]
+        row["flag"] = flag(row)
     rows.sort(key=lambda r: -r["delta_test2"]["points"])
     summary = {
         "baseline": baseline_name,
@@ -207,6 +209,16 @@ def _beyond_noise(delta: dict, alpha: float, sign: int) -> bool:
     ci = delta["ci95"]
     excludes = ci is not None and (ci[0] > 0 if sign > 0 else ci[1] < 0)
     return bool(excludes and delta["mcnemar_p_holm"] < alpha and np.sign(delta["points"]) == sign)
+
+
+def flag(row: dict) -> str:
+    """The stage's own one-line judgement of a variant, from its flags (the report shows it as written)."""
+    if row["gains_test2_by_losing_test1"]:
+        return "gains on test set 2 only by losing on test set 1"
+    if row["improves_test2"]:
+        return "improves test set 2"
+    losses = [f"loses on test set {t}" for t, hurt in (("2", row["hurts_test2"]), ("1", row["hurts_test1"])) if hurt]
+    return "; ".join(losses) or "within noise"
 
 
 def verdict(rows: list[dict], baseline: str, alpha: float) -> str:

@@ -249,17 +249,6 @@ def _delta(block: Any) -> str:
     return text
 
 
-def _loses(variant: dict, test: str, alpha: float) -> bool:
-    """Worse than the primary head beyond noise on `test`: the improve stage's own rule
-    (interval below 0 and Holm-adjusted McNemar p < alpha), read from its numbers."""
-    if test == "test1" and "hurts_test1" in variant:
-        return bool(variant["hurts_test1"])
-    delta = variant.get(f"delta_{test}") or {}
-    ci, p = delta.get("ci95"), delta.get("mcnemar_p_holm")
-    return bool(isinstance(ci, (list, tuple)) and len(ci) == 2 and isinstance(ci[1], (int, float)) and ci[1] < 0
-                and isinstance(p, (int, float)) and p < alpha)
-
-
 def _on_line(block: Any) -> list[str]:
     """Expected test-2 top-1 and effective robustness '+0.42 [−0.10, +0.95]' from the improve stage."""
     block = block if isinstance(block, dict) else {}
@@ -278,14 +267,10 @@ def improve_section(data: ReportData, md_dir: Path) -> Section:
     title = SECTION_TITLES["improve"]
     if summary is None:
         return Section(id="improve", title=title, ran=False, level="not run")
-    alpha = (summary.get("method") or {}).get("alpha", 0.05)
     line = summary.get("reference_line") if isinstance(summary.get("reference_line"), dict) else None
     rows = []
     for rank, v in enumerate(improve_ranking(summary), 1):
-        flag = ("gains on test set 2 only by losing on test set 1" if v.get("gains_test2_by_losing_test1") else
-                "improves test set 2" if v.get("improves_test2") else
-                "; ".join(f"loses on test set {t[-1]}" for t in ("test2", "test1") if _loses(v, t, alpha))
-                or "within noise")
+        flag = str(v.get("flag") or "–")  # the stage's own judgement (scripts.improve.flag), never re-made here
         changes = v.get("changes") if isinstance(v.get("changes"), dict) else {}
         rows.append([fmt_value(rank), str(v.get("name", "")), str(v.get("kind", "")),
                      ", ".join(f"{k}={fmt_value(x)}" for k, x in changes.items()) or "–",

@@ -322,7 +322,8 @@ def answer_json(hl: Headline) -> dict[str, Any]:
              "test2_ci95": (v.get("delta_test2") or {}).get("ci95"),
              "test1_change_points": (v.get("delta_test1") or {}).get("points"),
              "test1_ci95": (v.get("delta_test1") or {}).get("ci95"),
-             "improves_test2": v.get("improves_test2"),
-             "gains_test2_by_losing_test1": v.get("gains_test2_by_losing_test1")}
+             "improves_test2": v.get("improves_test2"), "hurts_test2": v.get("hurts_test2"),
+             "hurts_test1": v.get("hurts_test1"),
+             "gains_test2_by_losing_test1": v.get("gains_test2_by_losing_test1"), "flag": v.get("flag")}
             for v in improve_ranking(hl.improve)]}
     return out

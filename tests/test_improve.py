@@ -13,7 +13,7 @@ from scripts import reference_line as rl
 from scripts import stats
 from scripts.featio import write_json
 from scripts.generate_demo import DemoSpec, FeatureModel
-from scripts.improve import improve, mcnemar_exact, paired_comparison, stratified_se
+from scripts.improve import flag, improve, mcnemar_exact, paired_comparison, stratified_se
 from scripts.train_head import train_head
 from tests.test_train_helpers import make_dataset, write_split_shards
 
@@ -89,17 +89,27 @@ def test_test_time_restandardisation_is_found_to_help(setup, tmp_path):
                       baseline_name="base", bootstrap=300, seed=0)
     rows = {r["name"]: r for r in summary["variants"]}
     assert rows["same_head"]["delta_test2"]["points"] == 0 and rows["same_head"]["delta_test2"]["mcnemar_p"] == 1
-    assert not rows["same_head"]["improves_test2"]
+    assert not rows["same_head"]["improves_test2"] and rows["same_head"]["flag"] == "within noise"
     fixed = rows["restandardize"]
     assert fixed["improves_test2"] and fixed["delta_test2"]["points"] > 10, fixed
     assert fixed["gap_change"]["points"] < 0 and summary["variants"][0]["name"] == "restandardize"
     assert summary["verdict"].startswith("restandardize improves test set 2 by +")
+    assert fixed["flag"] == "improves test set 2" and not fixed["hurts_test2"]
     assert fixed["selected_on"].startswith("nothing to select") and rows["noise"]["selected_on"] == "holdout"
     saved = json.loads((tmp_path / "out/summary.json").read_text())
     assert {"baseline", "baseline_test1_top1", "baseline_test2_top1", "variants"} <= set(saved)
     assert {"points", "ci95", "mcnemar_p"} <= set(saved["variants"][0]["delta_test2"])
     assert (tmp_path / "out/improve.png").stat().st_size > 0 and (tmp_path / "out/variants.csv").exists()
     assert "reference_line" not in saved and "reference_line" not in saved["variants"][0]  # not configured
+
+
+def test_flags_carry_the_stages_own_judgement():
+    none = {"improves_test2": False, "hurts_test2": False, "hurts_test1": False, "gains_test2_by_losing_test1": False}
+    assert flag(none) == "within noise"
+    assert flag({**none, "hurts_test2": True, "hurts_test1": True}) == "loses on test set 2; loses on test set 1"
+    assert flag({**none, "improves_test2": True}) == "improves test set 2"
+    traded = {**none, "improves_test2": True, "hurts_test1": True, "gains_test2_by_losing_test1": True}
+    assert flag(traded) == "gains on test set 2 only by losing on test set 1"
 
 
 def test_stratified_se_is_the_within_class_bootstrap_variance():

@@ -12,6 +12,7 @@ from test_analysis_fixtures import planted, planted_eval  # noqa: F401 - fixture
 
 from scripts import evidence, report
 from scripts.featio import FeatgapError, write_json
+from scripts.improve import flag as improve_flag
 from scripts.report_collect import analysis_kind, classify, collect, read_benchmarks
 from scripts.report_evidence import hypotheses
 
@@ -316,14 +317,16 @@ def test_report_on_real_analysis_outputs(planted, planted_eval, tmp_path, monkey
     assert page.count("<img ") >= 6 and "figure missing" not in page
 
 
-def _variant(name, d1, d2, *, improves=False, hurts=False, kind="retrain", p2=None):
-    return {"name": name, "kind": kind, "changes": {"mixup": 0.2} if kind == "retrain" else {},
+def _variant(name, d1, d2, *, improves=False, hurts=False, kind="retrain", p2=None, hurts2=False):
+    """A variant as scripts.improve writes it, its flags and their one-line judgement included."""
+    flags = {"improves_test2": improves, "hurts_test2": hurts2, "hurts_test1": hurts,
+             "gains_test2_by_losing_test1": improves and hurts}
+    return {"name": name, **flags, "flag": improve_flag(flags), "kind": kind, "changes": {"mixup": 0.2} if kind == "retrain" else {},
             "test1_top1": 80 + d1, "test2_top1": 70 + d2,
             "delta_test1": {"points": d1, "ci95": [d1 - 0.5, d1 + 0.5], "mcnemar_p": 0.5, "mcnemar_p_holm": 0.5},
             "delta_test2": {"points": d2, "ci95": [d2 - 0.8, d2 + 0.8], "mcnemar_p": 0.01,
                             "mcnemar_p_holm": p2 if p2 is not None else 0.01 if improves else 0.6},
-            "gap_change": {"points": d1 - d2, "ci95": [d1 - d2 - 1, d1 - d2 + 1]}, "selected_on": "holdout",
-            "improves_test2": improves, "hurts_test1": hurts, "gains_test2_by_losing_test1": improves and hurts}
+            "gap_change": {"points": d1 - d2, "ci95": [d1 - d2 - 1, d1 - d2 + 1]}, "selected_on": "holdout"}
 
 
 @pytest.fixture
@@ -335,7 +338,9 @@ def improved(artifacts):
     write_json(out / "summary.json", {
         "baseline": "linear", "baseline_test1_top1": 80.0, "baseline_test2_top1": 70.0, "verdict": verdict,
         "variants": [_variant("noise", 0.0, -0.3), _variant("mixup", -2.0, 1.5, improves=True, hurts=True),
-                     _variant(f"ens{EVIL}", 0.2, 0.4, kind="ensemble"), _variant("whiten", -1.0, -3.0, p2=0.002)],
+                     _variant(f"ens{EVIL}", 0.2, 0.4, kind="ensemble"), _variant("whiten", -1.0, -3.0, p2=0.002, hurts2=True),
+                     # Its numbers alone look like a loss on test set 2; the stage said otherwise: shown as said.
+                     _variant("judged", 0.0, -4.0, p2=0.001)],
         "method": {"interval": "within-class bootstrap", "test": "exact McNemar, Holm", "alpha": 0.05},
         "meta": _meta()})
     files = artifacts["files"] + [str(out / "summary.json"), str(out / "variants.csv"), str(out / "improve.png")]
@@ -346,10 +351,10 @@ def test_improve_section_ranks_variants_and_flags_traded_gains(improved, tmp_pat
     ctx, page, md = _build(improved, tmp_path, answer=True)
     section = next(s for s in ctx["sections"] if s.id == "improve")
     rows = section.tables[0]["rows"]
-    assert [r[1] for r in rows] == ["mixup", f"ens{EVIL}", "noise", "whiten"]  # test-2 gain: +1.5, +0.4, −0.3, −3
+    assert [r[1] for r in rows] == ["mixup", f"ens{EVIL}", "noise", "whiten", "judged"]  # test-2 gain order
     assert rows[0][5] == "+1.50 [+0.70, +2.30]" and rows[0][8] == "-2.00 [-2.50, -1.50]" and rows[0][4] == "71.50"
     assert rows[0][-1] == "gains on test set 2 only by losing on test set 1" and rows[2][-1] == "within noise"
-    assert rows[3][-1] == "loses on test set 2"
+    assert rows[3][-1] == "loses on test set 2" and rows[4][-1] == "within noise"  # read, never re-judged
     assert section.figures[0].src.startswith("data:image/png;base64,")
     assert section.verdict.startswith("No variant improves test set 2")
     # The verdict follows the causes in the answer and is not one of them.
@@ -360,6 +365,7 @@ def test_improve_section_ranks_variants_and_flags_traded_gains(improved, tmp_pat
     assert "improve" not in [c["id"] for c in answer["causes"]]
     assert answer["improve"]["variants"][0]["name"] == "mixup"
     assert answer["improve"]["variants"][0]["gains_test2_by_losing_test1"] is True
+    assert answer["improve"]["variants"][3]["flag"] == "loses on test set 2" and answer["improve"]["variants"][3]["hurts_test2"]
     # The stage switched off: no section, no sentence, even with a stale summary among the inputs.
     off = {**improved["config"], "improve": {"enabled": False}}
     ctx, page, md = _build(improved, tmp_path, config=off, answer=True)
