@@ -422,3 +422,42 @@ def test_improve_section_shows_effective_robustness_when_the_line_is_configured(
     ctx, _, _ = _build(improved, tmp_path)
     columns = next(s for s in ctx["sections"] if s.id == "improve").tables[0]["columns"]
     assert "effective robustness (points) [95% CI]" not in columns
+
+
+def _with_line(artifacts, er: float, ci: list[float]) -> list:
+    """A reference_line summary (as scripts.reference_line writes it) for the primary head at 80 → 70 %."""
+    row = {"test1_top1": 80.0, "test2_top1": 70.0, "expected_test2_top1": 70.0 - er, "expected_gap": 10.0 + er,
+           "observed_gap": 10.0, "effective_robustness": er, "ci95": ci}
+    line = {"models": 1040, "slope": 1.008, "intercept": -0.366, "residual_sd_points": 0.48, "filter": "≥ 80%"}
+    path = _summary(Path("."), "reference_line", "On the line.", {}, line=line, heads={"linear": row})
+    return artifacts["files"] + [str(path)]
+
+
+def test_answer_attributes_the_rest_beyond_the_line(artifacts, tmp_path):
+    """Expected gap 7 of the observed 10 points: the first paragraph states it, then attributes the
+    rest (3 points, 1.5 to 4.5) to the causes with evidence, and answer.json says the same."""
+    ctx, page, md = _build(artifacts, tmp_path, files=_with_line(artifacts, -3.0, [-4.5, -1.5]), answer=True)
+    sentence = ctx["headline"].expected_sentence
+    assert "expected at 73.00% on test set 2: an expected gap of 7.0 points" in sentence
+    assert "The rest, the observed gap minus the expected one, is 3.0 points (95% interval 1.5 to 4.5)" in sentence
+    assert "attribute it first to feature shift of test set 2" in sentence and ": moderate evidence, 3.0 points (1.0 to 5.0)" in sentence
+    assert "class" not in sentence.split("attribute it first to")[1]  # no evidence: not named for the rest
+    assert "the rest minus them: 0.0 points (95% interval -2.5 to 2.5)" in sentence
+    assert sentence in md and 'id="expected"' in page
+    ref = json.loads((tmp_path / "results/report/answer.json").read_text())["reference_line"]
+    assert ref["expected_gap"] == 7.0 and ref["expected_test2_top1"] == 73.0 and ref["head"] == "linear"
+    assert ref["rest"]["points"] == 3.0 and ref["rest"]["ci95"] == [1.5, 4.5] and ref["rest"]["line"] == "beyond"
+    assert ref["rest"]["causes"] == ["mean_shift"] and ref["rest"]["unexplained"]["points"] == pytest.approx(0.0)
+
+
+def test_answer_on_the_line_leaves_no_rest_to_attribute(artifacts, tmp_path):
+    ctx, _, _ = _build(artifacts, tmp_path, files=_with_line(artifacts, -0.4, [-1.2, 0.4]), answer=True)
+    sentence = ctx["headline"].expected_sentence
+    assert "an expected gap of 9.6 points" in sentence and "is 0.4 points (95% interval -0.4 to 1.2)" in sentence
+    assert "no evidence of a gap beyond what every model shows, so there is no rest" in sentence
+    ref = json.loads((tmp_path / "results/report/answer.json").read_text())["reference_line"]
+    assert ref["rest"]["line"] == "within" and ref["rest"]["causes"] == [] and ref["rest"]["unexplained"] is None
+    # Not configured: no sentence, no key.
+    ctx, _, _ = _build(artifacts, tmp_path, answer=True)
+    assert ctx["headline"].expected_sentence == ""
+    assert "reference_line" not in json.loads((tmp_path / "results/report/answer.json").read_text())
