@@ -247,7 +247,8 @@ def headline(data: ReportData) -> Headline:
     else:
         gap_sentence = "The evaluation did not run, so the size of the gap is unknown."
     reference = reference_line(data, head)
-    if reference is not None and reference.get("expected_test2_top1") is not None:
+    if reference is not None and None not in (reference.get("expected_test2_top1"),
+                                              _finite(reference.get("effective_robustness"))):
         reference["rest"] = rest_of_gap(reference, ranking)
     expected = _expected_sentence(reference, ranking) if reference and "rest" in reference else ""
     rest = unexplained(gap, ranking)
