@@ -15,6 +15,12 @@ McNemar p on the discordant images, Holm-adjusted over the variants; the change 
 minus test 2) with its interval (both test sets resampled within class). A variant "improves test
 set 2" only if its Holm-adjusted McNemar p is below alpha and its interval excludes 0; one that
 gains on test set 2 while losing on test set 1 the same way is flagged.
+
+With the accuracy-on-the-line fit (analysis reference_line, --reference-line: its summary.json),
+the baseline and every variant also get the expected test-2 top-1 at their own test-1 top-1 and
+their effective robustness (observed − expected, points) with a 95 % interval, computed by the
+reference-line step's own formula (scripts.probit_line.effective_robustness) from the variant's
+top-1 standard errors (the exact variance of the within-class bootstrap) and the line's covariance.
 """
 from __future__ import annotations
 
@@ -36,12 +42,14 @@ from scripts.featio import (
     FeatgapError,
     meta_block,
     parse_json_arg,
+    read_json,
     read_split,
     run_cli,
     shard_folder,
     write_json,
 )
 from scripts.heads import load_checkpoint, predict_logits
+from scripts.probit_line import effective_robustness
 from scripts.step_outputs import add_output_args, output_paths, parse_outputs
 
 KINDS = ("retrain", "ensemble", "restandardize")
@@ -115,9 +123,35 @@ def paired_comparison(base: dict[str, np.ndarray], variant: dict[str, np.ndarray
     return out
 
 
+def stratified_se(correct: np.ndarray, labels: np.ndarray) -> float:
+    """Standard error of top-1 (points) under the within-class bootstrap, exactly: classes keep
+    their sizes, so var = Σ_c (n_c / N)² · p_c (1 − p_c) / n_c (no resampling noise to add)."""
+    sizes = np.bincount(labels)
+    hits = np.bincount(labels, weights=correct.astype(np.float64))
+    present = sizes > 0
+    p = hits[present] / sizes[present]
+    return 100 * float(np.sqrt(np.sum(sizes[present] * p * (1 - p)) / len(labels) ** 2))
+
+
+def on_the_line(line: dict, correct: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Expected test-2 top-1 at this model's test-1 top-1 and its effective robustness with a 95 % interval."""
+    t1, t2 = (100 * float(correct[t].mean()) for t in TESTS)
+    row = effective_robustness(line, t1, t2, stratified_se(correct["test1"], labels["test1"]),
+                               stratified_se(correct["test2"], labels["test2"]))
+    return {k: row[k] for k in ("expected_test2_top1", "expected_gap", "effective_robustness", "ci95")}
+
+
+def read_line(path: str | Path) -> dict[str, Any]:
+    """The fitted line (with its covariance) from the reference_line step's summary.json."""
+    line = read_json(path).get("line")
+    if not isinstance(line, dict) or not {"intercept", "slope", "cov"} <= set(line):
+        raise FeatgapError(f"{path}: no fitted 'line' (intercept, slope, cov): was it written by scripts.reference_line?")
+    return line
+
+
 def improve(baseline: str | Path, variants: dict[str, dict], test1: str | Path, test2: str | Path,
             outputs: Mapping[str, str | Path], *, baseline_name: str, bootstrap: int = 1000, alpha: float = 0.05,
-            seed: int = 0) -> dict:
+            seed: int = 0, reference_line: str | Path | None = None) -> dict:
     """Score every variant against the baseline head; write the summary, the variants table and the figure."""
     started = time.perf_counter()
     files = output_paths(outputs, OUTPUTS, "improve")
@@ -126,6 +160,7 @@ def improve(baseline: str | Path, variants: dict[str, dict], test1: str | Path, 
     tests = {"test1": load_test(test1, "test1"), "test2": load_test(test2, "test2")}
     labels = {t: tests[t].labels for t in TESTS}
     base = {t: predict_logits(baseline, tests[t].features).argmax(1) == labels[t] for t in TESTS}
+    line = read_line(reference_line) if reference_line else None
     rows = []
     for i, (name, spec) in enumerate(variants.items()):
         correct = {t: variant_predictions(spec, str(baseline), tests[t]) == labels[t] for t in TESTS}
@@ -137,14 +172,18 @@ def improve(baseline: str | Path, variants: dict[str, dict], test1: str | Path, 
                      "gap_change": comparison["gap_change"],
                      "selected_on": "holdout" if spec["kind"] != "restandardize" else
                      "nothing to select: unsupervised, each test set's own feature statistics"})
+        if line is not None:
+            rows[-1]["reference_line"] = on_the_line(line, correct, labels)
     for t in TESTS:  # Holm over the variants, per test set: many variants, one question each
         adjusted = multipletests([r[f"delta_{t}"]["mcnemar_p"] for r in rows], method="holm")[1]
         for row, p in zip(rows, adjusted):
             row[f"delta_{t}"]["mcnemar_p_holm"] = float(p)
     for row in rows:
         row["improves_test2"] = _beyond_noise(row["delta_test2"], alpha, +1)
+        row["hurts_test2"] = _beyond_noise(row["delta_test2"], alpha, -1)
         row["hurts_test1"] = _beyond_noise(row["delta_test1"], alpha, -1)
         row["gains_test2_by_losing_test1"] = row["improves_test2"] and row["hurts_test1"]
+        row["flag"] = flag(row)
     rows.sort(key=lambda r: -r["delta_test2"]["points"])
     summary = {
         "baseline": baseline_name,
@@ -152,11 +191,15 @@ def improve(baseline: str | Path, variants: dict[str, dict], test1: str | Path, 
         "baseline_test2_top1": 100 * float(base["test2"].mean()),
         "variants": rows,
         "verdict": verdict(rows, baseline_name, alpha),
+        **({"reference_line": {"models": line.get("models"), "slope": line["slope"], "intercept": line["intercept"],
+                               "filter": line.get("filter"), "baseline": on_the_line(line, base, labels)}}
+           if line is not None else {}),
         "method": {"interval": "95 % bias-corrected bootstrap, images resampled within class, "
                                f"{bootstrap} resamples, both heads on the same resample",
                    "test": "exact McNemar on discordant images, Holm-adjusted over the variants",
                    "alpha": alpha},
-        "meta": meta_block(seed=seed, started=started, inputs=[baseline, test1, test2]),
+        "meta": meta_block(seed=seed, started=started,
+                           inputs=[baseline, test1, test2, *([reference_line] if reference_line else [])]),
     }
     write_table(pd.DataFrame([_flat(r) for r in rows]), files["table"])
     save_figure(_figure(rows, baseline_name), files["figure"])
@@ -168,6 +211,16 @@ def _beyond_noise(delta: dict, alpha: float, sign: int) -> bool:
     ci = delta["ci95"]
     excludes = ci is not None and (ci[0] > 0 if sign > 0 else ci[1] < 0)
     return bool(excludes and delta["mcnemar_p_holm"] < alpha and np.sign(delta["points"]) == sign)
+
+
+def flag(row: dict) -> str:
+    """The stage's own one-line judgement of a variant, from its flags (the report shows it as written)."""
+    if row["gains_test2_by_losing_test1"]:
+        return "gains on test set 2 only by losing on test set 1"
+    if row["improves_test2"]:
+        return "improves test set 2"
+    losses = [f"loses on test set {t}" for t, hurt in (("2", row["hurts_test2"]), ("1", row["hurts_test1"])) if hurt]
+    return "; ".join(losses) or "within noise"
 
 
 def verdict(rows: list[dict], baseline: str, alpha: float) -> str:
@@ -191,8 +244,8 @@ def verdict(rows: list[dict], baseline: str, alpha: float) -> str:
 def _flat(row: dict) -> dict:
     flat = {k: v for k, v in row.items() if not isinstance(v, dict)}
     flat["changes"] = ", ".join(f"{k}={v}" for k, v in row["changes"].items())
-    for key in ("delta_test1", "delta_test2", "gap_change"):
-        for field, value in row[key].items():
+    for key in ("delta_test1", "delta_test2", "gap_change", "reference_line"):
+        for field, value in row.get(key, {}).items():
             if field == "ci95":
                 flat[f"{key}_lo"], flat[f"{key}_hi"] = value if value else (None, None)
             else:
@@ -229,10 +282,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--alpha", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reference-line", help="results/analysis/reference_line/summary.json (when configured)")
     args = parser.parse_args(argv)
     summary = improve(args.baseline, parse_json_arg(args.variants, "variants"), args.test1, args.test2,
                       parse_outputs(args.output), baseline_name=args.baseline_name, bootstrap=args.bootstrap,
-                      alpha=args.alpha, seed=args.seed)
+                      alpha=args.alpha, seed=args.seed, reference_line=args.reference_line)
     print(summary["verdict"])
 
 

@@ -238,15 +238,11 @@ def _delta(block: Any) -> str:
     return text
 
 
-def _loses(variant: dict, test: str, alpha: float) -> bool:
-    """Worse than the primary head beyond noise on `test`: the improve stage's own rule
-    (interval below 0 and Holm-adjusted McNemar p < alpha), read from its numbers."""
-    if test == "test1" and "hurts_test1" in variant:
-        return bool(variant["hurts_test1"])
-    delta = variant.get(f"delta_{test}") or {}
-    ci, p = delta.get("ci95"), delta.get("mcnemar_p_holm")
-    return bool(isinstance(ci, (list, tuple)) and len(ci) == 2 and isinstance(ci[1], (int, float)) and ci[1] < 0
-                and isinstance(p, (int, float)) and p < alpha)
+def _on_line(block: Any) -> list[str]:
+    """Expected test-2 top-1 and effective robustness '+0.42 [−0.10, +0.95]' from the improve stage."""
+    block = block if isinstance(block, dict) else {}
+    return [_pct_points(block.get("expected_test2_top1")),
+            _delta({"points": block.get("effective_robustness"), "ci95": block.get("ci95")})]
 
 
 def _pct_points(value: Any) -> str:
@@ -260,30 +256,37 @@ def improve_section(data: ReportData, md_dir: Path) -> Section:
     title = SECTION_TITLES["improve"]
     if summary is None:
         return Section(id="improve", title=title, ran=False, level="not run")
-    alpha = (summary.get("method") or {}).get("alpha", 0.05)
+    line = summary.get("reference_line") if isinstance(summary.get("reference_line"), dict) else None
     rows = []
     for rank, v in enumerate(improve_ranking(summary), 1):
-        flag = ("gains on test set 2 only by losing on test set 1" if v.get("gains_test2_by_losing_test1") else
-                "improves test set 2" if v.get("improves_test2") else
-                "; ".join(f"loses on test set {t[-1]}" for t in ("test2", "test1") if _loses(v, t, alpha))
-                or "within noise")
+        flag = str(v.get("flag") or "–")  # the stage's own judgement (scripts.improve.flag), never re-made here
         changes = v.get("changes") if isinstance(v.get("changes"), dict) else {}
         rows.append([fmt_value(rank), str(v.get("name", "")), str(v.get("kind", "")),
                      ", ".join(f"{k}={fmt_value(x)}" for k, x in changes.items()) or "–",
                      _pct_points(v.get("test2_top1")), _delta(v.get("delta_test2")),
                      fmt_value((v.get("delta_test2") or {}).get("mcnemar_p_holm")), _pct_points(v.get("test1_top1")),
-                     _delta(v.get("delta_test1")), _delta(v.get("gap_change")), flag])
-    table = {"title": "variants, ranked by test-2 gain",
-             "columns": ["rank", "variant", "kind", "changes", "test 2 top-1 %", "test 2 change (points) [95% CI]",
-                         "Holm p (test 2)", "test 1 top-1 %", "test 1 change (points) [95% CI]",
-                         "gap change (points) [95% CI]", "flag"],
-             "rows": rows, "more": 0}
+                     _delta(v.get("delta_test1")), _delta(v.get("gap_change")), flag]
+                    + (_on_line(v.get("reference_line")) if line else []))
+    columns = ["rank", "variant", "kind", "changes", "test 2 top-1 %", "test 2 change (points) [95% CI]",
+               "Holm p (test 2)", "test 1 top-1 %", "test 1 change (points) [95% CI]", "gap change (points) [95% CI]",
+               "flag"]
+    if line:  # only when the accuracy-on-the-line fit is configured: the stage's own numbers
+        columns += ["expected test 2 top-1 % (on the line)", "effective robustness (points) [95% CI]"]
+    table = {"title": "variants, ranked by test-2 gain", "columns": columns, "rows": rows, "more": 0}
     method = summary.get("method") or {}
     figure = Path(data.improve_path or "").parent / "improve.png"
     numbers = [("baseline (primary head)", str(summary.get("baseline", "–"))),
                ("baseline test 1 top-1 %", _pct_points(summary.get("baseline_test1_top1"))),
                ("baseline test 2 top-1 %", _pct_points(summary.get("baseline_test2_top1"))),
                ("interval", str(method.get("interval", "–"))), ("test", str(method.get("test", "–")))]
+    if line:
+        expected, er = _on_line(line.get("baseline"))
+        slope, intercept = (f"{v:.3f}" if isinstance(v, (int, float)) else "–"
+                            for v in (line.get("slope"), line.get("intercept")))
+        fit = f"{line.get('models', '–')} models, slope {slope}, intercept {intercept}"
+        numbers += [("reference line", fit),
+                    ("baseline expected test 2 top-1 % (on the line)", expected),
+                    ("baseline effective robustness (points) [95% CI]", er)]
     return Section(id="improve", title=title, ran=True, verdict=str(summary.get("verdict") or ""),
                    subject=f"variants of {summary.get('baseline', '–')}", numbers=numbers, tables=[table],
                    figures=[embed(str(figure), md_dir)], table=str(figure.with_name("variants.csv")),

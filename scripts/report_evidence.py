@@ -7,7 +7,9 @@ ranks them and writes the answer:
 
   * the gap and whether it is significant (the gap analysis's own `gap` block); when it is not,
     the answer says so and names no cause above "weak";
-  * the expected gap from the reference line (accuracy on the line), when it ran;
+  * the expected gap from the reference line (accuracy on the line), when it ran, then the rest
+    (observed − expected gap, with its interval: the part beyond what every model shows) and the
+    causes with evidence named for it, only when the rest is beyond zero (`rest_of_gap`);
   * the causes ranked by level, then by share of the gap;
   * the unexplained remainder: the gap minus the summed shares of the causes with at least weak
     evidence. Causes can overlap (one image can be atypical *and* in a dropping class), so the
@@ -245,16 +247,10 @@ def headline(data: ReportData) -> Headline:
     else:
         gap_sentence = "The evaluation did not run, so the size of the gap is unknown."
     reference = reference_line(data, head)
-    expected = ""
-    if reference and reference.get("expected_test2_top1") is not None:
-        er, ci = reference["effective_robustness"], reference.get("ci95") or [None, None]
-        expected = (f"Over {reference['models']} reference models on one probit line, a model at "
-                    f"{reference['test1_top1']:.2f}% on test set 1 is expected at {reference['expected_test2_top1']:.2f}% "
-                    f"on test set 2: an expected gap of {reference['expected_gap']:.1f} points. This head's "
-                    f"effective robustness (observed − expected) is {er:+.1f} points (95% interval {_interval(ci)}), "
-                    + ("so the gap is what every such model shows; the analyses below attribute the observed gap."
-                       if ci[0] is not None and ci[0] <= 0 <= ci[1] else
-                       "so the gap differs from what such models show; the analyses below attribute the observed gap."))
+    if reference is not None and None not in (reference.get("expected_test2_top1"),
+                                              _finite(reference.get("effective_robustness"))):
+        reference["rest"] = rest_of_gap(reference, ranking)
+    expected = _expected_sentence(reference, ranking) if reference and "rest" in reference else ""
     rest = unexplained(gap, ranking)
     conclusion = _conclusion(gap, ranking, rest)
     real = real_labels(data, head)
@@ -262,6 +258,51 @@ def headline(data: ReportData) -> Headline:
     return Headline(gap_sentence=gap_sentence, ranking=ranking, conclusion=conclusion, expected_sentence=expected,
                     gap=gap, unexplained=rest, reference=reference, real=real, real_sentence=_real_sentence(head, real),
                     improve_sentence=str(improve.get("verdict") or "") if improve else "", improve=improve)
+
+
+def rest_of_gap(reference: dict[str, Any], ranking: list[Evidence]) -> dict[str, Any]:
+    """The part of the observed gap beyond what every reference model shows (observed − expected gap
+    = −effective robustness, with its interval) and what the analyses attribute to it.
+
+    The analyses' shares are counterfactual points of the *whole* observed gap: they cannot tell the
+    expected part from the rest. So a cause is named for the rest only when the rest itself is
+    beyond zero, and the part of the rest no cause accounts for is a lower bound, as `unexplained`."""
+    er, ci = reference.get("effective_robustness"), reference.get("ci95") or [None, None]
+    points = -er if isinstance(er, (int, float)) else None
+    ci95 = [-ci[1], -ci[0]] if None not in ci else [None, None]
+    beyond = None if ci95[0] is None else "beyond" if ci95[0] > 0 else "below" if ci95[1] < 0 else "within"
+    causes = [e for e in ranking if e.level != "none" and e.points is not None] if beyond == "beyond" else []
+    left = unexplained(GapBlock(points=points, ci95=(ci95[0], ci95[1]), significant=None, p=None), causes)
+    return {"points": points, "ci95": ci95, "line": beyond, "causes": [e.cause for e in causes],
+            "unexplained": {k: left[k] for k in ("points", "ci95")} if left and causes else None}
+
+
+def _expected_sentence(reference: dict[str, Any], ranking: list[Evidence]) -> str:
+    """The expected gap, then the rest (observed − expected) and what the analyses attribute it to."""
+    rest = reference["rest"]
+    text = (f"Over {reference['models']} reference models on one probit line, a model at "
+            f"{reference['test1_top1']:.2f}% on test set 1 is expected at {reference['expected_test2_top1']:.2f}% on "
+            f"test set 2: an expected gap of {reference['expected_gap']:.1f} points, which every such model shows. "
+            f"The rest, the observed gap minus the expected one, is {rest['points']:.1f} points (95% interval "
+            f"{_interval(rest['ci95'])})")
+    if rest["line"] == "within":
+        return text + (": no evidence of a gap beyond what every model shows, so there is no rest for the analyses "
+                       "to attribute; the causes below describe where the whole gap falls.")
+    if rest["line"] == "below":
+        return text + (": this head loses less than the line predicts, so there is no rest to attribute; the causes "
+                       "below describe where the whole gap falls.")
+    if rest["line"] is None:
+        return text + "; without its interval, no cause is attributed to it."
+    if not rest["causes"]:
+        return text + ": no analysis finds evidence of a cause for it."
+    named = [e for e in ranking if e.cause in rest["causes"]][:3]
+    left = rest["unexplained"] or {}
+    return text + (". The analyses attribute it first to "
+                   + "; then ".join(f"{e.title.lower()}: {e.level} evidence, {e.points:.1f} points "
+                                    f"({_interval(e.ci95)})" for e in named)
+                   + ". These shares are points of the whole observed gap, which no analysis can split into its "
+                   f"expected part and the rest; the rest minus them: {left.get('points', math.nan):.1f} points "
+                   f"(95% interval {_interval(left.get('ci95'))}).")
 
 
 def improve_ranking(summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -322,7 +363,8 @@ def answer_json(hl: Headline) -> dict[str, Any]:
              "test2_ci95": (v.get("delta_test2") or {}).get("ci95"),
              "test1_change_points": (v.get("delta_test1") or {}).get("points"),
              "test1_ci95": (v.get("delta_test1") or {}).get("ci95"),
-             "improves_test2": v.get("improves_test2"),
-             "gains_test2_by_losing_test1": v.get("gains_test2_by_losing_test1")}
+             "improves_test2": v.get("improves_test2"), "hurts_test2": v.get("hurts_test2"),
+             "hurts_test1": v.get("hurts_test1"),
+             "gains_test2_by_losing_test1": v.get("gains_test2_by_losing_test1"), "flag": v.get("flag")}
             for v in improve_ranking(hl.improve)]}
     return out

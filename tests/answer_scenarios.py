@@ -1,32 +1,47 @@
-"""The whole answer on planted data, in memory and in seconds.
+"""The whole answer on planted data, through the workflow's own steps, in seconds.
 
 One scenario = the demo generator (scripts.generate_demo.FeatureModel) with one cause planted,
-small sizes (classes × 50 test-1 and 10 test-2 images, as the real design), a nearest-class-mean
-head with a temperature fitted on a train holdout, then every cause's own evidence function as
-the analyses call it, their summaries written in the workflow's layout, and the report's ranking
-(scripts.report_evidence) read from them. Used by tests/test_answer_scenarios.py; run directly
-(`python tests/answer_scenarios.py`) for the hit-rate table over more seeds.
+small sizes (classes × 50 test-1 and 10 test-2 images, as the real design), written as the
+workflow's shards; a head; then the workflow's steps on those files, each the function its rule
+calls: evaluate (predictions, metrics), class counts, gap (class_concentrated and the gap block),
+imbalance, train_reference + difficulty, label_noise, shift adapt (mean_shift), and the report's
+ranking (scripts.report_evidence) read from the summaries they wrote.
+
+What is not the workflow's, and why:
+  * the head: a nearest-class-mean classifier, stored as a real linear checkpoint (logits
+    z·μ_c − |μ_c|²/2 on train-standardised z, divided by a temperature fitted on a train holdout),
+    instead of train_head's grid search: training 100-class heads for 18 runs would cost minutes;
+  * overfit: overfit() reads train_head's selection.json and history.csv, which this head has
+    not; its evidence function (scripts.overfit.overfit_evidence, the one overfit() calls) gets
+    the head's train and holdout accuracies directly;
+  * the shift feature tests (shift_features) are not run: they write no evidence block;
+  * figures are not drawn (each step's plot functions are stubbed): the answer never reads them.
+Used by tests/test_answer_scenarios.py; run directly (`python tests/answer_scenarios.py [seeds]`)
+for the hit-rate table over more seeds.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
-import pandas as pd
+import torch
 from scipy import optimize
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts import gap, imbalance, stats, stats_classes
-from scripts.difficulty import difficulty_share, nearest_mean_distance
-from scripts.evidence import block
+from scripts import difficulty, evaluate, gap, imbalance, label_noise, overfit, shift, stats
+from scripts.analysis_common import class_counts
 from scripts.featio import write_json
 from scripts.generate_demo import DemoSpec, FeatureModel
-from scripts.label_noise import label_noise_share
+from scripts.heads import make_checkpoint, save_head
+from scripts.options import step_defaults
 from scripts.report_collect import collect
 from scripts.report_evidence import answer_json, headline
-from scripts.shift import domain_reweighted_accuracy, mean_shift_evidence
+from tests.step_layout import outputs_in
+from tests.test_train_helpers import write_split_shards
 
 BASE = {"classes": 100, "dim": 64, "separation": 0.6, "rank": 16, "test2_noise": 1.0, "shift_features": 0,
         "hard_classes": 0, "hard_noise": 1.0}
@@ -43,88 +58,104 @@ EXPECTED_FIRST = {"mean_shift": "mean_shift", "difficulty": "difficulty", "class
 TRAIN_PER_CLASS, N1, N2 = 60, 50, 10
 
 
+# Resamples and permutations: enough for stable intervals at 100 classes, few enough for CI.
+# The evidence blocks' intervals keep 200 (mean_shift: its floor of 100 class resamples); the
+# numbers the answer does not read (evaluate's metric intervals, adapt's re-standardisation
+# intervals, gap's concentration null) get fewer.
+OPTIONS = {"evaluate": {"bootstrap": 50, "device": "cpu"},
+           "gap": {"permutations": 2000, "bootstrap": 1000, "null_reps": 50, "share_reps": 200},
+           "imbalance": {"permutations": 1000}, "difficulty": {"bootstrap": 200}, "label_noise": {"bootstrap": 200},
+           "shift_adapt": {"bootstrap": 100}}
+PLOTS = [(evaluate, "plot_confused_pairs"), (gap, "plot_distribution"), (gap, "plot_top"),
+         (imbalance, "plot_scatter"), (difficulty, "plot_typicality"), (label_noise, "plot_confidence"),
+         (shift, "plot_adaptation")]
+
+
 def _draw(model: FeatureModel, split: str, per_class: int, rng) -> tuple[np.ndarray, np.ndarray]:
     labels = np.repeat(np.arange(model.spec.classes), per_class)
     x = np.concatenate([model.sample(c, per_class, rng, split) for c in range(model.spec.classes)])
-    return x.astype(np.float64), labels
+    return x.astype(np.float32), labels.astype(np.int16)
 
 
-class NearestMeanHead:
-    """Standardise with train mean/std, logits −|z − μ_c|² / 2 divided by a temperature fitted on a
-    holdout (so confidences are calibrated, as the workflow's heads are)."""
-
-    def __init__(self, x, y, holdout_x, holdout_y):
-        self.mean, self.std = x.mean(axis=0), x.std(axis=0) + 1e-12
-        z = (x - self.mean) / self.std
-        self.means = np.stack([z[y == c].mean(axis=0) for c in np.unique(y)])
-        raw = self.raw_logits(holdout_x)
-        nll = lambda t: -np.mean(stats.log_softmax(raw / t)[np.arange(len(holdout_y)), holdout_y])
-        self.temperature = float(optimize.minimize_scalar(nll, bounds=(0.05, 100), method="bounded").x)
-
-    def raw_logits(self, x):
-        z = (x - self.mean) / self.std
-        return -0.5 * ((z**2).sum(1)[:, None] - 2 * z @ self.means.T + (self.means**2).sum(1)[None, :])
-
-    def predict(self, x):
-        logp = stats.log_softmax(self.raw_logits(x) / self.temperature)
-        return logp.argmax(1), np.exp(logp.max(1))
+def nearest_mean_head(x: np.ndarray, y: np.ndarray, holdout_x: np.ndarray, holdout_y: np.ndarray) -> dict:
+    """A nearest-class-mean classifier as the linear checkpoint it is: on z = (x − mean) / std,
+    −|z − μ_c|²/2 = z·μ_c − |μ_c|²/2 + const, divided by a temperature fitted on the holdout (so its
+    confidences are calibrated, as the workflow's heads are)."""
+    x64 = x.astype(np.float64)
+    mean, std = x64.mean(axis=0), x64.std(axis=0) + 1e-12
+    means = np.stack([((x64[y == c] - mean) / std).mean(axis=0) for c in np.unique(y)])
+    weight, bias = means, -0.5 * (means**2).sum(axis=1)
+    raw = ((holdout_x - mean) / std) @ weight.T + bias
+    nll = lambda t: -np.mean(stats.log_softmax(raw / t)[np.arange(len(holdout_y)), holdout_y])
+    temperature = float(optimize.minimize_scalar(nll, bounds=(0.05, 100), method="bounded").x)
+    arch = {"in_dim": x.shape[1], "num_classes": len(means), "hidden": []}
+    state = {"0.weight": torch.from_numpy(weight), "0.bias": torch.from_numpy(bias)}
+    return make_checkpoint(name="head", kind="linear", arch=arch, state_dict=state, mean=mean, std=std,
+                           l2_normalize=False, hparams={"nearest_class_mean": True}, temperature=temperature)
 
 
-def run(name: str, seed: int, out: Path, n_boot: int = 200) -> dict:
+def _accuracy(checkpoint: dict, x: np.ndarray, y: np.ndarray) -> float:
+    z = (x - checkpoint["mean"].numpy()) / checkpoint["std"].numpy()
+    logits = z @ checkpoint["state_dict"]["0.weight"].numpy().T + checkpoint["state_dict"]["0.bias"].numpy()
+    return float((logits.argmax(1) == y).mean())
+
+
+def run(name: str, seed: int, out: Path) -> dict:
     spec = DemoSpec(**{**BASE, **SCENARIOS[name], "seed": seed})
     model = FeatureModel(spec)
     rng = np.random.default_rng([seed, 99])
-    xt, yt = _draw(model, "train", TRAIN_PER_CLASS, rng)
-    xh, yh = _draw(model, "train", 10, rng)
-    x1, y1 = _draw(model, "test1", N1, rng)
-    x2, y2 = _draw(model, "test2", N2, rng)
-    head = NearestMeanHead(xt, yt, xh, yh)
-    (p1, c1), (p2, c2) = head.predict(x1), head.predict(x2)
-    ok1, ok2 = p1 == y1, p2 == y2
     root = out / name / str(seed)
-    analysis = root / "results" / "analysis"
-    files = []
+    res = root / "results"
+    splits = {"train": _draw(model, "train", TRAIN_PER_CLASS, rng)}
+    xh, yh = _draw(model, "train", 10, rng)
+    splits.update(test1=_draw(model, "test1", N1, rng), test2=_draw(model, "test2", N2, rng))
+    manifests = {s: write_split_shards(res / "parquet" / s, y, x, shards=1) for s, (x, y) in splits.items()}
+    checkpoint = nearest_mean_head(*splits["train"], xh, yh)
+    head_path = res / "heads" / "head" / "model.pt"
+    head_path.parent.mkdir(parents=True)
+    save_head(head_path, checkpoint)
+    c = spec.classes
+    with contextlib.ExitStack() as stack:  # no figures: the answer never reads them
+        for module, plot in PLOTS:
+            stack.enter_context(mock.patch.object(module, plot, return_value=""))
+        ev = {t: res / "eval" / "head" / t for t in ("test1", "test2")}
+        for t in ev:
+            evaluate.evaluate(head_path=head_path, manifest=manifests[t], outputs=outputs_in(ev[t], "evaluate"), num_classes=c,
+                              options=OPTIONS["evaluate"], seed=seed, head_name="head", test_name=t)
+        metrics = {t: ev[t] / "metrics.json" for t in ev}
+        predictions = {t: ev[t] / "predictions.parquet" for t in ev}
+        counts = res / "analysis" / "class_counts.csv"
+        class_counts(manifests, c, None, counts)
+        analysis = res / "analysis"
+        def outputs(step: str, *folder: str) -> dict[str, Path]:
+            return outputs_in(analysis.joinpath(*folder, "head"), step)
 
-    def summary(rel: str, evidence: dict, **extra) -> None:
-        path = analysis / rel / "summary.json"
-        write_json(path, {"verdict": evidence["sentence"], "figures": [], "table": None, "numbers": {},
-                          "evidence": evidence, "head": "head", **extra})
-        files.append(str(path))
-
-    # gap and class_concentrated (scripts.gap)
-    k1, k2 = np.bincount(y1, weights=ok1).astype(int), np.bincount(y2, weights=ok2).astype(int)
-    sizes1, sizes2 = np.bincount(y1), np.bincount(y2)
-    test = stats_classes.stratified_gap_test(k1, sizes1, k2, sizes2, n_perm=2000, seed=seed)
-    ci = stats_classes.gap_intervals(k1, sizes1, k2, sizes2, n_boot=1000, seed=seed)["ci_classes"]
-    gap_block = {"points": 100 * test["gap"], "ci95": [100 * v for v in ci], "significant": bool(test["p"] < 0.05),
-                 "p": test["p"]}
-    share = stats_classes.concentrated_share(k1, sizes1, k2, sizes2, reps=n_boot, n_boot=n_boot, seed=seed)
-    names = pd.DataFrame({"name": [f"class_{c}" for c in range(spec.classes)]})
-    summary("gap/head", gap.concentration_evidence(share, gap_block, names, 0.05), gap=gap_block)
-    # mean_shift (scripts.shift adapt): test set 2 moved onto test set 1's mean, the head unchanged
-    moved, _ = head.predict(x2 - (x2.mean(axis=0) - x1.mean(axis=0)))
-    correct = {("test1", "train"): ok1, ("test2", "train"): ok2, ("test2", "test1_mean"): moved == y2}
-    reweighted = domain_reweighted_accuracy(x1, x2, y1, y2, ok1, seed, folds=3)
-    summary("shift/adapt/head", mean_shift_evidence(correct, {"test1": y1, "test2": y2}, reweighted, n_boot, seed))
-    # difficulty (scripts.difficulty): typicality from train class means only
-    reference = {"class_means": np.stack([xt[yt == c].mean(0) for c in range(spec.classes)]), "mean": xt.mean(0),
-                 "std": xt.std(0)}
-    d = difficulty_share(nearest_mean_distance(x1, reference), ok1, y1, nearest_mean_distance(x2, reference), ok2, y2,
-                         bins=10, n_boot=n_boot, seed=seed)
-    summary("difficulty/head", block("difficulty", d["points"], d["ci95"], gap_points=gap_block["points"],
-                                     sentence="difficulty", unit="classes resampled"))
-    # label_noise (scripts.label_noise): confident disagreements beyond calibration
-    ln = label_noise_share(c1, ~ok1, y1, c2, ~ok2, y2, threshold=0.8, n_boot=n_boot, seed=seed)
-    summary("label_noise/head", block("label_noise", ln["points"], ln["ci95"], gap_points=gap_block["points"],
-                                      sentence="label noise", unit="classes resampled"))
-    # imbalance (scripts.imbalance): every class has the same train rows here, so not estimable
-    frame = pd.DataFrame({"drop": k1 / sizes1 - k2 / sizes2})
-    summary("imbalance/head", imbalance.imbalance_evidence(frame, pd.Series(np.ones(spec.classes, bool)),
-                                                           {"test": "", "p": None, "evidence": "none"}, 10, seed))
-    for test, ok in (("test1", ok1), ("test2", ok2)):
-        path = root / "results" / "eval" / "head" / test / "metrics.json"
-        write_json(path, {"metrics": {"top1": float(ok.mean())}, "ci95": {}})
-        files.append(str(path))
+        gap.gap(metrics1=metrics["test1"], metrics2=metrics["test2"], class_counts=counts,
+                outputs=outputs("gap", "gap"), options=OPTIONS["gap"], head_name="head", seed=seed)
+        imbalance.imbalance(class_counts=counts, metrics1=metrics["test1"], metrics2=metrics["test2"],
+                            outputs=outputs("imbalance", "imbalance"), options=OPTIONS["imbalance"], head_name="head",
+                            seed=seed)
+        reference = analysis / "difficulty" / "train_reference.npz"
+        reference.parent.mkdir(parents=True, exist_ok=True)
+        difficulty.train_reference(manifests["train"], c, reference)
+        difficulty.difficulty(reference=reference, test1=manifests["test1"], test2=manifests["test2"],
+                              predictions1=predictions["test1"], predictions2=predictions["test2"],
+                              outputs=outputs("difficulty share", "difficulty"), options=OPTIONS["difficulty"],
+                              head_name="head", seed=seed)
+        label_noise.label_noise(predictions1=predictions["test1"], predictions2=predictions["test2"],
+                                outputs=outputs("label_noise", "label_noise"), options=OPTIONS["label_noise"],
+                                head_name="head", seed=seed)
+        shift.adapt(head_path=head_path, test1=manifests["test1"], test2=manifests["test2"],
+                    outputs=outputs("shift adapt", "shift", "adapt"), options=OPTIONS["shift_adapt"], seed=seed,
+                    head_name="head")
+    # overfit: its own evidence function on the head's train and holdout accuracies (see above).
+    train_gap = _accuracy(checkpoint, *splits["train"]) - _accuracy(checkpoint, xh, yh)
+    test_gap = _accuracy(checkpoint, *splits["test1"]) - _accuracy(checkpoint, *splits["test2"])
+    block = overfit.overfit_evidence(train_gap, test_gap, step_defaults("analysis.overfit")["overfit_threshold"], False)
+    write_json(analysis / "overfit" / "head" / "summary.json",
+               {"verdict": block["sentence"], "figures": [], "table": None, "numbers": {}, "head": "head",
+                "evidence": block})
+    files = [str(p) for p in sorted(res.rglob("*.json")) if "parquet" not in p.parts]
     hl = headline(collect(files, {"heads": {"head": {}}}))
     return answer_json(hl)
 

@@ -20,12 +20,13 @@ READS_TESTS = {"evaluate", "shift", "shift_adapt", "misclass", "embedding", "cla
                "report"}  # report: the manifests' row counts (metadata) only, never the shards
 
 
-def _snakemake(*args: str) -> str:
+def _snakemake(*args: str, target: str = "") -> str:
     exe = shutil.which("snakemake") or str(Path(sys.executable).with_name("snakemake"))
     if not Path(exe).exists():
         pytest.skip("snakemake not installed")
-    res = subprocess.run([exe, *args, "--cores", "1", "--quiet", "all"], cwd=ROOT, check=False, capture_output=True, text=True,
-                         timeout=120)
+    # The target goes first: --quiet and --configfile take every word after them.
+    res = subprocess.run([exe, *([target] if target else []), *args, "--cores", "1", "--quiet", "all"], cwd=ROOT,
+                         check=False, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]
     return res.stdout
 
@@ -135,3 +136,25 @@ def test_rules_pass_exactly_their_outputs_under_the_names_steps_declare(analysis
             assert {name: Path(path).name for name, path in named.items()} == LAYOUT[step], step
     assert set(LAYOUT) <= seen, f"tests/step_layout.py names steps no rule runs: {sorted(set(LAYOUT) - seen)}"
     assert {"gap", "shift features", "shift adapt", "misclass compare", "reference_line", "real_labels"} <= seen
+
+
+def _parents_of(out: str, rule: str) -> set[str]:
+    """Rules of the jobs whose outputs `rule`'s jobs read, from a --dag listing."""
+    nodes = {i: label.split("\\n")[0] for i, label in re.findall(r'^\s*(\d+)\[label = "([^"]*)"', out, re.M)}
+    return {nodes[a] for a, b in re.findall(r"^\s*(\d+) -> (\d+)", out, re.M) if nodes[b] == rule}
+
+
+def test_reference_line_feeds_improve_compare_only_when_configured(tmp_path):
+    """On (a reference table configured): the fit is an input of improve_compare and of nothing that
+    trains; off (the demo config): no such rule, and improve_compare does not wait for it."""
+    timm = ROOT / "resources" / "timm-results"
+    on = tmp_path / "on.yaml"
+    on.write_text(f"analysis:\n  reference_line:\n    test1_table: {timm / 'results-imagenet.csv'}\n"
+                  f"    test2_table: {timm / 'results-imagenetv2-matched-frequency.csv'}\n")
+    with_line = _snakemake("--dag", "--forceall", "--configfile", str(ROOT / "config/config.yaml"), str(on),
+                           target="improve_compare")
+    assert "reference_line" in _parents_of(with_line, "improve_compare")
+    assert "reference_line" not in _parents_of(with_line, "improve_train")
+    without = _snakemake("--dag", "--forceall", target="improve_compare")
+    assert "reference_line" not in _parents_of(without, "improve_compare")
+    assert "reference_line" not in without

@@ -1,6 +1,7 @@
-"""Proof on planted causes: the whole answer (every cause's own evidence, the report's ranking)
-on generated data with one cause planted at a time, and none. Small sizes (100 classes, 50 / 10
-test images per class, as the real design): ~2.5 s per scenario and seed."""
+"""Proof on planted causes: the whole answer (the workflow's own evaluate and analysis steps on
+shards, the report's ranking of their evidence blocks) on generated data with one cause planted at
+a time, and none. Small sizes (100 classes, 50 / 10 test images per class, as the real design):
+~4 s per scenario and seed. What is simulated, and why: tests/answer_scenarios.py."""
 from __future__ import annotations
 
 import pytest
@@ -17,8 +18,12 @@ def test_the_planted_cause_ranks_first(name, tmp_path):
         first = answer["causes"][0]
         assert first["id"] == EXPECTED_FIRST[name], (name, seed, answer["causes"])
         assert first["evidence"] in ("moderate", "strong") and first["ci95"][0] > 0
-        # Every cause that is not planted and not first stays below the planted one's share.
-        assert all(c["share_of_gap"] is None or c["share_of_gap"] < first["share_of_gap"] for c in answer["causes"][1:])
+        # Every cause that is not planted and not first stays below the planted one's share; overfit's
+        # share is an upper bound (min(gap, train − holdout), never above weak), not an estimate.
+        others = [c for c in answer["causes"][1:] if c["id"] != "overfit"]
+        assert all(c["share_of_gap"] is None or c["share_of_gap"] < first["share_of_gap"] for c in others)
+        overfit = next(c for c in answer["causes"] if c["id"] == "overfit")
+        assert overfit["evidence"] in ("none", "weak") and overfit["ci95"][0] == 0
 
 
 def test_nothing_planted_no_significant_gap_and_nothing_above_weak(tmp_path):

@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.stats import binomtest
 from step_layout import outputs_in
 
+from scripts import reference_line as rl
+from scripts import stats
+from scripts.featio import write_json
 from scripts.generate_demo import DemoSpec, FeatureModel
-from scripts.improve import improve, mcnemar_exact, paired_comparison
+from scripts.improve import flag, improve, mcnemar_exact, paired_comparison, stratified_se
 from scripts.train_head import train_head
 from tests.test_train_helpers import make_dataset, write_split_shards
 
@@ -88,16 +92,65 @@ def test_test_time_restandardisation_is_found_to_help(setup, tmp_path):
                       baseline_name="base", bootstrap=300, seed=0)
     rows = {r["name"]: r for r in summary["variants"]}
     assert rows["same_head"]["delta_test2"]["points"] == 0 and rows["same_head"]["delta_test2"]["mcnemar_p"] == 1
-    assert not rows["same_head"]["improves_test2"]
+    assert not rows["same_head"]["improves_test2"] and rows["same_head"]["flag"] == "within noise"
     fixed = rows["restandardize"]
     assert fixed["improves_test2"] and fixed["delta_test2"]["points"] > 10, fixed
     assert fixed["gap_change"]["points"] < 0 and summary["variants"][0]["name"] == "restandardize"
     assert summary["verdict"].startswith("restandardize improves test set 2 by +")
+    assert fixed["flag"] == "improves test set 2" and not fixed["hurts_test2"]
     assert fixed["selected_on"].startswith("nothing to select") and rows["noise"]["selected_on"] == "holdout"
     saved = json.loads((tmp_path / "out/summary.json").read_text())
     assert {"baseline", "baseline_test1_top1", "baseline_test2_top1", "variants"} <= set(saved)
     assert {"points", "ci95", "mcnemar_p"} <= set(saved["variants"][0]["delta_test2"])
     assert (tmp_path / "out/improve.png").stat().st_size > 0 and (tmp_path / "out/variants.csv").exists()
+    assert "reference_line" not in saved and "reference_line" not in saved["variants"][0]  # not configured
+
+
+def test_flags_carry_the_stages_own_judgement():
+    none = {"improves_test2": False, "hurts_test2": False, "hurts_test1": False, "gains_test2_by_losing_test1": False}
+    assert flag(none) == "within noise"
+    assert flag({**none, "hurts_test2": True, "hurts_test1": True}) == "loses on test set 2; loses on test set 1"
+    assert flag({**none, "improves_test2": True}) == "improves test set 2"
+    traded = {**none, "improves_test2": True, "hurts_test1": True, "gains_test2_by_losing_test1": True}
+    assert flag(traded) == "gains on test set 2 only by losing on test set 1"
+
+
+def test_stratified_se_is_the_within_class_bootstrap_variance():
+    rng = np.random.default_rng(3)
+    labels = np.repeat(np.arange(20), 10)
+    correct = rng.random(labels.size) < np.repeat(rng.uniform(0.3, 1.0, 20), 10)
+    draw = stats.stratified_resampler(labels)
+    boot = [100 * correct[draw(rng)].mean() for _ in range(4000)]
+    assert stratified_se(correct, labels) == pytest.approx(np.std(boot), rel=0.05)
+
+
+def test_effective_robustness_of_every_variant_from_the_reference_line(setup, tmp_path):
+    """With the line fitted on timm's results: the baseline and every variant get the expected test-2
+    top-1 at their own test-1 top-1 and observed − expected with an interval around it."""
+    root = setup["root"]
+    timm = Path(__file__).resolve().parents[1] / "resources" / "timm-results"
+    line = rl.fit_line(rl.read_pairs(timm / "results-imagenet.csv", timm / "results-imagenetv2-matched-frequency.csv",
+                                     80.0))
+    write_json(tmp_path / "line.json", {"line": line})
+    shutil.copy(root / "base/model.pt", tmp_path / "copy.pt")
+    summary = improve(root / "base/model.pt", {"same_head": {"kind": "retrain", "models": [str(tmp_path / "copy.pt")]},
+                                               "restandardize": {"kind": "restandardize"}},
+                      setup["test1"], setup["test2"], outputs_in(tmp_path / "out", "improve"), baseline_name="base",
+                      bootstrap=100,
+                      reference_line=tmp_path / "line.json")
+    ref = summary["reference_line"]
+    assert ref["models"] == 1040 and ref["slope"] == pytest.approx(line["slope"])
+    base = ref["baseline"]
+    assert base["expected_test2_top1"] == pytest.approx(rl.expected_test2(line, summary["baseline_test1_top1"]))
+    assert base["effective_robustness"] == pytest.approx(summary["baseline_test2_top1"] - base["expected_test2_top1"])
+    rows = {r["name"]: r for r in summary["variants"]}
+    assert rows["same_head"]["reference_line"] == base  # the same predictions: the same numbers
+    fixed = rows["restandardize"]["reference_line"]
+    lo, hi = fixed["ci95"]
+    assert lo < fixed["effective_robustness"] < hi and hi - lo > 0
+    assert fixed["effective_robustness"] > base["effective_robustness"]  # it undoes test set 2's shift
+    table = (tmp_path / "out/variants.csv").read_text().splitlines()[0]
+    assert "reference_line_effective_robustness" in table and "reference_line_lo" in table
 
 
 def test_nothing_beyond_noise_is_said_plainly(setup, tmp_path):

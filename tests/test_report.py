@@ -13,6 +13,7 @@ from test_analysis_fixtures import planted, planted_eval  # noqa: F401 - fixture
 
 from scripts import evidence, report
 from scripts.featio import FeatgapError, write_json
+from scripts.improve import flag as improve_flag
 from scripts.report_collect import analysis_kind, classify, collect, read_benchmarks
 from scripts.report_evidence import hypotheses
 
@@ -335,14 +336,16 @@ def test_report_on_real_analysis_outputs(planted, planted_eval, tmp_path, monkey
     assert page.count("<img ") >= 6 and "figure missing" not in page
 
 
-def _variant(name, d1, d2, *, improves=False, hurts=False, kind="retrain", p2=None):
-    return {"name": name, "kind": kind, "changes": {"mixup": 0.2} if kind == "retrain" else {},
+def _variant(name, d1, d2, *, improves=False, hurts=False, kind="retrain", p2=None, hurts2=False):
+    """A variant as scripts.improve writes it, its flags and their one-line judgement included."""
+    flags = {"improves_test2": improves, "hurts_test2": hurts2, "hurts_test1": hurts,
+             "gains_test2_by_losing_test1": improves and hurts}
+    return {"name": name, **flags, "flag": improve_flag(flags), "kind": kind, "changes": {"mixup": 0.2} if kind == "retrain" else {},
             "test1_top1": 80 + d1, "test2_top1": 70 + d2,
             "delta_test1": {"points": d1, "ci95": [d1 - 0.5, d1 + 0.5], "mcnemar_p": 0.5, "mcnemar_p_holm": 0.5},
             "delta_test2": {"points": d2, "ci95": [d2 - 0.8, d2 + 0.8], "mcnemar_p": 0.01,
                             "mcnemar_p_holm": p2 if p2 is not None else 0.01 if improves else 0.6},
-            "gap_change": {"points": d1 - d2, "ci95": [d1 - d2 - 1, d1 - d2 + 1]}, "selected_on": "holdout",
-            "improves_test2": improves, "hurts_test1": hurts, "gains_test2_by_losing_test1": improves and hurts}
+            "gap_change": {"points": d1 - d2, "ci95": [d1 - d2 - 1, d1 - d2 + 1]}, "selected_on": "holdout"}
 
 
 @pytest.fixture
@@ -354,7 +357,9 @@ def improved(artifacts):
     write_json(out / "summary.json", {
         "baseline": "linear", "baseline_test1_top1": 80.0, "baseline_test2_top1": 70.0, "verdict": verdict,
         "variants": [_variant("noise", 0.0, -0.3), _variant("mixup", -2.0, 1.5, improves=True, hurts=True),
-                     _variant(f"ens{EVIL}", 0.2, 0.4, kind="ensemble"), _variant("whiten", -1.0, -3.0, p2=0.002)],
+                     _variant(f"ens{EVIL}", 0.2, 0.4, kind="ensemble"), _variant("whiten", -1.0, -3.0, p2=0.002, hurts2=True),
+                     # Its numbers alone look like a loss on test set 2; the stage said otherwise: shown as said.
+                     _variant("judged", 0.0, -4.0, p2=0.001)],
         "method": {"interval": "within-class bootstrap", "test": "exact McNemar, Holm", "alpha": 0.05},
         "meta": _meta()})
     files = artifacts["files"] + [str(out / "summary.json"), str(out / "variants.csv"), str(out / "improve.png")]
@@ -365,10 +370,10 @@ def test_improve_section_ranks_variants_and_flags_traded_gains(improved, tmp_pat
     ctx, page, md = _build(improved, tmp_path, answer=True)
     section = next(s for s in ctx["sections"] if s.id == "improve")
     rows = section.tables[0]["rows"]
-    assert [r[1] for r in rows] == ["mixup", f"ens{EVIL}", "noise", "whiten"]  # test-2 gain: +1.5, +0.4, −0.3, −3
+    assert [r[1] for r in rows] == ["mixup", f"ens{EVIL}", "noise", "whiten", "judged"]  # test-2 gain order
     assert rows[0][5] == "+1.50 [+0.70, +2.30]" and rows[0][8] == "-2.00 [-2.50, -1.50]" and rows[0][4] == "71.50"
     assert rows[0][-1] == "gains on test set 2 only by losing on test set 1" and rows[2][-1] == "within noise"
-    assert rows[3][-1] == "loses on test set 2"
+    assert rows[3][-1] == "loses on test set 2" and rows[4][-1] == "within noise"  # read, never re-judged
     assert section.figures[0].src.startswith("data:image/png;base64,")
     assert section.verdict.startswith("No variant improves test set 2")
     # The verdict follows the causes in the answer and is not one of them.
@@ -379,6 +384,7 @@ def test_improve_section_ranks_variants_and_flags_traded_gains(improved, tmp_pat
     assert "improve" not in [c["id"] for c in answer["causes"]]
     assert answer["improve"]["variants"][0]["name"] == "mixup"
     assert answer["improve"]["variants"][0]["gains_test2_by_losing_test1"] is True
+    assert answer["improve"]["variants"][3]["flag"] == "loses on test set 2" and answer["improve"]["variants"][3]["hurts_test2"]
     # The stage switched off: no section, no sentence, even with a stale summary among the inputs.
     off = {**improved["config"], "improve": {"enabled": False}}
     ctx, page, md = _build(improved, tmp_path, config=off, answer=True)
@@ -411,3 +417,66 @@ def test_real_labels_beside_top1_and_in_the_answer(artifacts, tmp_path):
     assert section.ran and section.tables[0]["title"] == "examples_in_real" and "val/&lt;script&gt;" in page
     answer = json.loads(Path(tmp_path / "results/report/answer.json").read_text())
     assert answer["real_labels"]["top1"] == 0.85 and answer["real_labels"]["errors"]["genuine"] == 10
+
+
+def test_improve_section_shows_effective_robustness_when_the_line_is_configured(improved, tmp_path):
+    path = Path("results/improve/summary.json")
+    summary = json.loads(path.read_text())
+    on_line = {"expected_test2_top1": 72.0, "expected_gap": 8.0, "effective_robustness": -2.0, "ci95": [-3.0, -1.0]}
+    summary["reference_line"] = {"models": 1040, "slope": 1.008, "intercept": -0.366, "baseline": on_line}
+    for v in summary["variants"]:
+        er = v["delta_test2"]["points"] - 2.0
+        v["reference_line"] = {**on_line, "effective_robustness": er, "ci95": [er - 1.0, er + 1.0]}
+    write_json(path, summary)
+    ctx, page, _ = _build(improved, tmp_path)
+    section = next(s for s in ctx["sections"] if s.id == "improve")
+    table = section.tables[0]
+    assert table["columns"][-1] == "effective robustness (points) [95% CI]"
+    assert table["rows"][0][1] == "mixup" and table["rows"][0][-2:] == ["72.00", "-0.50 [-1.50, +0.50]"]
+    numbers = dict(section.numbers)
+    assert numbers["baseline effective robustness (points) [95% CI]"] == "-2.00 [-3.00, -1.00]"
+    assert "1040 models" in numbers["reference line"] and "effective robustness" in page
+    # Not configured (the fixture as written): no such columns.
+    write_json(path, {k: v for k, v in summary.items() if k != "reference_line"})
+    ctx, _, _ = _build(improved, tmp_path)
+    columns = next(s for s in ctx["sections"] if s.id == "improve").tables[0]["columns"]
+    assert "effective robustness (points) [95% CI]" not in columns
+
+
+def _with_line(artifacts, er: float, ci: list[float]) -> list:
+    """A reference_line summary (as scripts.reference_line writes it) for the primary head at 80 → 70 %."""
+    row = {"test1_top1": 80.0, "test2_top1": 70.0, "expected_test2_top1": 70.0 - er, "expected_gap": 10.0 + er,
+           "observed_gap": 10.0, "effective_robustness": er, "ci95": ci}
+    line = {"models": 1040, "slope": 1.008, "intercept": -0.366, "residual_sd_points": 0.48, "filter": "≥ 80%"}
+    path = _summary(Path("."), "reference_line", "On the line.", {}, line=line, heads={"linear": row})
+    return artifacts["files"] + [str(path)]
+
+
+def test_answer_attributes_the_rest_beyond_the_line(artifacts, tmp_path):
+    """Expected gap 7 of the observed 10 points: the first paragraph states it, then attributes the
+    rest (3 points, 1.5 to 4.5) to the causes with evidence, and answer.json says the same."""
+    ctx, page, md = _build(artifacts, tmp_path, files=_with_line(artifacts, -3.0, [-4.5, -1.5]), answer=True)
+    sentence = ctx["headline"].expected_sentence
+    assert "expected at 73.00% on test set 2: an expected gap of 7.0 points" in sentence
+    assert "The rest, the observed gap minus the expected one, is 3.0 points (95% interval 1.5 to 4.5)" in sentence
+    assert "attribute it first to feature shift of test set 2" in sentence and ": moderate evidence, 3.0 points (1.0 to 5.0)" in sentence
+    assert "class" not in sentence.split("attribute it first to")[1]  # no evidence: not named for the rest
+    assert "the rest minus them: 0.0 points (95% interval -2.5 to 2.5)" in sentence
+    assert sentence in md and 'id="expected"' in page
+    ref = json.loads((tmp_path / "results/report/answer.json").read_text())["reference_line"]
+    assert ref["expected_gap"] == 7.0 and ref["expected_test2_top1"] == 73.0 and ref["head"] == "linear"
+    assert ref["rest"]["points"] == 3.0 and ref["rest"]["ci95"] == [1.5, 4.5] and ref["rest"]["line"] == "beyond"
+    assert ref["rest"]["causes"] == ["mean_shift"] and ref["rest"]["unexplained"]["points"] == pytest.approx(0.0)
+
+
+def test_answer_on_the_line_leaves_no_rest_to_attribute(artifacts, tmp_path):
+    ctx, _, _ = _build(artifacts, tmp_path, files=_with_line(artifacts, -0.4, [-1.2, 0.4]), answer=True)
+    sentence = ctx["headline"].expected_sentence
+    assert "an expected gap of 9.6 points" in sentence and "is 0.4 points (95% interval -0.4 to 1.2)" in sentence
+    assert "no evidence of a gap beyond what every model shows, so there is no rest" in sentence
+    ref = json.loads((tmp_path / "results/report/answer.json").read_text())["reference_line"]
+    assert ref["rest"]["line"] == "within" and ref["rest"]["causes"] == [] and ref["rest"]["unexplained"] is None
+    # Not configured: no sentence, no key.
+    ctx, _, _ = _build(artifacts, tmp_path, answer=True)
+    assert ctx["headline"].expected_sentence == ""
+    assert "reference_line" not in json.loads((tmp_path / "results/report/answer.json").read_text())

@@ -31,6 +31,14 @@ VARIANT_MODELS = {
     for name, spec in IMPROVE_VARIANTS.items()
 }
 
+# The accuracy-on-the-line fit (analysis.smk's reference_line), an input only when that rule exists:
+# switching it on or off reruns improve_compare (its input set changes), never the variants' training.
+IMPROVE_REFERENCE = (
+    [f"{analysis_dir('reference_line')}/summary.json"]
+    if any(r.name == "reference_line" for r in workflow.rules)
+    else []
+)
+
 
 rule improve_train:
     input:
@@ -78,6 +86,7 @@ rule improve_compare:
         test1=manifest_path("test1"),
         test2=manifest_path("test2"),
         qc=[qc_path("test1"), qc_path("test2"), qc_path("cross")],
+        reference=IMPROVE_REFERENCE,
         code=code("improve"),
     output:
         summary=IMPROVE_FILES[0],
@@ -114,11 +123,12 @@ rule improve_compare:
         alpha=IMPROVE["alpha"],
         seed=config["seed"],
         outputs=lambda wc, output: output_args(output),
+        reference=lambda wc, input: " ".join(f"--reference-line {shlex.quote(p)}" for p in input.reference),
     shell:
         "python -m scripts.improve --baseline {input.baseline:q} --baseline-name {params.baseline:q}"
         " --variants {params.variants} --test1 {input.test1:q} --test2 {input.test2:q}"
         " {params.outputs} --bootstrap {params.bootstrap} --alpha {params.alpha}"
-        " --seed {params.seed} > {log:q} 2>&1"
+        " --seed {params.seed} {params.reference} > {log:q} 2>&1"
 
 
 if IMPROVE_VARIANTS:
