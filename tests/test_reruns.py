@@ -121,11 +121,13 @@ def test_an_analysis_switched_off_leaves_the_report_inputs(finished):
     assert jobs(finished, config) == {"report": 1}
 
 
-def test_editing_only_the_report_template_reruns_only_the_report(finished):
-    template = finished / "scripts" / "report_template.html"
+@pytest.mark.parametrize("name, edit", [("report_template.html", ("</body>", "<!-- edited --></body>")),
+                                        ("report_template.md", ("## Models", "## Models {# edited #}"))])
+def test_editing_only_a_report_template_reruns_only_the_report(finished, name, edit):
+    template = finished / "scripts" / name
     original = template.read_text()
     try:
-        template.write_text(original.replace("</body>", "<!-- edited --></body>"))
+        template.write_text(original.replace(*edit))
         assert jobs(finished) == {"report": 1}
     finally:
         template.write_text(original)

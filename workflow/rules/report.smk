@@ -1,9 +1,11 @@
 # Report stage: everything the config enables → one self-contained HTML page + Markdown.
 # Included last, so ALL_TARGETS already lists every stage's final outputs: the report's inputs are
 # exactly what this configuration builds (an analysis that is not configured is simply absent and
-# the report says "not run"). The template is an input: editing it reruns only this rule.
+# the report says "not run"). The two templates (HTML page, Markdown twin) are inputs: editing
+# either reruns only this rule.
 
 REPORT_TEMPLATE = f"{workflow.basedir}/scripts/report_template.html"
+REPORT_MD_TEMPLATE = f"{workflow.basedir}/scripts/report_template.md"
 
 
 # Every final target of the other stages, plus files the report reads that no stage lists as a
@@ -24,7 +26,8 @@ rule report:
     input:
         artifacts=REPORT_ARTIFACTS,
         template=REPORT_TEMPLATE,
-        code=code("report", "report_collect", "report_evidence", "evidence"),
+        md_template=REPORT_MD_TEMPLATE,
+        code=code("report"),
     output:
         html=report("results/report/index.html", caption="../report/final_report.rst", category="0. Final report"),
         markdown="results/report/report.md",
@@ -41,6 +44,7 @@ rule report:
         benchmarks="benchmarks",
     shell:
         "python -m scripts.report --config {params.config} --template {input.template:q}"
+        " --md-template {input.md_template:q}"
         " --benchmarks {params.benchmarks:q} --html {output.html:q} --markdown {output.markdown:q}"
         " --answer {output.answer:q}"
         " {input.artifacts:q} > {log:q} 2>&1"
