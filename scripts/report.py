@@ -11,7 +11,7 @@ files), scripts.report_document builds one document model from them, scripts.rep
 renders it with two Jinja2 templates (report_template.html, autoescaped; report_template.md,
 through the Markdown `md` filter). The answer itself is scripts.report_evidence.
 
-CLI: python -m scripts.report --config JSON --template T [--md-template T] --benchmarks DIR
+CLI: python -m scripts.report --config JSON --template T [--md-template T] [--benchmarks TSV ...]
      --html OUT --markdown OUT [--answer OUT] FILES...
 """
 from __future__ import annotations
@@ -46,7 +46,8 @@ def report_options(config: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------ the step
 def build_report(*, inputs: Sequence[str | os.PathLike], config: dict[str, Any], template: str | os.PathLike,
                  out_html: str | os.PathLike, out_md: str | os.PathLike,
-                 benchmarks: str | os.PathLike | None = None, out_answer: str | os.PathLike | None = None,
+                 benchmarks: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+                 out_answer: str | os.PathLike | None = None,
                  md_template: str | os.PathLike = MD_TEMPLATE) -> dict[str, Any]:
     """Collect every input, write index.html, report.md and answer.json atomically; return the
     document (the templates' context)."""
@@ -74,7 +75,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--config", required=True, help="JSON: the whole config used")
     parser.add_argument("--template", required=True, help="Jinja2 HTML template")
     parser.add_argument("--md-template", default=str(MD_TEMPLATE), help="Jinja2 Markdown template")
-    parser.add_argument("--benchmarks", default=None, help="the benchmarks/ folder (globbed for *.tsv)")
+    parser.add_argument("--benchmarks", action="append", default=None, metavar="TSV",
+                        help="a benchmark file the rules declare (repeatable; missing ones skipped), or a folder")
     parser.add_argument("--html", required=True, help="results/report/index.html")
     parser.add_argument("--markdown", required=True, help="results/report/report.md")
     parser.add_argument("--answer", default=None, help="results/report/answer.json (the answer for machines)")

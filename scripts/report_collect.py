@@ -12,7 +12,8 @@ them by their place in the results layout (docs/architecture.md) and reads them:
                                                   below analysis/ marks the adaptation check
     results/improve/summary.json                  what improves test set 2 (improve stage; its
                                                   figure improve.png beside it)
-    benchmarks/{stage}/....tsv                    Snakemake benchmark files (globbed, not inputs)
+    benchmarks/{stage}/{job}.tsv                  Snakemake benchmark files: the ones the benchmarked
+                                                  rules declare (passed by the rule; missing skipped)
 
 Anything missing is simply absent here; the report then says "not run".
 """
@@ -158,7 +159,7 @@ def _read(path: str) -> dict:
 
 
 def collect(inputs: Iterable[str | os.PathLike], config: dict[str, Any],
-            benchmarks_dir: str | os.PathLike | None = None) -> ReportData:
+            benchmarks: str | os.PathLike | Iterable[str | os.PathLike] | None = None) -> ReportData:
     """Read every recognised input; missing files are listed, not fatal (the report says "not run")."""
     data = ReportData(config=config)
     for raw in inputs:
@@ -199,8 +200,8 @@ def collect(inputs: Iterable[str | os.PathLike], config: dict[str, Any],
                 figures=[str(f) for f in content.get("figures") or []], table=content.get("table"),
                 numbers=content.get("numbers") or {}, raw=content)
         data.sources[f"{kind}:{'/'.join(fields.values())}"] = path
-    if benchmarks_dir is not None:
-        data.benchmarks = read_benchmarks(benchmarks_dir)
+    if benchmarks is not None:
+        data.benchmarks = read_benchmarks(benchmarks)
     return data
 
 
@@ -212,14 +213,25 @@ def _float(value: str | None) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def read_benchmarks(folder: str | os.PathLike) -> list[Benchmark]:
-    """Every benchmarks/<stage>/<job>.tsv below `folder` (mean of the repeats of each file)."""
-    folder = Path(folder)
+def _benchmark_files(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[tuple[Path, str, str]]:
+    """(file, stage, job) of each benchmark file: a file is benchmarks/<stage>/<job>.tsv (skipped
+    when missing: its job has not run); a folder (outside the workflow) gives every *.tsv below it."""
+    found: dict[Path, tuple[str, str]] = {}
+    for path in map(Path, [paths] if isinstance(paths, (str, os.PathLike)) else paths):
+        if path.is_dir():
+            for tsv in path.rglob("*.tsv"):
+                rel = tsv.relative_to(path)
+                stage = rel.parts[0] if len(rel.parts) > 1 else "(top)"
+                found[tsv] = stage, str(PurePosixPath(*rel.parts[1:]) if len(rel.parts) > 1 else rel).removesuffix(".tsv")
+        elif path.is_file():
+            found[path] = path.parent.name, path.name.removesuffix(".tsv")
+    return [(tsv, *found[tsv]) for tsv in sorted(found)]
+
+
+def read_benchmarks(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Benchmark]:
+    """The benchmark files (or every *.tsv below a folder), each the mean of its repeats."""
     found = []
-    for tsv in sorted(folder.rglob("*.tsv")) if folder.is_dir() else []:
-        rel = tsv.relative_to(folder)
-        stage = rel.parts[0] if len(rel.parts) > 1 else "(top)"
-        job = str(PurePosixPath(*rel.parts[1:]) if len(rel.parts) > 1 else rel).removesuffix(".tsv")
+    for tsv, stage, job in _benchmark_files(paths):
         try:
             with tsv.open(newline="") as handle:
                 rows = list(csv.DictReader(handle, delimiter="\t"))

@@ -262,6 +262,16 @@ def test_layout_classification():
     assert analysis_kind("shift") == ("shift", "")
 
 
+def test_declared_benchmark_files_are_read_and_missing_ones_skipped(tmp_path):
+    """The rule passes the files its benchmarked rules declare: benchmarks/<stage>/<job>.tsv."""
+    (tmp_path / "evaluate").mkdir()
+    declared = tmp_path / "evaluate" / "linear.test1.tsv"
+    declared.write_text("s\th:m:s\tmax_rss\tmax_vms\tcpu_time\n2.0\t0:00:02\t100\t200\t1.5\n")
+    (tmp_path / "stale.tsv").write_text("s\n9\n")  # not declared: not read
+    (bench,) = read_benchmarks([declared, tmp_path / "train" / "linear.tsv"])
+    assert (bench.stage, bench.job, bench.seconds, bench.max_rss_mb) == ("evaluate", "linear.test1", 2.0, 100.0)
+
+
 def test_benchmark_without_rows_is_tolerated(tmp_path):
     (tmp_path / "convert").mkdir()
     (tmp_path / "convert" / "x.tsv").write_text("s\th:m:s\tmax_rss\n")

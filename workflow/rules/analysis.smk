@@ -112,6 +112,7 @@ rule shift:
 
 if analysis_on("shift"):
     ALL_TARGETS.extend(targets(rules.shift))
+benchmarked(rules.shift, on=analysis_on("shift"))
 
 
 rule shift_adapt:
@@ -155,6 +156,7 @@ rule shift_adapt:
 
 if analysis_on("shift_adapt"):
     ALL_TARGETS.extend(targets(rules.shift_adapt, head=HEADS))
+benchmarked(rules.shift_adapt, on=analysis_on("shift_adapt"), head=HEADS)
 
 
 rule imbalance:
@@ -359,6 +361,7 @@ if EMBED_HEAD is not None and analysis_on("embedding"):
             " > {log:q} 2>&1"
 
     ALL_TARGETS.extend(rules.embedding.output)
+    benchmarked(rules.embedding)
 
 
 # Train class means and global mean/std in one streaming pass (a few MB): what difficulty needs
@@ -426,6 +429,7 @@ rule difficulty:
 
 if analysis_on("difficulty"):
     ALL_TARGETS.extend(targets(rules.difficulty, head=HEADS))
+benchmarked(rules.train_reference, on=analysis_on("difficulty"))  # difficulty's input only
 
 
 # label_noise reads only the two predictions tables (a re-scoring with other labels can feed it).

@@ -178,6 +178,22 @@ def targets(rule, **wildcards):
     return expand(list(rule.output), **wildcards)
 
 
+# The benchmark files of the jobs this configuration runs, declared beside each rule that has a
+# `benchmark:` (its wildcard values, as for its targets): the report's run metadata (report.smk
+# passes them; a missing one is skipped). BENCHMARKED names the rules declared, so report.smk can
+# refuse a benchmarked rule that was forgotten.
+BENCHMARKS = []
+BENCHMARKED = set()
+
+
+def benchmarked(rule, on=True, **wildcards):
+    """Declare a rule's benchmark files: its pattern expanded over the wildcard values of its jobs
+    (none when `on` is false: the stage is off in this configuration)."""
+    BENCHMARKED.add(rule.rule.name)
+    if on:
+        BENCHMARKS.extend(expand(str(rule.benchmark), **wildcards))
+
+
 # Steps run as `python -m scripts.<step>` from any working directory (and in cluster jobs,
 # which parse this file again).
 os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (workflow.basedir, os.environ.get("PYTHONPATH")) if p))

@@ -151,3 +151,7 @@ rule qc_cross:
 
 
 ALL_TARGETS.extend(expand(qc_path("{split}"), split=SPLITS) + [qc_path("cross")])
+for _split in SPLITS:
+    benchmarked(rules.convert_part, split=_split, part=part_ids(_split))
+benchmarked(rules.validate_split, split=SPLITS)
+benchmarked(rules.qc_cross)

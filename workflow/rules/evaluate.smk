@@ -55,3 +55,4 @@ rule evaluate:
 
 # Head by head and test by test, as before the outputs were named (the report's input order).
 ALL_TARGETS.extend(f for head in HEADS for test in TESTS for f in targets(rules.evaluate, head=head, test=test))
+benchmarked(rules.evaluate, head=HEADS, test=TESTS)

@@ -133,3 +133,5 @@ rule improve_compare:
 
 if IMPROVE_VARIANTS:
     ALL_TARGETS.extend(rules.improve_compare.output)
+benchmarked(rules.improve_train, variant=RETRAIN_VARIANTS)
+benchmarked(rules.improve_compare, on=bool(IMPROVE_VARIANTS))

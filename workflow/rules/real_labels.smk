@@ -51,3 +51,4 @@ if REAL_FILE and HEADS:
 
     # Head by head, as before the outputs were named (the report's input order).
     ALL_TARGETS.extend(f for head in HEADS for f in targets(rules.real_labels, head=head))
+    benchmarked(rules.real_labels, head=HEADS)

@@ -93,3 +93,5 @@ ALL_TARGETS.extend(
         targets(rules.train_head, head=head) if head in TRAIN_HEADS else targets(rules.train_baseline, baseline=head)
     )
 )
+benchmarked(rules.train_head, head=TRAIN_HEADS)
+benchmarked(rules.train_baseline, baseline=BASELINES)
