@@ -7,7 +7,8 @@
     results/report/answer.json  the answer for machines
 
 The step in three parts: scripts.report_collect reads the rule's inputs (and the benchmark
-files), scripts.report_document builds one document model from them, scripts.report_render
+files), scripts.report_document builds one document model from them (its sections:
+scripts.report_sections; plain-text values and figures: scripts.report_format), scripts.report_render
 renders it with two Jinja2 templates (report_template.html, autoescaped; report_template.md,
 through the Markdown `md` filter). The answer itself is scripts.report_evidence.
 
