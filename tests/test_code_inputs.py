@@ -77,8 +77,10 @@ def test_rule_files_read_only_names_from_common():
     """A name shared by rule files lives in common.smk: no rule file reads a name (or a
     `rules.<name>`) another rule file defines, and none redefines a common.smk name."""
     texts = {p.name: p.read_text() for p in sorted((ROOT / "workflow" / "rules").glob("*.smk"))}
-    defined = {name: {m.group(1) for m in re.finditer(r"(?m)^(?:def )?([A-Z_][A-Z0-9_]*|[a-z_]\w*(?=\())\s*[=(]",
-                                                        text)}
+    # Definitions: `NAME = …` and `def name(` at the start of a line (a bare call such as
+    # `benchmarked(rules.gap, …)` defines nothing).
+    defined = {name: {m.group(1) or m.group(2)
+                      for m in re.finditer(r"(?m)^(?:def ([a-z_]\w*)\s*\(|([A-Z_][A-Z0-9_]*)\s*=)", text)}
                | {f"rules.{m}" for m in re.findall(r"(?m)^\s*rule (\w+):", text)}
                for name, text in texts.items()}
     for owner, names in defined.items():
