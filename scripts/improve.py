@@ -191,6 +191,8 @@ def improve(baseline: str | Path, variants: dict[str, dict], test1: str | Path, 
         "baseline_test2_top1": 100 * float(base["test2"].mean()),
         "variants": rows,
         "verdict": verdict(rows, baseline_name, alpha),
+        "figures": [str(files["figure"])],
+        "table": str(files["table"]),
         **({"reference_line": {"models": line.get("models"), "slope": line["slope"], "intercept": line["intercept"],
                                "filter": line.get("filter"), "baseline": on_the_line(line, base, labels)}}
            if line is not None else {}),

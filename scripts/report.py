@@ -13,13 +13,14 @@ renders it with two Jinja2 templates (report_template.html, autoescaped; report_
 through the Markdown `md` filter). The answer itself is scripts.report_evidence.
 
 CLI: python -m scripts.report --config JSON --template T [--md-template T] [--benchmarks TSV ...]
-     --html OUT --markdown OUT [--answer OUT] FILES...
+     --html OUT --markdown OUT [--answer OUT] --input NAME=PATH ...
+     (names: scripts.report_collect; the rule passes what workflow/rules/common.smk `for_report` registered)
 """
 from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from scripts.report_collect import collect
 from scripts.report_document import document
 from scripts.report_evidence import Headline, answer_json
 from scripts.report_render import render_html, render_markdown
+from scripts.step_outputs import parse_outputs
 
 __all__ = ["build_report", "main", "render_html", "render_markdown", "report_options"]
 
@@ -45,12 +47,12 @@ def report_options(config: dict[str, Any]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ the step
-def build_report(*, inputs: Sequence[str | os.PathLike], config: dict[str, Any], template: str | os.PathLike,
+def build_report(*, inputs: Mapping[str, str | os.PathLike], config: dict[str, Any], template: str | os.PathLike,
                  out_html: str | os.PathLike, out_md: str | os.PathLike,
                  benchmarks: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
                  out_answer: str | os.PathLike | None = None,
                  md_template: str | os.PathLike = MD_TEMPLATE) -> dict[str, Any]:
-    """Collect every input, write index.html, report.md and answer.json atomically; return the
+    """Collect every named input (`kind:key` -> path), write index.html, report.md and answer.json atomically; return the
     document (the templates' context)."""
     opts = report_options(config)
     data = collect(inputs, config, benchmarks)
@@ -72,7 +74,8 @@ def build_report(*, inputs: Sequence[str | os.PathLike], config: dict[str, Any],
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write the self-contained HTML report and its Markdown twin.")
-    parser.add_argument("inputs", nargs="*", help="metrics/summary/selection/qc/manifest files (the rule's inputs)")
+    parser.add_argument("--input", action="append", default=[], metavar="NAME=PATH",
+                        help="a file the report reads, by name: metrics:HEAD/TEST, gap:HEAD, shift, ... (repeatable)")
     parser.add_argument("--config", required=True, help="JSON: the whole config used")
     parser.add_argument("--template", required=True, help="Jinja2 HTML template")
     parser.add_argument("--md-template", default=str(MD_TEMPLATE), help="Jinja2 Markdown template")
@@ -85,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = parse_json_arg(args.config, "config")
     if not isinstance(config, dict):
         raise FeatgapError("--config: expected a JSON object (the config)")
-    ctx = build_report(inputs=args.inputs, config=config, template=args.template, out_html=args.html,
+    ctx = build_report(inputs=parse_outputs(args.input, "--input"), config=config, template=args.template, out_html=args.html,
                        out_md=args.markdown, benchmarks=args.benchmarks, out_answer=args.answer,
                        md_template=args.md_template)
     hl: Headline = ctx["headline"]

@@ -1,43 +1,32 @@
-"""Gather what the report shows: sort the report rule's input files by kind and read them.
+"""Gather what the report shows: read the report rule's named inputs and the benchmark files.
 
-The report rule passes every artifact the config enables (its input list); this module recognises
-them by their place in the results layout (docs/architecture.md) and reads them:
+The workflow owns the layout: each stage registers the files the report reads under a name
+`KIND[:KEY]` (workflow/rules/common.smk: `for_report`), and the rule passes them as
+`--input NAME=PATH`. Nothing here looks at a path to find out what it is:
 
-    results/parquet/{split}.manifest.json         manifests (source fingerprints)
-    results/qc/{split}.json                       validation
-    results/heads/{head}/selection.json           hyperparameter selection (heads)
-    results/eval/{head}/{test}/metrics.json       metrics (heads and baselines)
-    results/analysis/{kind}/.../summary.json      analyses: kind = gap, shift, imbalance, overfit,
-                                                  misclass, embedding; an `adapt` folder anywhere
-                                                  below analysis/ marks the adaptation check
-    results/improve/summary.json                  what improves test set 2 (improve stage; its
-                                                  figure improve.png beside it)
-    benchmarks/{stage}/{job}.tsv                  Snakemake benchmark files: the ones the benchmarked
-                                                  rules declare (passed by the rule; missing skipped)
+    manifest:{split}          a split's manifest (source fingerprints)
+    qc:{split}                validation of a split (`qc:cross`: the splits against each other)
+    selection:{head}          hyperparameter selection of a trained head
+    metrics:{head}/{test}     evaluate's metrics (heads and baselines)
+    improve                   the improve stage's summary (its figure and table listed in it)
+    {analysis}[:{key}]        an analysis's summary.json: gap:linear, shift, adapt:linear,
+                              misclass:linear/test2, ... (key: head, head/test or none)
+    benchmarks/{stage}/{job}.tsv   Snakemake benchmark files the benchmarked rules declare (missing skipped)
 
-Anything missing is simply absent here; the report then says "not run".
+What the rule does not pass (an analysis switched off) the report omits; a name passed whose file
+is missing (a run outside the workflow) is listed and its section says "not run".
 """
 from __future__ import annotations
 
 import csv
 import math
 import os
-import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from scripts.featio import FeatgapError, read_json
-
-_PATTERNS = {
-    "manifest": re.compile(r"(?:^|/)parquet/(?P<split>[^/]+)\.manifest\.json$"),
-    "qc": re.compile(r"(?:^|/)qc/(?P<split>[^/]+)\.json$"),
-    "selection": re.compile(r"(?:^|/)heads/(?P<head>[^/]+)/selection\.json$"),
-    "metrics": re.compile(r"(?:^|/)eval/(?P<head>[^/]+)/(?P<test>[^/]+)/metrics\.json$"),
-    "analysis": re.compile(r"(?:^|/)analysis/(?P<rest>.+)/summary\.json$"),
-    "improve": re.compile(r"(?:^|/)improve/summary\.json$"),
-}
 
 
 @dataclass
@@ -80,8 +69,9 @@ class ReportData:
     metrics: dict[str, dict[str, dict]] = field(default_factory=dict)  # head -> test -> metrics.json
     analyses: dict[str, dict[str, Analysis]] = field(default_factory=dict)  # kind -> key -> Analysis
     benchmarks: list[Benchmark] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)  # declared inputs that do not exist
-    sources: dict[str, str] = field(default_factory=dict)  # "kind:key" -> path read
+    missing: list[str] = field(default_factory=list)  # named inputs whose file does not exist
+    declared: set[str] = field(default_factory=set)  # input kinds the rule passed (what this config runs)
+    sources: dict[str, str] = field(default_factory=dict)  # input name ("kind:key") -> path read
     improve: dict[str, Any] | None = None  # results/improve/summary.json
     improve_path: str | None = None
 
@@ -127,25 +117,13 @@ def _names(section: Any) -> list[str]:
     return []
 
 
-def classify(path: str | os.PathLike) -> tuple[str, dict[str, str]] | None:
-    """(kind, fields) of a report input by its place in the layout; None for anything else."""
-    text = PurePosixPath(Path(path).as_posix()).as_posix()
-    for kind, pattern in _PATTERNS.items():
-        match = pattern.search(text)
-        if match:
-            return kind, match.groupdict()
-    return None
-
-
-def analysis_kind(rest: str) -> tuple[str, str]:
-    """analysis/<rest>/summary.json -> (kind, key): 'gap/linear' -> ('gap', 'linear'),
-    'misclass/linear/test2' -> ('misclass', 'linear/test2'), 'shift' -> ('shift', ''),
-    'shift/adapt/linear' or 'adapt/linear' -> ('adapt', 'linear')."""
-    parts = rest.split("/")
-    if "adapt" in parts:
-        i = parts.index("adapt")
-        return "adapt", "/".join(parts[i + 1:])
-    return parts[0], "/".join(parts[1:])
+def input_name(name: str) -> tuple[str, str]:
+    """'metrics:linear/test2' -> ('metrics', 'linear/test2'); 'shift' -> ('shift', '')."""
+    kind, _, key = name.partition(":")
+    if not kind or (kind == "metrics" and key.count("/") != 1) or (kind in ("manifest", "qc", "selection") and not key):
+        raise FeatgapError(f"--input {name}=...: expected KIND[:KEY] (metrics:HEAD/TEST, manifest:SPLIT, "
+                           "qc:SPLIT, selection:HEAD, improve, or ANALYSIS[:HEAD[/TEST]])")
+    return kind, key
 
 
 def _read(path: str) -> dict:
@@ -158,48 +136,40 @@ def _read(path: str) -> dict:
     return data
 
 
-def collect(inputs: Iterable[str | os.PathLike], config: dict[str, Any],
+def collect(inputs: Mapping[str, str | os.PathLike], config: dict[str, Any],
             benchmarks: str | os.PathLike | Iterable[str | os.PathLike] | None = None) -> ReportData:
-    """Read every recognised input; missing files are listed, not fatal (the report says "not run")."""
+    """Read every named input; missing files are listed, not fatal (their section says "not run")."""
     data = ReportData(config=config)
-    for raw in inputs:
+    for name, raw in inputs.items():
         path = str(raw)
-        kind_fields = classify(path)
-        if kind_fields is None:
-            continue
+        kind, key = input_name(name)
+        data.declared.add(kind)
         if not Path(path).is_file():
             data.missing.append(path)
             continue
-        kind, fields = kind_fields
-        if kind == "manifest":
-            data.manifests[fields["split"]] = _read(path)
-        elif kind == "qc":
-            data.qc[fields["split"]] = _read(path)
-        elif kind == "selection":
-            data.selections[fields["head"]] = _read(path)
+        content = _read(path)
+        if kind in ("manifest", "qc", "selection"):
+            {"manifest": data.manifests, "qc": data.qc, "selection": data.selections}[kind][key] = content
         elif kind == "metrics":
-            content = _read(path)
             if "metrics" not in content:
                 raise FeatgapError(f"{path}: no 'metrics' block (was it written by scripts.evaluate?)")
-            data.metrics.setdefault(fields["head"], {})[fields["test"]] = content
+            head, test = key.split("/")
+            data.metrics.setdefault(head, {})[test] = content
         elif kind == "improve":
-            content = _read(path)
-            for need in ("variants", "verdict"):
+            for need in ("variants", "verdict", "figures"):
                 if need not in content:
                     raise FeatgapError(f"{path}: no '{need}' key (was it written by scripts.improve?)")
             data.improve, data.improve_path = content, path
-        elif kind == "analysis":
-            content = _read(path)
-            akind, key = analysis_kind(fields["rest"])
+        else:
             for need in ("verdict", "figures"):
                 if need not in content:
                     raise FeatgapError(f"{path}: summary has no '{need}' key (analysis contract: verdict, "
                                        "figures, table, numbers, meta)")
-            data.analyses.setdefault(akind, {})[key] = Analysis(
-                kind=akind, key=key, path=path, verdict=str(content.get("verdict") or ""),
+            data.analyses.setdefault(kind, {})[key] = Analysis(
+                kind=kind, key=key, path=path, verdict=str(content.get("verdict") or ""),
                 figures=[str(f) for f in content.get("figures") or []], table=content.get("table"),
                 numbers=content.get("numbers") or {}, raw=content)
-        data.sources[f"{kind}:{'/'.join(fields.values())}"] = path
+        data.sources[name] = path
     if benchmarks is not None:
         data.benchmarks = read_benchmarks(benchmarks)
     return data

@@ -317,7 +317,8 @@ def improve_ranking(summary: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def improve_enabled(data: ReportData) -> bool:
-    return bool((data.config.get("improve") or {}).get("enabled"))
+    """The rule passed the improve stage's summary (the stage is on in this config)."""
+    return "improve" in data.declared
 
 
 def _conclusion(gap: GapBlock | None, ranking: list[Evidence], rest: dict | None) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from scripts.report_collect import Analysis, ReportData
-from scripts.report_evidence import HYPOTHESES, Headline, improve_enabled, improve_ranking
+from scripts.report_evidence import HYPOTHESES, Headline, improve_ranking
 from scripts.report_format import Figure, embed, fmt_value
 
 # Summaries are written with sorted keys; tables read better with identifiers first.
@@ -104,12 +104,12 @@ def build_sections(data: ReportData, head_line: Headline, opts: dict, md_dir: Pa
     sections = []
     for kind in order:
         if kind == "improve":
-            if improve_enabled(data):  # absent when the stage is off
+            if "improve" in data.declared:  # absent when the stage is off
                 sections.append(improve_section(data, md_dir))
             continue
         items = list(data.analyses.get(kind, {}).values())
-        if kind not in ranked and not items and kind not in ("gap", "shift", "embedding"):
-            continue  # an optional analysis that this config does not run is simply absent
+        if kind not in ranked and kind not in data.declared:
+            continue  # an analysis this config does not run (switched off) is simply absent
         prefer = (f"{head}/test2", head, "") if kind == "misclass" else (head, "")
         e = ranked.get(kind)
         section = analysis_section(kind, items, pick(items, *prefer), opts, md_dir, level=e.level if e else "")
@@ -166,7 +166,7 @@ def improve_section(data: ReportData, md_dir: Path) -> Section:
         columns += ["expected test 2 top-1 % (on the line)", "effective robustness (points) [95% CI]"]
     table = {"title": "variants, ranked by test-2 gain", "columns": columns, "rows": rows, "more": 0}
     method = summary.get("method") or {}
-    figure = Path(data.improve_path or "").parent / "improve.png"
+    figures = [embed(str(f), md_dir) for f in summary.get("figures") or []]
     numbers = [("baseline (primary head)", str(summary.get("baseline", "–"))),
                ("baseline test 1 top-1 %", _pct_points(summary.get("baseline_test1_top1"))),
                ("baseline test 2 top-1 %", _pct_points(summary.get("baseline_test2_top1"))),
@@ -181,6 +181,6 @@ def improve_section(data: ReportData, md_dir: Path) -> Section:
                     ("baseline effective robustness (points) [95% CI]", er)]
     return Section(id="improve", title=title, ran=True, verdict=str(summary.get("verdict") or ""),
                    subject=f"variants of {summary.get('baseline', '–')}", numbers=numbers, tables=[table],
-                   figures=[embed(str(figure), md_dir)], table=str(figure.with_name("variants.csv")),
+                   figures=figures, table=summary.get("table"),
                    note="Not a cause of the gap: what the configured variants of the primary head change on both "
                         "test sets, compared on the same images.")

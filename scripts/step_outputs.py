@@ -22,15 +22,16 @@ def add_output_args(parser: argparse.ArgumentParser, outputs: Mapping[str, str])
                         help=f"one per output: {', '.join(f'{n}=PATH ({s})' for n, s in outputs.items())}")
 
 
-def parse_outputs(pairs: Sequence[str]) -> dict[str, Path]:
-    """`NAME=PATH` arguments as {NAME: PATH}; a path may contain `=` (split at the first one)."""
+def parse_outputs(pairs: Sequence[str], flag: str = "--output") -> dict[str, Path]:
+    """`NAME=PATH` arguments as {NAME: PATH}; a path may contain `=` (split at the first one).
+    The report's named inputs (`--input NAME=PATH`) are parsed the same way."""
     named: dict[str, Path] = {}
     for pair in pairs:
         name, sep, path = pair.partition("=")
         if not sep or not name or not path:
-            raise FeatgapError(f"--output {pair!r}: expected NAME=PATH")
+            raise FeatgapError(f"{flag} {pair!r}: expected NAME=PATH")
         if name in named:
-            raise FeatgapError(f"--output {name}: given twice ({named[name]} and {path})")
+            raise FeatgapError(f"{flag} {name}: given twice ({named[name]} and {path})")
         named[name] = Path(path)
     return named
 

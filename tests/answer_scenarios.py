@@ -155,7 +155,11 @@ def run(name: str, seed: int, out: Path) -> dict:
     write_json(analysis / "overfit" / "head" / "summary.json",
                {"verdict": block["sentence"], "figures": [], "table": None, "numbers": {}, "head": "head",
                 "evidence": block})
-    files = [str(p) for p in sorted(res.rglob("*.json")) if "parquet" not in p.parts]
+    # The report's named inputs, as the rules register them (workflow/rules/common.smk for_report).
+    folders = {"gap": "gap", "imbalance": "imbalance", "difficulty": "difficulty", "label_noise": "label_noise",
+               "adapt": "shift/adapt", "overfit": "overfit"}
+    files = {**{f"metrics:head/{t}": metrics[t] for t in metrics},
+             **{f"{kind}:head": analysis / folder / "head" / "summary.json" for kind, folder in folders.items()}}
     hl = headline(collect(files, {"heads": {"head": {}}}))
     return answer_json(hl)
 

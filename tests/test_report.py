@@ -14,7 +14,7 @@ from test_analysis_fixtures import planted, planted_eval  # noqa: F401 - fixture
 from scripts import evidence, report
 from scripts.featio import FeatgapError, write_json
 from scripts.improve import flag as improve_flag
-from scripts.report_collect import analysis_kind, classify, collect, read_benchmarks
+from scripts.report_collect import collect, input_name, read_benchmarks
 from scripts.report_evidence import hypotheses
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,47 +65,49 @@ def artifacts(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     root = Path(".")
     names = [f"tench {EVIL}", "goldfish"]
-    files = []
+    files = {}  # the report's named inputs, as the rules register them (common.smk for_report)
     for head, (a, b) in {"linear": (0.80, 0.70), "logreg": (0.78, 0.66)}.items():
-        files += [_metrics(root, head, "test1", a, names), _metrics(root, head, "test2", b, names)]
-    files.append(_summary(root, "shift", "Features shift.", {
+        files[f"metrics:{head}/test1"] = _metrics(root, head, "test1", a, names)
+        files[f"metrics:{head}/test2"] = _metrics(root, head, "test2", b, names)
+    files["shift"] = (_summary(root, "shift", "Features shift.", {
         "domain_auc": 0.71, "domain_auc_ci95": [0.68, 0.74], "n_significant": 30, "n_features": 64,
         "top_features": [{"feature": 3, "cohens_d": 0.4, "q": 1e-9}]}, figures=3))
-    files.append(_summary(root, "shift/adapt/linear", "Re-standardising closes 30%.", {
+    files["adapt:linear"] = (_summary(root, "shift/adapt/linear", "Re-standardising closes 30%.", {
         "gap_closed_share_own_mean_std": 0.3, "gap_train_standardisation": 0.1, "gap_own_mean_std_test2_only": 0.07},
         evidence=evidence.block("mean_shift", 3.0, [1.0, 5.0], gap_points=10.0, sentence=f"Shift {EVIL}.",
                                 unit="classes resampled")))
-    files.append(_summary(root, "gap/linear", f"Largest drop: {names[0]}.", {
+    files["gap:linear"] = (_summary(root, "gap/linear", f"Largest drop: {names[0]}.", {
         "mean_drop": 0.1, "top_classes": [{"rank": 1, "class": 0, "name": names[0], "drop": 0.3}]}, figures=2,
         head="linear", gap={"points": 10.0, "ci95": [8.0, 12.0], "significant": True, "p": 1e-4},
         evidence=evidence.block("class_concentrated", 1.0, [-0.5, 2.5], gap_points=10.0, sentence="Uniform.",
                                 unit="classes resampled")))
-    files.append(_summary(root, "imbalance/linear", "Imbalance does not explain it.", {
+    files["imbalance:linear"] = (_summary(root, "imbalance/linear", "Imbalance does not explain it.", {
         "alpha": 0.05, "train_rows_min": 732, "train_rows_max": 1300,
         "spearman_drop": {"rho": 0.02, "p": 0.8}}, head="linear",
         evidence=evidence.block("imbalance", 0.2, [-1.0, 1.4], gap_points=10.0, sentence="No evidence.",
                                 unit="classes resampled")))
-    files.append(_summary(root, "overfit/linear", "Little overfitting.", {
+    files["overfit:linear"] = (_summary(root, "overfit/linear", "Little overfitting.", {
         "train_acc": 0.83, "holdout_acc": 0.81, "test1_acc": 0.80, "test2_acc": 0.70,
         "thresholds": {"overfit_threshold": 0.02, "shift_threshold": 0.02}}, figures=3, head="linear",
         evidence=evidence.not_estimable("overfit", "Not estimable.")))
     for test in ("test1", "test2"):
-        files.append(_summary(root, f"misclass/linear/{test}", f"On {test}, few features differ.", {
+        files[f"misclass:linear/{test}"] = (_summary(root, f"misclass/linear/{test}", f"On {test}, few features differ.", {
             "n_significant": 2, "n_features": 64, "share_significant": 2 / 64, "median_var_ratio": 1.1},
             head="linear", test=test))
-    files.append(_summary(root, "embedding", "The sets overlap.", {"knn_same_set_share_pca": 0.52}, figures=2))
+    files["embedding"] = (_summary(root, "embedding", "The sets overlap.", {"knn_same_set_share_pca": 0.52}, figures=2))
     evil_dir = root / "results" / "analysis" / f"extra{EVIL.replace('/', '_')}"
-    files.append(_summary(root, evil_dir.relative_to(root / "results" / "analysis").as_posix(), EVIL, {"k": EVIL}))
+    files[evil_dir.name] = _summary(root, evil_dir.relative_to(root / "results" / "analysis").as_posix(), EVIL, {"k": EVIL})
     write_json(root / "results" / "heads" / "linear" / "selection.json",
                {"winner": {"candidate": 0, "lr": 0.001, "weight_decay": 0.0, "holdout_acc": 0.81}, "meta": _meta()})
-    files.append(root / "results" / "heads" / "linear" / "selection.json")
+    files["selection:linear"] = root / "results" / "heads" / "linear" / "selection.json"
     for split in ("train", "test1", "test2"):
         write_json(root / f"results/parquet/{split}.manifest.json", {
             "rows": 10, "dim": 4, "source_fingerprint": {"path": f"data/{split}{EVIL}.csv", "size": 9,
                                                          "sha256_sampled": "ab" * 32}})
         write_json(root / f"results/qc/{split}.json", {"rows": 10, "dim": 4, "classes_present": 2,
                                                        "per_class_counts": [5, 5], "violations": [], "meta": _meta()})
-        files += [root / f"results/parquet/{split}.manifest.json", root / f"results/qc/{split}.json"]
+        files[f"manifest:{split}"] = root / f"results/parquet/{split}.manifest.json"
+        files[f"qc:{split}"] = root / f"results/qc/{split}.json"
     bench = root / "benchmarks" / "evaluate"
     bench.mkdir(parents=True)
     (bench / "linear.test1.tsv").write_text(
@@ -114,7 +116,7 @@ def artifacts(tmp_path, monkeypatch):
     config = {"seed": 0, "heads": {"linear": {}}, "baselines": {"logreg": {}},
               "report": {"title": f"Report {EVIL}", "reference": [
                   {"name": f"Peer {EVIL}", "test1": 86.86, "test2": 76.47, "note": EVIL}]}}
-    return {"files": [str(f) for f in files], "config": config, "names": names}
+    return {"files": {name: str(f) for name, f in files.items()}, "config": config, "names": names}
 
 
 def _build(artifacts, tmp_path, files=None, config=None, answer=False):
@@ -227,18 +229,22 @@ def test_no_significant_gap_names_nothing_above_weak(artifacts, tmp_path):
     assert "not significant" in ctx["headline"].gap_sentence
 
 
-def test_missing_stages_say_not_run(artifacts, tmp_path):
-    only_eval = [f for f in artifacts["files"] if "/eval/" in f]
+def test_switched_off_analyses_are_omitted_and_missing_ones_say_not_run(artifacts, tmp_path):
+    """What the rule does not pass (an analysis switched off) has no section; a passed name whose
+    file is missing says "not run"."""
+    only_eval = {name: path for name, path in artifacts["files"].items() if name.startswith("metrics:")}
     ctx, page, md = _build(artifacts, tmp_path, files=only_eval)
-    sections = {s.id: s for s in ctx["sections"]}
-    assert not sections["shift"].ran and not sections["embedding"].ran
-    assert page.count("Not run: this analysis is not enabled") == len([s for s in sections.values() if not s.ran])
+    assert ctx["sections"] == [] and "Not run" not in page and "Not run" not in md
     assert ctx["headline"].ranking == [] and "no cause can be judged" in ctx["headline"].conclusion
-    assert "*Not run*" in md
+    declared = {**only_eval, "shift": "results/analysis/none/summary.json", "embedding": "results/x/summary.json"}
+    ctx, page, md = _build(artifacts, tmp_path, files=declared)
+    assert [(s.id, s.ran) for s in ctx["sections"]] == [("shift", False), ("embedding", False)]
+    assert page.count("Not run: its output is missing") == 2 and md.count("*Not run*") == 2
+    assert ctx["missing"] == ["results/analysis/none/summary.json", "results/x/summary.json"]
 
 
 def test_declared_but_missing_inputs_are_listed_not_fatal(artifacts, tmp_path):
-    files = artifacts["files"] + ["results/analysis/overfit/mlp/summary.json"]
+    files = {**artifacts["files"], "overfit:mlp": "results/analysis/overfit/mlp/summary.json"}
     ctx, page, _ = _build(artifacts, tmp_path, files=files)
     assert ctx["missing"] == ["results/analysis/overfit/mlp/summary.json"]
     assert "results/analysis/overfit/mlp/summary.json" in page
@@ -253,13 +259,18 @@ def test_run_metadata_from_benchmarks_and_meta_blocks(artifacts, tmp_path):
     assert "The config used" in page
 
 
-def test_layout_classification():
-    assert classify("results/eval/mlp/test2/metrics.json") == ("metrics", {"head": "mlp", "test": "test2"})
-    assert classify("/x/results/heads/a/selection.json") == ("selection", {"head": "a"})
-    assert classify("results/analysis/gap/a/per_class.csv") is None
-    assert analysis_kind("shift/adapt/linear") == ("adapt", "linear")
-    assert analysis_kind("misclass/linear/test2") == ("misclass", "linear/test2")
-    assert analysis_kind("shift") == ("shift", "")
+def test_input_names_not_paths_say_what_a_file_is(artifacts, tmp_path):
+    assert input_name("metrics:mlp/test2") == ("metrics", "mlp/test2")
+    assert input_name("adapt:linear") == ("adapt", "linear") and input_name("shift") == ("shift", "")
+    for bad in ("metrics:mlp", "selection", ":x", "qc"):
+        with pytest.raises(FeatgapError, match="expected KIND"):
+            input_name(bad)
+    # The name decides, wherever the file lies: a gap summary under an odd path is still the gap.
+    moved = Path("elsewhere/any.json")
+    moved.parent.mkdir()
+    moved.write_text(Path(artifacts["files"]["gap:linear"]).read_text())
+    data = collect({"gap:linear": moved}, artifacts["config"])
+    assert data.analysis("gap", "linear").path == str(moved) and data.declared == {"gap"}
 
 
 def test_declared_benchmark_files_are_read_and_missing_ones_skipped(tmp_path):
@@ -296,7 +307,8 @@ def test_cli_rejects_unknown_report_keys(artifacts, tmp_path, capsys):
 
 def test_cli_writes_both_files(artifacts, tmp_path, capsys):
     report.main(["--config", json.dumps(artifacts["config"]), "--template", str(TEMPLATE), "--benchmarks",
-                 "benchmarks", "--html", "out/index.html", "--markdown", "out/report.md", *artifacts["files"]])
+                 "benchmarks", "--html", "out/index.html", "--markdown", "out/report.md",
+                 *[arg for name, path in artifacts["files"].items() for arg in ("--input", f"{name}={path}")]])
     assert Path("out/index.html").stat().st_size > 1000 and Path("out/report.md").is_file()
     assert "top-1 accuracy falls" in capsys.readouterr().out
 
@@ -326,7 +338,11 @@ def test_report_on_real_analysis_outputs(planted, planted_eval, tmp_path, monkey
     for test in ("test1", "test2"):  # as evaluate writes them under results/eval/{head}/{test}
         (eval_dir / test).mkdir(parents=True)
         (eval_dir / test / "metrics.json").write_text((planted_eval[test] / "metrics.json").read_text())
-    files = [str(p) for p in Path("results").rglob("summary.json")] + [str(p) for p in eval_dir.rglob("metrics.json")]
+    files = {"gap:linear": "results/analysis/gap/linear/summary.json", "shift": "results/analysis/shift/summary.json",
+             "imbalance:linear": "results/analysis/imbalance/linear/summary.json",
+             "adapt:linear": "results/analysis/shift/adapt/linear/summary.json",
+             "misclass:linear/test2": "results/analysis/misclass/linear/test2/summary.json",
+             **{f"metrics:linear/{t}": str(eval_dir / t / "metrics.json") for t in ("test1", "test2")}}
     ctx = report.build_report(inputs=files, config={"heads": {"linear": {}}, "seed": 0}, template=TEMPLATE,
                               out_html="results/report/index.html", out_md="results/report/report.md",
                               benchmarks="benchmarks")
@@ -371,8 +387,8 @@ def improved(artifacts):
                      # Its numbers alone look like a loss on test set 2; the stage said otherwise: shown as said.
                      _variant("judged", 0.0, -4.0, p2=0.001)],
         "method": {"interval": "within-class bootstrap", "test": "exact McNemar, Holm", "alpha": 0.05},
-        "meta": _meta()})
-    files = artifacts["files"] + [str(out / "summary.json"), str(out / "variants.csv"), str(out / "improve.png")]
+        "figures": [str(out / "improve.png")], "table": str(out / "variants.csv"), "meta": _meta()})
+    files = {**artifacts["files"], "improve": str(out / "summary.json")}
     return {**artifacts, "files": files, "config": {**artifacts["config"], "improve": {"enabled": True}}}
 
 
@@ -395,14 +411,13 @@ def test_improve_section_ranks_variants_and_flags_traded_gains(improved, tmp_pat
     assert answer["improve"]["variants"][0]["name"] == "mixup"
     assert answer["improve"]["variants"][0]["gains_test2_by_losing_test1"] is True
     assert answer["improve"]["variants"][3]["flag"] == "loses on test set 2" and answer["improve"]["variants"][3]["hurts_test2"]
-    # The stage switched off: no section, no sentence, even with a stale summary among the inputs.
-    off = {**improved["config"], "improve": {"enabled": False}}
-    ctx, page, md = _build(improved, tmp_path, config=off, answer=True)
+    # The stage switched off (the rule passes no improve summary): no section, no sentence.
+    off = {name: path for name, path in improved["files"].items() if name != "improve"}
+    ctx, page, md = _build(improved, tmp_path, files=off, answer=True)
     assert "improve" not in {s.id for s in ctx["sections"]} and 'id="improve' not in page
     assert "improve" not in json.loads(Path(tmp_path / "results/report/answer.json").read_text())
     # On, but its summary missing: the section says "not run".
-    files = [f for f in improved["files"] if "improve" not in f]
-    ctx, _, _ = _build(improved, tmp_path, files=files)
+    ctx, _, _ = _build(improved, tmp_path, files={**off, "improve": "results/improve/gone.json"})
     assert not next(s for s in ctx["sections"] if s.id == "improve").ran
 
 
@@ -413,9 +428,9 @@ def test_real_labels_beside_top1_and_in_the_answer(artifacts, tmp_path):
                        "n_images": 100, "n_with_real": 90, "errors": {"errors": 20, "in_real": 8, "no_label": 2,
                                                                        "genuine": 10}}
     write_json(path, metrics)
-    files = artifacts["files"] + [str(_summary(Path("."), "real_labels/linear", f"ReaL {EVIL}.", {
+    files = {**artifacts["files"], "real_labels:linear": str(_summary(Path("."), "real_labels/linear", f"ReaL {EVIL}.", {
         "errors_in_real": 8, "examples_in_real": [{"path": f"val/{EVIL}.JPEG", "label_name": "tench"}]},
-        head="linear", enrichment={"ratio": 2.5, "ratio_ci95": [1.5, 4.0]}))]
+        head="linear", enrichment={"ratio": 2.5, "ratio_ci95": [1.5, 4.0]}))}
     ctx, page, md = _build(artifacts, tmp_path, files=files, answer=True)
     rows = {r["model"]: r for r in ctx["summary"]}
     assert (rows["linear"]["real_top1"], rows["linear"]["real_top1_ci"]) == ("85.00", "[84.00, 86.00]")
@@ -453,13 +468,13 @@ def test_improve_section_shows_effective_robustness_when_the_line_is_configured(
     assert "effective robustness (points) [95% CI]" not in columns
 
 
-def _with_line(artifacts, er: float, ci: list[float]) -> list:
+def _with_line(artifacts, er: float, ci: list[float]) -> dict:
     """A reference_line summary (as scripts.reference_line writes it) for the primary head at 80 → 70 %."""
     row = {"test1_top1": 80.0, "test2_top1": 70.0, "expected_test2_top1": 70.0 - er, "expected_gap": 10.0 + er,
            "observed_gap": 10.0, "effective_robustness": er, "ci95": ci}
     line = {"models": 1040, "slope": 1.008, "intercept": -0.366, "residual_sd_points": 0.48, "filter": "≥ 80%"}
     path = _summary(Path("."), "reference_line", "On the line.", {}, line=line, heads={"linear": row})
-    return artifacts["files"] + [str(path)]
+    return {**artifacts["files"], "reference_line": str(path)}
 
 
 def test_answer_attributes_the_rest_beyond_the_line(artifacts, tmp_path):

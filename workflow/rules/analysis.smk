@@ -70,6 +70,7 @@ rule gap:
 
 if analysis_on("gap"):
     ALL_TARGETS.extend(targets(rules.gap, head=HEADS))
+    for_report("gap", rules.gap.output.summary, head=HEADS)
 
 
 rule shift:
@@ -112,6 +113,7 @@ rule shift:
 
 if analysis_on("shift"):
     ALL_TARGETS.extend(targets(rules.shift))
+    for_report("shift", rules.shift.output.summary)
 benchmarked(rules.shift, on=analysis_on("shift"))
 
 
@@ -156,6 +158,7 @@ rule shift_adapt:
 
 if analysis_on("shift_adapt"):
     ALL_TARGETS.extend(targets(rules.shift_adapt, head=HEADS))
+    for_report("adapt", rules.shift_adapt.output.summary, head=HEADS)
 benchmarked(rules.shift_adapt, on=analysis_on("shift_adapt"), head=HEADS)
 
 
@@ -196,6 +199,7 @@ rule imbalance:
 
 if analysis_on("imbalance"):
     ALL_TARGETS.extend(targets(rules.imbalance, head=HEADS))
+    for_report("imbalance", rules.imbalance.output.summary, head=HEADS)
 
 
 rule overfit:
@@ -240,6 +244,7 @@ rule overfit:
 
 if analysis_on("overfit"):
     ALL_TARGETS.extend(targets(rules.overfit, head=HEADS))
+    for_report("overfit", rules.overfit.output.summary, head=HEADS)
 
 
 rule misclass:
@@ -280,6 +285,7 @@ rule misclass:
 
 if analysis_on("misclass"):
     ALL_TARGETS.extend(targets(rules.misclass, head=HEADS, test=TESTS))
+    for_report("misclass", rules.misclass.output.summary, head=HEADS, test=TESTS)
 
 
 # What the gap question needs from misclass: does the within-class signature of a misclassified
@@ -318,6 +324,7 @@ rule misclass_compare:
 
 if analysis_on("misclass"):
     ALL_TARGETS.extend(targets(rules.misclass_compare, head=HEADS))
+    for_report("misclass_compare", rules.misclass_compare.output.summary, head=HEADS)
 
 
 if EMBED_HEAD is not None and analysis_on("embedding"):
@@ -361,6 +368,7 @@ if EMBED_HEAD is not None and analysis_on("embedding"):
             " > {log:q} 2>&1"
 
     ALL_TARGETS.extend(rules.embedding.output)
+    for_report("embedding", rules.embedding.output.summary)
     benchmarked(rules.embedding)
 
 
@@ -429,6 +437,7 @@ rule difficulty:
 
 if analysis_on("difficulty"):
     ALL_TARGETS.extend(targets(rules.difficulty, head=HEADS))
+    for_report("difficulty", rules.difficulty.output.summary, head=HEADS)
 benchmarked(rules.train_reference, on=analysis_on("difficulty"))  # difficulty's input only
 
 
@@ -471,6 +480,7 @@ rule label_noise:
 
 if analysis_on("label_noise"):
     ALL_TARGETS.extend(targets(rules.label_noise, head=HEADS))
+    for_report("label_noise", rules.label_noise.output.summary, head=HEADS)
 
 
 # Accuracy on the line: only when a reference table is configured (config/eva02.yaml: timm's results).
@@ -512,6 +522,7 @@ if REFERENCE_LINE["test1_table"] and REFERENCE_LINE["test2_table"] and HEADS and
             " --min-test1-top1 {params.min_top1} {params.heads} {params.outputs} > {log:q} 2>&1"
 
     ALL_TARGETS.extend(rules.reference_line.output)
+    for_report("reference_line", rules.reference_line.output.summary)
 
 
 ALL_TARGETS.extend(rules.class_counts.output)

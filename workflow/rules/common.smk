@@ -2,6 +2,7 @@
 # reads a name another rule file defines), the results layout, and the list of final targets.
 # docs/architecture.md describes the stages and how to add an analysis.
 import importlib.util
+import itertools
 import re
 import json
 import os
@@ -139,6 +140,24 @@ REAL_ROWS = "rows.parquet"
 LABEL_NOISE_REAL = (
     [analysis_dir("real_labels", "{head}", REAL_ROWS)] if REAL_FILE and HEADS and REAL_TEST == "test1" else []
 )
+
+
+# ---------------------------------------------------------------- what the report reads
+# Each stage registers the files the report reads, by name (the names: scripts/report_collect.py);
+# report.smk passes exactly these, as `--input NAME=PATH`. What no stage registers (an analysis
+# switched off) the report omits.
+REPORT_INPUTS = {}
+
+
+def for_report(kind, pattern, **wildcards):
+    """Register `pattern` as the report input `kind:key` for each combination of the wildcard
+    values, the key being the values joined by a slash in the order given (head, then test):
+    metrics:linear/test1, …; no wildcards: the name is `kind` alone."""
+    for values in itertools.product(*wildcards.values()):
+        name = f"{kind}:{'/'.join(values)}" if values else kind
+        if name in REPORT_INPUTS:
+            raise WorkflowError(f"report input {name!r} registered twice (for_report in the rule files)")
+        REPORT_INPUTS[name] = str(pattern).format(**dict(zip(wildcards, values)))
 
 
 # ---------------------------------------------------------------- analyses

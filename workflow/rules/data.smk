@@ -151,6 +151,8 @@ rule qc_cross:
 
 
 ALL_TARGETS.extend(expand(qc_path("{split}"), split=SPLITS) + [qc_path("cross")])
+for_report("manifest", manifest_path("{split}"), split=SPLITS)
+for_report("qc", qc_path("{split}"), split=SPLITS + ["cross"])
 for _split in SPLITS:
     benchmarked(rules.convert_part, split=_split, part=part_ids(_split))
 benchmarked(rules.validate_split, split=SPLITS)

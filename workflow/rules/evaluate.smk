@@ -53,6 +53,6 @@ rule evaluate:
         " --head-name {wildcards.head:q} --test-name {wildcards.test:q} --threads {threads} > {log:q} 2>&1"
 
 
-# Head by head and test by test, as before the outputs were named (the report's input order).
 ALL_TARGETS.extend(f for head in HEADS for test in TESTS for f in targets(rules.evaluate, head=head, test=test))
+for_report("metrics", rules.evaluate.output.metrics, head=HEADS, test=TESTS)
 benchmarked(rules.evaluate, head=HEADS, test=TESTS)

@@ -133,5 +133,6 @@ rule improve_compare:
 
 if IMPROVE_VARIANTS:
     ALL_TARGETS.extend(rules.improve_compare.output)
+    for_report("improve", rules.improve_compare.output.summary)
 benchmarked(rules.improve_train, variant=RETRAIN_VARIANTS)
 benchmarked(rules.improve_compare, on=bool(IMPROVE_VARIANTS))

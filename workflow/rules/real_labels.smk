@@ -49,6 +49,6 @@ if REAL_FILE and HEADS:
             " --source {params.source:q} {params.names} --options {params.options}"
             " --head-name {wildcards.head:q} --test-name {params.test:q} --seed {params.seed} > {log:q} 2>&1"
 
-    # Head by head, as before the outputs were named (the report's input order).
     ALL_TARGETS.extend(f for head in HEADS for f in targets(rules.real_labels, head=head))
+    for_report("real_labels", rules.real_labels.output.summary, head=HEADS)
     benchmarked(rules.real_labels, head=HEADS)

@@ -1,27 +1,15 @@
 # Report stage: everything the config enables → one self-contained HTML page + Markdown.
-# Included last, so ALL_TARGETS already lists every stage's final outputs: the report's inputs are
-# exactly what this configuration builds (an analysis that is not configured is simply absent and
-# the report says "not run"). The two templates (HTML page, Markdown twin) are inputs: editing
-# either reruns only this rule. The benchmark files are the ones the benchmarked rules declare
-# (BENCHMARKS, common.smk): passed as parameters, not inputs (no rule lists them as outputs), and
-# a missing one is skipped.
+# Included last, so every stage has registered the files the report reads (REPORT_INPUTS,
+# common.smk `for_report`): its inputs are exactly those, by name, and the step is told each
+# file's name (`--input NAME=PATH`), never left to work it out from the path. An analysis that is
+# switched off registers nothing and the report omits it. The two templates (HTML page, Markdown
+# twin) are inputs: editing either reruns only this rule. The benchmark files are the ones the
+# benchmarked rules declare (BENCHMARKS, common.smk): passed as parameters, not inputs (no rule
+# lists them as outputs), and a missing one is skipped.
 
 REPORT_TEMPLATE = f"{workflow.basedir}/scripts/report_template.html"
 REPORT_MD_TEMPLATE = f"{workflow.basedir}/scripts/report_template.md"
 
-
-# Every final target of the other stages, plus files the report reads that no stage lists as a
-# final target (manifests, QC, per-head selection).
-REPORT_ARTIFACTS = list(
-    dict.fromkeys(
-        list(ALL_TARGETS)
-        + expand("results/parquet/{split}.manifest.json", split=SPLITS)
-        + expand("results/qc/{split}.json", split=SPLITS)
-        + expand(head_file("{head}", "selection.json"), head=TRAIN_HEADS)
-        # The improve stage's outputs (also final targets of improve.smk when it is on).
-        + (IMPROVE_FILES if IMPROVE_VARIANTS else [])
-    )
-)
 
 _undeclared = sorted(r.name for r in workflow.rules if r.benchmark and r.name not in BENCHMARKED)
 if _undeclared:
@@ -30,7 +18,7 @@ if _undeclared:
 
 rule report:
     input:
-        artifacts=REPORT_ARTIFACTS,
+        **REPORT_INPUTS,
         template=REPORT_TEMPLATE,
         md_template=REPORT_MD_TEMPLATE,
         code=code("report"),
@@ -48,12 +36,14 @@ rule report:
     params:
         config=as_json(config),
         benchmarks=" ".join(f"--benchmarks {shlex.quote(p)}" for p in BENCHMARKS),
+        inputs=lambda wc, input: " ".join(
+            f"--input {shlex.quote(f'{name}={path}')}" for name, path in input.items() if name in REPORT_INPUTS
+        ),
     shell:
         "python -m scripts.report --config {params.config} --template {input.template:q}"
         " --md-template {input.md_template:q}"
         " {params.benchmarks} --html {output.html:q} --markdown {output.markdown:q}"
-        " --answer {output.answer:q}"
-        " {input.artifacts:q} > {log:q} 2>&1"
+        " --answer {output.answer:q} {params.inputs} > {log:q} 2>&1"
 
 
 ALL_TARGETS.extend(["results/report/index.html", "results/report/report.md", "results/report/answer.json"])

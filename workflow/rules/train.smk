@@ -85,7 +85,6 @@ rule train_baseline:
         " --num-classes {params.num_classes} --seed {params.seed} --threads {threads} > {log:q} 2>&1"
 
 
-# Head by head, as before the outputs were named (the report's input order).
 ALL_TARGETS.extend(
     f
     for head in HEADS
@@ -93,5 +92,7 @@ ALL_TARGETS.extend(
         targets(rules.train_head, head=head) if head in TRAIN_HEADS else targets(rules.train_baseline, baseline=head)
     )
 )
+for_report("selection", rules.train_head.output.selection, head=TRAIN_HEADS)
+for_report("selection", rules.train_baseline.output.selection, baseline=BASELINES)
 benchmarked(rules.train_head, head=TRAIN_HEADS)
 benchmarked(rules.train_baseline, baseline=BASELINES)
