@@ -2,8 +2,10 @@
 
 Variants (config `improve.variants`, one entry each):
   retrain        the primary head's config with some keys changed (L2 normalisation, PCA whitening,
-                 feature noise, mixup, class-balanced or logit-adjusted loss, …), trained and
-                 selected on the train holdout by scripts.train_head like any head (rule improve_train);
+                 feature noise, mixup, class-balanced or logit-adjusted loss, …), trained by
+                 scripts.train_head (rule improve_train) either once with the hyperparameters the
+                 primary head's holdout selection chose (improve.hyperparameters: inherit, so the
+                 variant differs from it in its own keys only) or with its own holdout selection;
   ensemble       the mean of the calibrated logits of several trained heads;
   restandardize  unsupervised test-time adaptation: each test set standardised with its own feature
                  mean and SD instead of the training ones (no labels are used).
@@ -170,8 +172,7 @@ def improve(baseline: str | Path, variants: dict[str, dict], test1: str | Path, 
                      "test2_top1": 100 * float(correct["test2"].mean()),
                      "delta_test1": comparison["test1"], "delta_test2": comparison["test2"],
                      "gap_change": comparison["gap_change"],
-                     "selected_on": "holdout" if spec["kind"] != "restandardize" else
-                     "nothing to select: unsupervised, each test set's own feature statistics"})
+                     **_selected_on(spec)})
         if line is not None:
             rows[-1]["reference_line"] = on_the_line(line, correct, labels)
     for t in TESTS:  # Holm over the variants, per test set: many variants, one question each
@@ -207,6 +208,16 @@ def improve(baseline: str | Path, variants: dict[str, dict], test1: str | Path, 
     save_figure(_figure(rows, baseline_name), files["figure"])
     write_json(files["summary"], summary)
     return summary
+
+
+def _selected_on(spec: dict) -> dict:
+    """Where the variant's choices were made: never on a test set."""
+    if spec["kind"] == "restandardize":
+        return {"selected_on": "nothing to select: unsupervised, each test set's own feature statistics"}
+    how = {"retrain": {"inherit": "the baseline's holdout selection (lr, weight decay, epochs), trained once",
+                       "select": "its own selection on the train holdout"}.get(spec.get("hyperparameters", "select")),
+           "ensemble": "each member's own selection on the train holdout"}[spec["kind"]]
+    return {"selected_on": "holdout", "hyperparameters": how}
 
 
 def _beyond_noise(delta: dict, alpha: float, sign: int) -> bool:

@@ -4,6 +4,9 @@ stratified holdout of it; write the model, history and selection outputs (docs/a
 A grid of learning rate × weight decay candidates is trained at once on the same batches
 (scripts.train_grid); the winner has the best holdout top-1 (ties: lower holdout loss, then
 grid order) at its best epoch, and is optionally refit on train + holdout for that many epochs.
+With `inherit_from` (a variant of the improve stage) there is no new selection: the head trains
+once with the lr, weight decay and epochs that another head's holdout selection chose, on the rows
+that head's final fit used, so that the variant differs from it in its own keys only.
 The saved format and the way to apply a head are in scripts.heads (load_head, predict_logits).
 Test splits are never read here.
 """
@@ -15,14 +18,13 @@ import itertools
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.optimize import minimize_scalar
 from tqdm import tqdm
 
 from scripts.device import configure_determinism, resolve_device
@@ -30,6 +32,7 @@ from scripts.featio import (
     FeatgapError,
     meta_block,
     parse_json_arg,
+    read_json,
     run_cli,
     shard_folder,
     write_json,
@@ -190,19 +193,37 @@ def fit_temperature(state: dict[str, torch.Tensor], arch: dict, data: TrainSet, 
     def nll(log_t: float) -> float:
         return float(F.cross_entropy(z / math.exp(log_t), y))
 
+    from scipy.optimize import minimize_scalar  # here: ~0.4 s of import a job without a holdout skips
+
     best = minimize_scalar(nll, bounds=(math.log(0.05), math.log(20.0)), method="bounded",
                            options={"xatol": 1e-4})
     return {"temperature": round(math.exp(best.x), 6), "holdout_nll_before": nll(0.0),
             "holdout_nll_after": nll(float(best.x)), "holdout_rows": len(y)}
 
 
+def inherited_choice(path: str | Path, name: str) -> dict:
+    """lr, weight decay, epochs and rows (all or fit) of another head's final fit, from its selection.json."""
+    selection = read_json(path)
+    win = selection.get("winner") if isinstance(selection, dict) else None
+    if not isinstance(win, dict) or not all(k in win for k in ("lr", "weight_decay", "epochs")):
+        raise FeatgapError(f"{path}: no winner with lr, weight_decay and epochs (written by scripts.train_head?); "
+                           f"needed to train {name} with its hyperparameters")
+    return {"from": str(path), "head": selection.get("head"), "lr": float(win["lr"]),
+            "weight_decay": float(win["weight_decay"]), "epochs": int(win["epochs"]),
+            "rows": "all" if selection.get("refit") else "fit"}
+
+
 def train_head(manifest: str | Path, outputs: Mapping[str, str | Path], *, name: str, head: Mapping[str, Any],
                train: Mapping[str, Any], num_classes: int, seed: int = 0,
-               threads: int | None = None) -> dict:
-    """Train head `name` on the split of `manifest`; write the model, history and selection outputs."""
+               threads: int | None = None, inherit_from: str | Path | None = None) -> dict:
+    """Train head `name` on the split of `manifest`; write the model, history and selection outputs.
+    `inherit_from`: another head's selection.json whose chosen hyperparameters it trains with."""
     started = time.perf_counter()
     files = output_paths(outputs, OUTPUTS, "train_head")
     cfg = parse_config(HeadConfig, head, f"heads.{name}")
+    inherited = inherited_choice(inherit_from, name) if inherit_from is not None else None
+    if inherited is not None:
+        cfg = replace(cfg, lr=[inherited["lr"]], weight_decay=[inherited["weight_decay"]], epochs=inherited["epochs"])
     settings = parse_config(TrainSettings, train, "train")
     device = resolve_device(settings.device)
     configure_determinism(device, threads or settings.threads, seed)
@@ -217,28 +238,40 @@ def train_head(manifest: str | Path, outputs: Mapping[str, str | Path], *, name:
     if len(candidates) > 1 and not has_holdout:
         raise FeatgapError(f"heads.{name}: {len(candidates)} candidates but the holdout is empty "
                            f"(train.holdout_fraction={settings.holdout_fraction}); raise it or use one lr/wd")
+    all_rows = np.sort(np.concatenate([data.fit_rows, data.holdout_rows]))
     # PCA whitening is fitted on the rows the grid trains on (never the holdout), once for both phases.
     input_map = whitening_map(data, data.fit_rows, cfg.pca_whiten) if cfg.pca_whiten else None
-    t_grid = time.perf_counter()
-    result = run_grid(data, cfg, candidates, data.fit_rows, epochs=cfg.epochs, seed=seed,
-                      phase="grid", select=has_holdout, desc=f"{name} grid×{len(candidates)}",
-                      eval_batch_size=settings.eval_batch_size, cuda_graphs=settings.cuda_graphs,
-                      input_map=input_map)
-    grid_s = time.perf_counter() - t_grid
-    # Winner among the candidates trained to the end (all, unless halving dropped some): best
-    # holdout top-1, then lower holdout loss, then grid order.
-    alive = result["alive"]
-    order = sorted(alive, key=lambda i: (-result["best_acc"][i], result["best_loss"][i], i))
-    win = order[0] if has_holdout else 0
-    win_epochs = int(result["best_epoch"][win]) + 1 if has_holdout else cfg.epochs
-    history = result["history"]
-    state = result["grid"].extract(alive.index(win))
     arch = {"in_dim": data.dim, "num_classes": num_classes, "hidden": cfg.hidden, "dropout": cfg.dropout}
-    calibration = fit_temperature(state, arch, data, settings.eval_batch_size) \
-        if cfg.calibrate and has_holdout else None
-    refit = None
-    if cfg.refit and has_holdout:
-        all_rows = np.sort(np.concatenate([data.fit_rows, data.holdout_rows]))
+    t_grid = time.perf_counter()
+    if inherited is not None:
+        # One fit, as the other head's final one: nothing is selected, so the holdout stays unused
+        # and there is no temperature to fit (1.0: top-1 and the paired comparison need none).
+        rows = all_rows if inherited["rows"] == "all" else data.fit_rows
+        result = run_grid(data, cfg, candidates, rows, epochs=cfg.epochs, seed=seed, phase="inherited",
+                          select=False, desc=f"{name} (hyperparameters of {inherited['head']})",
+                          cuda_graphs=settings.cuda_graphs, input_map=input_map)
+        win, win_epochs, calibration = 0, cfg.epochs, None
+        state = result["grid"].extract(0)
+        refit = {"rows": len(rows), "epochs": win_epochs, "seconds": round(time.perf_counter() - t_grid, 3)}
+        n_fit = len(rows)
+    else:
+        result = run_grid(data, cfg, candidates, data.fit_rows, epochs=cfg.epochs, seed=seed,
+                          phase="grid", select=has_holdout, desc=f"{name} grid×{len(candidates)}",
+                          eval_batch_size=settings.eval_batch_size, cuda_graphs=settings.cuda_graphs,
+                          input_map=input_map)
+        # Winner among the candidates trained to the end (all, unless halving dropped some): best
+        # holdout top-1, then lower holdout loss, then grid order.
+        alive = result["alive"]
+        order = sorted(alive, key=lambda i: (-result["best_acc"][i], result["best_loss"][i], i))
+        win = order[0] if has_holdout else 0
+        win_epochs = int(result["best_epoch"][win]) + 1 if has_holdout else cfg.epochs
+        state = result["grid"].extract(alive.index(win))
+        calibration = fit_temperature(state, arch, data, settings.eval_batch_size) \
+            if cfg.calibrate and has_holdout else None
+        refit, n_fit = None, len(data.fit_rows)
+    grid_s = time.perf_counter() - t_grid
+    history = result["history"]
+    if inherited is None and cfg.refit and has_holdout:
         t_refit = time.perf_counter()
         again = run_grid(data, cfg, [candidates[win]], all_rows, epochs=win_epochs, seed=seed,
                          phase="refit", select=False, desc=f"{name} refit", cuda_graphs=settings.cuda_graphs,
@@ -248,7 +281,8 @@ def train_head(manifest: str | Path, outputs: Mapping[str, str | Path], *, name:
         refit = {"rows": len(all_rows), "epochs": win_epochs, "seconds": round(time.perf_counter() - t_refit, 3)}
     hparams = {**{k: v for k, v in asdict(cfg).items() if k not in ("lr", "weight_decay")},
                "lr": candidates[win]["lr"], "weight_decay": candidates[win]["weight_decay"],
-               "epochs_trained": win_epochs, "refit": refit is not None, "seed": seed}
+               "epochs_trained": win_epochs, "refit": refit is not None, "seed": seed,
+               "inherited_from": inherited["head"] if inherited else None}
     counts = np.bincount(data.labels, minlength=num_classes)
     checkpoint = make_checkpoint(name=name, kind=cfg.type, state_dict=state,
                                  arch=arch,
@@ -258,27 +292,29 @@ def train_head(manifest: str | Path, outputs: Mapping[str, str | Path], *, name:
                                  temperature=calibration["temperature"] if calibration else 1.0)
     save_head(files["model"], checkpoint)
     write_history(files["history"], history)
-    n_fit = len(data.fit_rows)
+    scored = inherited is None
     selection = {
         "head": name,
         "config": asdict(cfg),
         "train": asdict(settings),
         "grid": candidates,
+        "inherited": inherited,
         "scores": [{"candidate": c["candidate"], "lr": c["lr"], "weight_decay": c["weight_decay"],
                     "holdout_acc": _num(result["best_acc"][i]), "holdout_loss": _num(result["best_loss"][i]),
-                    "best_epoch": int(result["best_epoch"][i]) + 1} for i, c in enumerate(candidates)],
-        "winner": {**candidates[win], "holdout_acc": _num(result["best_acc"][win]),
-                   "holdout_loss": _num(result["best_loss"][win]), "epochs": win_epochs},
+                    "best_epoch": int(result["best_epoch"][i]) + 1} for i, c in enumerate(candidates)] if scored else [],
+        "winner": {**candidates[win], "holdout_acc": _num(result["best_acc"][win]) if scored else None,
+                   "holdout_loss": _num(result["best_loss"][win]) if scored else None, "epochs": win_epochs},
         "refit": refit,
         "calibration": calibration,
         "data": data.stats,
-        "halving": {"rungs": result["rungs"], "survivors": [candidates[i]["candidate"] for i in alive]}
-        if cfg.selection == "halving" else None,
+        "halving": {"rungs": result["rungs"], "survivors": [candidates[i]["candidate"] for i in result["alive"]]}
+        if cfg.selection == "halving" and scored else None,
         "timing": {"grid_s": round(grid_s, 3), "grid_epochs": result["epochs_run"],
                    "candidate_epochs": result["candidate_epochs"],
                    "rows_per_s": round(n_fit * result["epochs_run"] / max(grid_s, 1e-9), 1),
                    "candidate_rows_per_s": round(n_fit * result["candidate_epochs"] / max(grid_s, 1e-9), 1)},
-        "meta": meta_block(seed=seed, device=str(device), started=started, inputs=[manifest]),
+        "meta": meta_block(seed=seed, device=str(device), started=started,
+                           inputs=[manifest, *([inherit_from] if inherit_from is not None else [])]),
     }
     write_json(files["selection"], selection)
     return selection
@@ -301,10 +337,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--num-classes", type=int, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--inherit-from", default=None, metavar="SELECTION",
+                        help="another head's selection.json: train once with its chosen lr, weight decay, epochs")
     args = parser.parse_args(argv)
     selection = train_head(args.manifest, parse_outputs(args.output), name=args.name,
                            head=parse_json_arg(args.head, "head"), train=parse_json_arg(args.train, "train"),
-                           num_classes=args.num_classes, seed=args.seed, threads=args.threads)
+                           num_classes=args.num_classes, seed=args.seed, threads=args.threads,
+                           inherit_from=args.inherit_from)
     win = selection["winner"]
     print(f"{args.name}: winner lr={win['lr']} wd={win['weight_decay']} holdout top-1={win['holdout_acc']}")
 

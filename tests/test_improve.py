@@ -12,7 +12,7 @@ from step_layout import outputs_in
 
 from scripts import reference_line as rl
 from scripts import stats
-from scripts.featio import write_json
+from scripts.featio import FeatgapError, write_json
 from scripts.generate_demo import DemoSpec, FeatureModel
 from scripts.improve import flag, improve, mcnemar_exact, paired_comparison, stratified_se
 from scripts.train_head import train_head
@@ -78,7 +78,7 @@ def setup(tmp_path_factory):
     train_head(data["manifest"], outputs_in(root / "noise", "train_head"),
                name="noise", head={**head, "feature_noise": 0.5}, train=train,
                num_classes=CLASSES)
-    return {"root": root, **manifests}
+    return {"root": root, "train": data["manifest"], **manifests}
 
 
 def test_test_time_restandardisation_is_found_to_help(setup, tmp_path):
@@ -160,3 +160,37 @@ def test_nothing_beyond_noise_is_said_plainly(setup, tmp_path):
                       setup["test1"], setup["test2"], outputs_in(tmp_path / "out", "improve"), baseline_name="base",
                       bootstrap=100)
     assert summary["verdict"].startswith("No variant improves test set 2 over the primary head (base) beyond noise")
+
+
+def test_an_inherited_variant_is_the_baseline_but_for_its_own_keys(setup, tmp_path):
+    """improve.hyperparameters: inherit. With no key changed, one fit at the baseline's chosen lr,
+    weight decay and epochs on the rows of its final fit reproduces the baseline's weights exactly
+    (CPU): the paired comparison then measures the variant's own change and nothing else."""
+    import torch
+
+    from scripts.heads import load_checkpoint as load_head
+
+    root = setup["root"]
+    data_manifest = setup["train"]
+    head = {"type": "linear", "lr": [1e-2], "weight_decay": [1e-3], "epochs": 4, "batch_size": 64}
+    train = {"device": "cpu", "threads": 1, "holdout_fraction": 0.1}
+    same = train_head(data_manifest, outputs_in(tmp_path / "same", "train_head"), name="same", head=head,
+                      train=train, num_classes=CLASSES, inherit_from=root / "base/selection.json")
+    base, copy = load_head(root / "base/model.pt"), load_head(tmp_path / "same/model.pt")
+    for key, value in base["state_dict"].items():
+        assert torch.equal(value, copy["state_dict"][key]), key
+    base_sel = json.loads((root / "base/selection.json").read_text())
+    assert same["inherited"]["epochs"] == base_sel["winner"]["epochs"] and same["inherited"]["rows"] == "all"
+    assert same["refit"]["rows"] == base_sel["refit"]["rows"] and same["scores"] == []
+    assert same["winner"]["holdout_acc"] is None and same["calibration"] is None  # nothing selected
+    # A changed key is the only difference: the same hyperparameters, other weights.
+    noisy = train_head(data_manifest, outputs_in(tmp_path / "noisy", "train_head"), name="noisy",
+                       head={**head, "feature_noise": 0.5, "lr": [0.5, 0.7]}, train=train, num_classes=CLASSES,
+                       inherit_from=root / "base/selection.json")
+    assert (noisy["winner"]["lr"], noisy["winner"]["weight_decay"]) == (1e-2, 1e-3)
+    assert not torch.equal(load_head(tmp_path / "noisy/model.pt")["state_dict"]["0.weight"],
+                           base["state_dict"]["0.weight"])
+    with pytest.raises(FeatgapError, match="no winner"):
+        write_json(tmp_path / "bad.json", {"head": "x"})
+        train_head(data_manifest, outputs_in(tmp_path / "bad", "train_head"), name="bad", head=head, train=train,
+                   num_classes=CLASSES, inherit_from=tmp_path / "bad.json")

@@ -1,11 +1,15 @@
 # Improve stage: what, if anything, makes test set 2 better? Each configured variant of the primary
-# head is trained and selected on the train holdout (improve_train: the same step as train_head,
-# with the variant's keys changed), then every variant is compared with the primary head on the
+# head is trained with hyperparameters chosen on the train holdout (improve_train: the same step as
+# train_head, with the variant's keys changed; improve.hyperparameters: inherit the baseline's
+# choice, or select anew), then every variant is compared with the primary head on the
 # same test images (improve_compare → results/improve/summary.json, variants.csv, improve.png).
 # IMPROVE, IMPROVE_VARIANTS, improve_file and IMPROVE_FILES (read by report.smk too), TRAIN_MEM_MB and
 # HEAD_RUNTIME (shared with train.smk): common.smk.
 IMPROVE_BASELINE = IMPROVE["baseline"] or config["report"]["primary_head"] or (TRAIN_HEADS[0] if TRAIN_HEADS else None)
 RETRAIN_VARIANTS = [n for n, v in IMPROVE_VARIANTS.items() if v["kind"] == "retrain"]
+# inherit: a retrained variant trains once with the hyperparameters the baseline's selection chose
+# (its selection.json an input); select: it runs its own selection on the train holdout.
+INHERIT = IMPROVE["hyperparameters"] == "inherit"
 
 if IMPROVE_VARIANTS and IMPROVE_BASELINE not in TRAIN_HEADS:
     raise WorkflowError(f"config improve.baseline: {IMPROVE_BASELINE!r} is not a trained head (heads: {TRAIN_HEADS})")
@@ -44,6 +48,7 @@ rule improve_train:
     input:
         manifest=manifest_path("train"),
         qc=qc_path("train"),
+        inherit=[head_file(IMPROVE_BASELINE, "selection.json")] if INHERIT else [],
         code=code("train_head"),
     output:
         model=improve_file("{variant}/model.pt"),
@@ -65,7 +70,7 @@ rule improve_train:
         head=lambda wc: as_json(
             {
                 **config["heads"][IMPROVE_BASELINE],
-                **IMPROVE["retrain"],
+                **({} if INHERIT else IMPROVE["retrain"]),
                 **IMPROVE_VARIANTS[wc.variant].get("set", {}),
             }
         ),
@@ -73,10 +78,12 @@ rule improve_train:
         num_classes=config["num_classes"],
         seed=config["seed"],
         outputs=lambda wc, output: output_args(output),
+        inherit=lambda wc, input: " ".join(f"--inherit-from {shlex.quote(p)}" for p in input.inherit),
     shell:
         "python -m scripts.train_head --manifest {input.manifest:q} {params.outputs}"
         " --name {wildcards.variant:q} --head {params.head} --train {params.train}"
-        " --num-classes {params.num_classes} --seed {params.seed} --threads {threads} > {log:q} 2>&1"
+        " --num-classes {params.num_classes} --seed {params.seed} --threads {threads}"
+        " {params.inherit} > {log:q} 2>&1"
 
 
 rule improve_compare:
@@ -114,6 +121,7 @@ rule improve_compare:
                     "kind": spec["kind"],
                     "models": VARIANT_MODELS[name],
                     "set": spec.get("set", {}),
+                    "hyperparameters": IMPROVE["hyperparameters"],
                 }
                 for name, spec in IMPROVE_VARIANTS.items()
             }
