@@ -26,7 +26,6 @@ from scripts.featio import (
     meta_block,
     read_json,
     read_split,
-    shard_folder,
     write_json,
 )
 
@@ -164,7 +163,7 @@ def load_per_class(metrics_path: str | os.PathLike) -> pd.DataFrame:
 
 def label_counts(manifest: str | os.PathLike, num_classes: int) -> np.ndarray:
     """Rows per class of a split, reading the label column only."""
-    labels = read_split(shard_folder(manifest), features=False, columns=("label",)).label
+    labels = read_split(manifest, features=False, columns=("label",)).label
     labels = labels.astype(np.int64)
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
         raise FeatgapError(f"{manifest}: labels outside 0..{num_classes - 1} (config num_classes)")

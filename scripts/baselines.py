@@ -34,7 +34,7 @@ import torch
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from scripts.featio import FeatgapError, meta_block, parse_json_arg, run_cli, shard_folder, write_json
+from scripts.featio import FeatgapError, meta_block, parse_json_arg, run_cli, write_json
 from scripts.heads import make_checkpoint, save_head
 from scripts.step_outputs import add_output_args, output_paths, parse_outputs
 from scripts.train_config import TrainSettings, parse_config, write_history
@@ -169,7 +169,7 @@ def train_baseline(manifest: str | Path, outputs: Mapping[str, str | Path], *, n
     torch.set_num_threads(max(1, threads))
     # logreg reads only its subsample: stream (one stats pass) instead of loading the matrix.
     budget = 0 if cfg.type == "logreg" else settings.memory_budget_mb
-    data = load_train(shard_folder(manifest), num_classes=num_classes, holdout_fraction=settings.holdout_fraction,
+    data = load_train(manifest, num_classes=num_classes, holdout_fraction=settings.holdout_fraction,
                       seed=seed, l2_normalize=cfg.l2_normalize, standardize=cfg.standardize,
                       memory_budget_mb=budget, device="cpu", batch_size=cfg.chunk_rows)
     grid = cfg.alpha if cfg.type == "sgd" else cfg.C

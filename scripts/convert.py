@@ -55,7 +55,6 @@ from scripts.featio import (
     read_json,
     remove_dead_temporaries,
     run_cli,
-    shard_folder,
     shard_record,
     shard_schema,
     write_json,
@@ -380,13 +379,18 @@ def write_manifest(plan_path: str | Path, shards: Sequence[str | Path], out: str
         rows += entry["rows"]
     if rows == 0:
         raise FeatgapError(f"{plan_['csv']}: no data rows were converted")
-    folder = shard_folder(out)
+    # The shards' folder as the rule passed them (one per split); recorded relative to the manifest,
+    # which is how every reader finds it (featio.split_folder).
+    folders = {shard.parent for shard in shards}
+    if len(folders) != 1:
+        raise FeatgapError(f"{out}: the shards of one split must share a folder, got {sorted(map(str, folders))}")
+    folder = folders.pop()
     listed = {entry["file"] for entry in entries}
     stale = sorted(p for p in folder.glob(SHARD_GLOB) if p.name not in listed) if folder.is_dir() else []
     manifest = {
         "source": plan_["csv"],
         "source_fingerprint": plan_["fingerprint"],
-        "folder": str(folder),
+        "folder": os.path.relpath(folder, Path(out).parent),
         "rows": rows,
         "dim": plan_["dim"],
         "classes_seen": len(labels_seen),

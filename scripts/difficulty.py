@@ -40,7 +40,6 @@ from scripts.featio import (
     parse_json_arg,
     read_split,
     run_cli,
-    shard_folder,
 )
 from scripts.options import merge_options
 from scripts.step_outputs import add_output_args, output_paths, parse_outputs
@@ -52,7 +51,7 @@ SHARE_OUTPUTS = {"table": ".csv", "summary": ".json", "figure": ".png"}
 def train_reference(manifest: str | Path, num_classes: int, out: str | Path) -> dict[str, Any]:
     """Per-class means and global mean/std of the train features, in one streaming pass."""
     sums, counts, total, total_sq = None, np.zeros(num_classes), None, None
-    for group in iter_row_groups(shard_folder(manifest), columns=("label", "features")):
+    for group in iter_row_groups(manifest, columns=("label", "features")):
         labels = group.column("label").to_numpy().astype(np.int64)
         flat = group.column("features").combine_chunks().values.to_numpy(zero_copy_only=False)
         x = flat.reshape(len(labels), -1).astype(np.float64)
@@ -128,7 +127,7 @@ def difficulty(*, reference: str | Path, test1: str | Path, test2: str | Path, p
     ref = dict(np.load(reference))
     scores, frames = {}, {}
     for test, manifest, preds in (("test1", test1, predictions1), ("test2", test2, predictions2)):
-        split = read_split(shard_folder(manifest), features=True, columns=("row", "label"))
+        split = read_split(manifest, features=True, columns=("row", "label"))
         pred = pd.read_parquet(preds, columns=["row", "label", "correct"]).set_index("row")
         if len(pred) != len(split.row) or not pred.index.isin(split.row).all():
             raise FeatgapError(f"{preds}: rows do not match {manifest}")

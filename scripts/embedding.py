@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from scripts import stats
 from scripts.analysis_common import pyplot, save_figure, write_summary, write_table
-from scripts.featio import FeatgapError, parse_json_arg, read_split, run_cli, shard_folder
+from scripts.featio import FeatgapError, parse_json_arg, read_split, run_cli
 from scripts.options import merge_options
 from scripts.step_outputs import add_output_args, output_paths, parse_outputs
 
@@ -32,10 +32,9 @@ SET_COLORS = {"test1": "#4f81bd", "test2": "#c0504d"}
 
 
 def sample_set(manifest: str | Path, predictions: str | Path, per_set: int, seed: int) -> dict[str, np.ndarray]:
-    folder = shard_folder(manifest)
-    labels = read_split(folder, features=False, columns=("label",)).label.astype(np.int64)
+    labels = read_split(manifest, features=False, columns=("label",)).label.astype(np.int64)
     idx = stats.stratified_subsample(labels, per_set, seed)
-    split = read_split(folder, features=True, columns=("row", "label"), rows=idx)
+    split = read_split(manifest, features=True, columns=("row", "label"), rows=idx)
     pred = pq.read_table(predictions, columns=["row", "correct"])
     rows = pred.column("row").to_numpy()
     if len(rows) != len(labels):

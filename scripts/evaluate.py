@@ -48,7 +48,6 @@ from scripts.featio import (
     parse_json_arg,
     read_json,
     run_cli,
-    shard_folder,
     split_shape,
     write_json,
 )
@@ -60,26 +59,26 @@ OUTPUTS = {"predictions": ".parquet", "metrics": ".json", "confusions": ".csv", 
 
 
 def predict_split(
-    folder: str | Path,
+    manifest: str | Path,
     logits_fn: Callable[[np.ndarray], np.ndarray],
     num_classes: int,
     k: int = 5,
 ) -> dict[str, np.ndarray]:
     """Stream a split through `logits_fn`; return per-row prediction columns (no features kept)."""
-    n_total, dim = split_shape(folder)
+    n_total, dim = split_shape(manifest)
     k = min(k, num_classes)
     cols: dict[str, list[np.ndarray]] = {key: [] for key in ("row", "path", "label", "pred", "top5",
                                                              "confidence", "p_label", "nll")}
     seen = 0
     with tqdm(total=n_total, desc="evaluate", unit="row", leave=False) as bar:
-        for table in iter_row_groups(folder):
+        for table in iter_row_groups(manifest):
             feats = np.array(features_to_numpy(table.column("features"), dim))  # writable, for torch
             label = table.column("label").to_numpy().astype(np.int64)
             bad = np.flatnonzero((label < 0) | (label >= num_classes))
             if len(bad):
                 row = table.column("row").to_numpy()[bad[0]]
                 raise FeatgapError(
-                    f"{folder}: row {row}: label {label[bad[0]]} outside 0..{num_classes - 1} (head classes)"
+                    f"{manifest}: row {row}: label {label[bad[0]]} outside 0..{num_classes - 1} (head classes)"
                 )
             logits = np.asarray(logits_fn(feats))
             if logits.shape != (len(label), num_classes):
@@ -102,7 +101,7 @@ def predict_split(
             seen += len(label)
             bar.update(len(label))
     if seen == 0:
-        raise FeatgapError(f"{folder}: the split has no rows")
+        raise FeatgapError(f"{manifest}: the split has no rows")
     return {key: np.concatenate(values) for key, values in cols.items()}
 
 
@@ -245,7 +244,7 @@ def evaluate(
         from scripts.real_scoring import load_real
 
         real = load_real(real_labels, num_classes)
-    pred = predict_split(shard_folder(manifest), logits_fn, num_classes)
+    pred = predict_split(manifest, logits_fn, num_classes)
 
     with atomic_path(files["predictions"]) as tmp:
         pq.write_table(predictions_table(pred), tmp, compression="zstd")

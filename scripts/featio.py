@@ -185,10 +185,15 @@ REBUILD_HINT = "delete it and run snakemake again to rebuild it"
 CHECKSUM_BLOCK = 16 << 20
 
 
-def manifest_path(folder: str | os.PathLike) -> Path:
-    """results/parquet/{split}/ → results/parquet/{split}.manifest.json (inverse of shard_folder)."""
-    folder = Path(folder)
-    return folder.with_name(f"{folder.name}.manifest.json")
+def split_folder(manifest_path: str | os.PathLike, manifest: dict | None) -> Path:
+    """Where a split's shards are: the manifest's `folder`, relative to the manifest's own folder
+    (docs/data-contract.md). The manifest is a split's only handle: no reader derives one path
+    from the other's name."""
+    recorded = (manifest or {}).get("folder")
+    if not isinstance(recorded, str) or not recorded:
+        raise FeatgapError(f"{manifest_path}: no 'folder' naming where its shards are (not a manifest written by "
+                           "scripts.convert?); delete it and run snakemake again")
+    return Path(manifest_path).parent / recorded
 
 
 def file_crc32(path: str | os.PathLike) -> int:
@@ -264,17 +269,19 @@ def _listed(manifest: dict | None) -> list[dict] | None:
     return None
 
 
-def open_split(folder: str | os.PathLike) -> list[tuple[Path, pq.ParquetFile]]:
-    """The shards of a split, opened and checked against its manifest before any data is read.
+def open_split(manifest_path: str | os.PathLike) -> list[tuple[Path, pq.ParquetFile]]:
+    """The shards of a split (given by its manifest), opened and checked before any data is read.
 
     Only the files the manifest lists are read (part files left over from an earlier, larger
     `convert.parts` are ignored). Each listed shard must exist and have the recorded size, footer
-    checksum and rows; the split must have the recorded total rows and dim. A folder whose manifest
-    lists no shards (hand-made fixtures) is read by name, still checked against `rows` if recorded.
+    checksum and rows; the split must have the recorded total rows and dim. A manifest that lists
+    no shards (hand-made fixtures) has its folder read by name, still checked against `rows` if recorded.
     """
-    folder = Path(folder)
-    mpath = manifest_path(folder)
+    mpath = Path(manifest_path)
     manifest = _read_manifest(mpath)
+    if manifest is None:
+        raise FeatgapError(f"{mpath}: no manifest (did convert run?); run snakemake again to rebuild the split")
+    folder = split_folder(mpath, manifest)
     entries = _listed(manifest)
     if entries is None:
         paths = sorted(folder.glob(SHARD_GLOB))
@@ -308,24 +315,24 @@ def open_split(folder: str | os.PathLike) -> list[tuple[Path, pq.ParquetFile]]:
     return opened
 
 
-def verify_split(folder: str | os.PathLike) -> int:
+def verify_split(manifest_path: str | os.PathLike) -> int:
     """Every listed shard's whole-file CRC-32 against the manifest (QC runs it once per conversion,
     and training and evaluation depend on QC); returns the bytes checked."""
-    folder = Path(folder)
-    shards = open_split(folder)  # the cheap checks first
-    entries = {entry["file"]: entry for entry in _listed(_read_manifest(manifest_path(folder))) or []}
+    mpath = Path(manifest_path)
+    shards = open_split(mpath)  # the cheap checks first
+    entries = {entry["file"]: entry for entry in _listed(_read_manifest(mpath)) or []}
     checked = 0
     for path, _ in shards:
         recorded = entries.get(path.name, {}).get("crc32")
         if recorded is not None and file_crc32(path) != recorded:
-            raise FeatgapError(f"{path}: CRC-32 differs from {manifest_path(folder).name} (corrupt); {REBUILD_HINT}")
+            raise FeatgapError(f"{path}: CRC-32 differs from {mpath.name} (corrupt); {REBUILD_HINT}")
         checked += path.stat().st_size if recorded is not None else 0
     return checked
 
 
-def list_shards(folder: str | os.PathLike) -> list[Path]:
+def list_shards(manifest_path: str | os.PathLike) -> list[Path]:
     """The manifest's shards of a split, checked (see open_split)."""
-    return [path for path, _ in open_split(folder)]
+    return [path for path, _ in open_split(manifest_path)]
 
 
 def read_row_group(path: Path, pfile: pq.ParquetFile, group: int, columns: Sequence[str]) -> pa.Table:
@@ -382,17 +389,17 @@ class Split:
         return 0
 
 
-def split_shape(folder: str | os.PathLike) -> tuple[int, int]:
+def split_shape(manifest_path: str | os.PathLike) -> tuple[int, int]:
     """(rows, dim) from the shard footers, without reading data."""
     rows, dim = 0, 0
-    for _, pfile in open_split(folder):
+    for _, pfile in open_split(manifest_path):
         rows += pfile.metadata.num_rows
         dim = pfile.schema_arrow.field("features").type.list_size
     return rows, dim
 
 
 def read_split(
-    folder: str | os.PathLike,
+    manifest_path: str | os.PathLike,
     *,
     features: bool = True,
     columns: Sequence[str] = ("row", "path", "label"),
@@ -400,7 +407,7 @@ def read_split(
     out: np.ndarray | None = None,
     threads: int | None = None,
 ) -> Split:
-    """Read a split's shards, row group by row group, into preallocated arrays.
+    """Read a split's shards (the ones its manifest lists), row group by row group, into preallocated arrays.
 
     Row groups are decoded in `threads` threads (default: the cores this process may use, at most
     READ_THREADS), each straight into its rows of the matrix (scripts/shard_pages.py; pyarrow
@@ -409,7 +416,7 @@ def read_split(
     subset while streaming; `out` lets the caller supply the feature buffer (e.g. pinned memory).
     Every page's CRC-32 is checked either way.
     """
-    shards = open_split(folder)
+    shards = open_split(manifest_path)
     n_total = sum(pfile.metadata.num_rows for _, pfile in shards)
     dim = shards[0][1].schema_arrow.field("features").type.list_size
     want = None if rows is None else np.asarray(rows, dtype=np.int64)
@@ -523,10 +530,10 @@ def _features_leaf(pfile: pq.ParquetFile) -> int | None:
 
 
 def iter_row_groups(
-    folder: str | os.PathLike, columns: Sequence[str] = ("row", "path", "label", "features")
+    manifest_path: str | os.PathLike, columns: Sequence[str] = ("row", "path", "label", "features")
 ) -> Iterator[pa.Table]:
     """Stream a split one row group at a time (bounded memory for any split size)."""
-    for shard, pfile in open_split(folder):
+    for shard, pfile in open_split(manifest_path):
         for group in range(pfile.num_row_groups):
             yield read_row_group(shard, pfile, group, columns)
 
@@ -606,8 +613,3 @@ def write_shard(
             write_page_checksum=True,  # readers verify every page: flipped bytes cannot pass as data
         )
 
-
-def shard_folder(manifest_path: str | os.PathLike) -> Path:
-    """results/parquet/{split}.manifest.json → results/parquet/{split}/ (rules pass the manifest)."""
-    manifest_path = Path(manifest_path)
-    return manifest_path.with_name(manifest_path.name.removesuffix(".manifest.json"))

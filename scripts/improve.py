@@ -47,7 +47,6 @@ from scripts.featio import (
     read_json,
     read_split,
     run_cli,
-    shard_folder,
     write_json,
 )
 from scripts.heads import load_checkpoint, predict_logits
@@ -67,7 +66,7 @@ class TestSet:
 
 
 def load_test(manifest: str | Path, name: str) -> TestSet:
-    split = read_split(shard_folder(manifest), columns=("label",))
+    split = read_split(manifest, columns=("label",))
     return TestSet(name, split.features, split.label.astype(np.int64))
 
 

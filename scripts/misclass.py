@@ -45,7 +45,6 @@ from scripts.featio import (
     parse_json_arg,
     read_split,
     run_cli,
-    shard_folder,
 )
 from scripts.options import merge_options
 from scripts.step_outputs import add_output_args, output_paths, parse_outputs
@@ -151,7 +150,7 @@ def misclass(*, predictions: str | Path, manifest: str | Path, outputs: Mapping[
     head = head_name or Path(predictions).parent.parent.name
     test = test_name or Path(predictions).parent.name
     pred = pq.read_table(predictions, columns=["row", "correct"])
-    split = read_split(shard_folder(manifest), features=True, columns=("row", "label"))
+    split = read_split(manifest, features=True, columns=("row", "label"))
     pred_row = pred.column("row").to_numpy()
     if len(pred_row) != len(split.row) or not np.array_equal(pred_row, split.row):
         raise FeatgapError(f"{predictions}: rows do not match {manifest} (re-run evaluate for this split)")

@@ -27,7 +27,6 @@ from scripts.featio import (
     meta_block,
     read_json,
     run_cli,
-    shard_folder,
     write_json,
 )
 
@@ -36,7 +35,7 @@ EXAMPLES = 5
 
 
 def paths_and_labels(manifest: str | Path) -> pl.DataFrame:
-    tables = list(iter_row_groups(shard_folder(manifest), columns=("path", "label")))
+    tables = list(iter_row_groups(manifest, columns=("path", "label")))
     return pl.from_arrow(pa.concat_tables(tables))
 
 

@@ -37,7 +37,6 @@ from scripts.featio import (
     parse_json_arg,
     read_split,
     run_cli,
-    shard_folder,
 )
 from scripts.options import merge_options
 from scripts.step_outputs import add_output_args, output_paths, parse_outputs
@@ -179,8 +178,8 @@ def shift_features(*, test1: str | Path, test2: str | Path, outputs: Mapping[str
     opts = merge_options(options, "analysis.shift")
     alpha = float(opts["alpha"])
     files = output_paths(outputs, FEATURES_OUTPUTS, "shift features")
-    s1 = read_split(shard_folder(test1), features=True, columns=("label",))
-    s2 = read_split(shard_folder(test2), features=True, columns=("label",))
+    s1 = read_split(test1, features=True, columns=("label",))
+    s2 = read_split(test2, features=True, columns=("label",))
     x1, x2 = s1.features, s2.features
     if x1.shape[1] != x2.shape[1]:
         raise FeatgapError(f"{test1} has {x1.shape[1]} features but {test2} has {x2.shape[1]}")
@@ -260,7 +259,7 @@ def adapt(*, head_path: str | Path, test1: str | Path, test2: str | Path, output
     ckpt = load_checkpoint(head_path)
     base = load_head(ckpt)
     train_std = base.std.numpy().astype(np.float32)
-    data = {t: read_split(shard_folder(p), features=True, columns=("label",)) for t, p in
+    data = {t: read_split(p, features=True, columns=("label",)) for t, p in
             (("test1", test1), ("test2", test2))}
     rows, correct = [], {}
     set_means = {t: _own_moments(base, split.features)[0] for t, split in data.items()}

@@ -44,10 +44,10 @@ MB = 1 << 20
 PLACEMENTS = ("device", "host", "stream")
 
 
-def row_group_sizes(folder: str | os.PathLike) -> list[int]:
+def row_group_sizes(manifest: str | os.PathLike) -> list[int]:
     """Rows per row group in read order: the block boundaries every pass uses (same sums, same bytes)."""
     sizes = []
-    for shard in list_shards(folder):
+    for shard in list_shards(manifest):
         meta = pq.ParquetFile(shard).metadata
         sizes += [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
     return sizes
@@ -155,7 +155,7 @@ def _fits_on_device(nbytes: int, device: torch.device) -> bool:
 class TrainSet:
     """Labels, the holdout split, the preprocessing, and a batch source on `device`."""
 
-    folder: str
+    manifest: str
     labels: np.ndarray  # (N,) int64, all train rows in file order
     fit_rows: np.ndarray
     holdout_rows: np.ndarray
@@ -199,7 +199,7 @@ class TrainSet:
             wanted = np.sort(chunk)
             # Release the previous pool before reading the next: never two pools at once.
             block = None
-            block = read_split(self.folder, columns=(), rows=wanted).features
+            block = read_split(self.manifest, columns=(), rows=wanted).features
             self.prep.apply(block)
             local = np.searchsorted(wanted, chunk)  # positions of the chunk's rows inside block
             yield from self._host_batches(torch.from_numpy(block), local, chunk, batch_size, staging)
@@ -244,7 +244,7 @@ class TrainSet:
         if not self.streaming:
             return self.matrix.index_select(0, torch.from_numpy(rows).to(self.matrix.device)).cpu().numpy()
         order = np.argsort(rows, kind="stable")
-        block = read_split(self.folder, columns=(), rows=rows[order]).features
+        block = read_split(self.manifest, columns=(), rows=rows[order]).features
         self.prep.apply(block)
         out = np.empty_like(block)
         out[order] = block
@@ -313,7 +313,7 @@ class _Staging:
 
 
 def load_train(
-    folder: str | os.PathLike,
+    manifest: str | os.PathLike,
     *,
     num_classes: int,
     holdout_fraction: float,
@@ -326,29 +326,29 @@ def load_train(
     placement: str = "auto",
 ) -> TrainSet:
     """Read labels, choose the holdout, decide the placement, then load (or plan streaming)."""
-    folder = str(folder)
+    manifest = str(manifest)
     device = torch.device(device)
     t0 = time.perf_counter()
-    n, dim = split_shape(folder)
-    labels = read_split(folder, features=False, columns=("label",)).label.astype(np.int64)
+    n, dim = split_shape(manifest)
+    labels = read_split(manifest, features=False, columns=("label",)).label.astype(np.int64)
     if n == 0:
-        raise FeatgapError(f"{folder}: the train split has no rows")
+        raise FeatgapError(f"{manifest}: the train split has no rows")
     bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
     if len(bad):
         raise FeatgapError(
-            f"{folder}: row {int(bad[0])} has label {int(labels[bad[0]])}, expected 0..{num_classes - 1}"
+            f"{manifest}: row {int(bad[0])} has label {int(labels[bad[0]])}, expected 0..{num_classes - 1}"
         )
     fit_rows, holdout_rows = stratified_holdout(labels, holdout_fraction, np.random.default_rng([seed, 0]))
     prep = Preprocess(dim, l2_normalize, standardize)
     nbytes = n * dim * 4
     placement = choose_placement(nbytes, device, memory_budget_mb, placement)
-    ts = TrainSet(folder, labels, fit_rows, holdout_rows, num_classes, dim, prep, device, placement)
+    ts = TrainSet(manifest, labels, fit_rows, holdout_rows, num_classes, dim, prep, device, placement)
     if placement == "device":
-        ts.matrix = _load_to_device(folder, n, dim, prep, device)
+        ts.matrix = _load_to_device(manifest, n, dim, prep, device)
     elif placement == "host":
-        ts.matrix = _load_to_host(folder, n, dim, prep)
+        ts.matrix = _load_to_host(manifest, n, dim, prep)
     else:
-        for table in iter_row_groups(folder, columns=("features",)):
+        for table in iter_row_groups(manifest, columns=("features",)):
             block = np.array(features_to_numpy(table.column("features"), dim), dtype=np.float32)
             prep.normalise_rows(block)
             prep.accumulate(block)
@@ -374,12 +374,12 @@ def load_train(
     return ts
 
 
-def _load_to_host(folder: str, n: int, dim: int, prep: Preprocess) -> torch.Tensor:
+def _load_to_host(manifest: str, n: int, dim: int, prep: Preprocess) -> torch.Tensor:
     """One pageable (n, dim) matrix, preprocessed in place block by block."""
     matrix = torch.empty((n, dim), dtype=torch.float32)
-    read_split(folder, columns=(), out=matrix.numpy())
+    read_split(manifest, columns=(), out=matrix.numpy())
     host = matrix.numpy()
-    sizes = row_group_sizes(folder)
+    sizes = row_group_sizes(manifest)
     for block in _blocks(host, sizes):
         prep.normalise_rows(block)
         prep.accumulate(block)
@@ -389,13 +389,13 @@ def _load_to_host(folder: str, n: int, dim: int, prep: Preprocess) -> torch.Tens
     return matrix
 
 
-def _load_to_device(folder: str, n: int, dim: int, prep: Preprocess, device: torch.device) -> torch.Tensor:
+def _load_to_device(manifest: str, n: int, dim: int, prep: Preprocess, device: torch.device) -> torch.Tensor:
     """Row groups → one pinned staging block → the preallocated GPU matrix; the statistics and the
     standardisation run on the GPU. Host memory: one row group, not the matrix."""
     matrix = torch.empty((n, dim), dtype=torch.float32, device=device)
     cuda = device.type == "cuda"
     staging, filled = None, 0
-    for table in iter_row_groups(folder, columns=("features",)):
+    for table in iter_row_groups(manifest, columns=("features",)):
         block = features_to_numpy(table.column("features"), dim)
         rows = len(block)
         if cuda:
@@ -409,7 +409,7 @@ def _load_to_device(folder: str, n: int, dim: int, prep: Preprocess, device: tor
         prep.accumulate(target)
         filled += rows
     if filled != n:
-        raise FeatgapError(f"{folder}: read {filled} train rows, the shard footers say {n}")
+        raise FeatgapError(f"{manifest}: read {filled} train rows, the shard footers say {n}")
     prep.finish()
     for start in range(0, n, 1 << 16):
         prep.standardise(matrix[start : start + (1 << 16)])

@@ -34,7 +34,6 @@ from scripts.featio import (
     parse_json_arg,
     read_json,
     run_cli,
-    shard_folder,
     write_json,
 )
 from scripts.heads import build_net, make_checkpoint, save_head
@@ -227,7 +226,7 @@ def train_head(manifest: str | Path, outputs: Mapping[str, str | Path], *, name:
     settings = parse_config(TrainSettings, train, "train")
     device = resolve_device(settings.device)
     configure_determinism(device, threads or settings.threads, seed)
-    data = load_train(shard_folder(manifest), num_classes=num_classes,
+    data = load_train(manifest, num_classes=num_classes,
                       holdout_fraction=settings.holdout_fraction, seed=seed,
                       l2_normalize=cfg.l2_normalize, standardize=cfg.standardize,
                       memory_budget_mb=settings.memory_budget_mb, device=device,

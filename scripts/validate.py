@@ -32,25 +32,24 @@ from scripts.featio import (
     parse_json_arg,
     read_json,
     run_cli,
-    shard_folder,
     verify_split,
     write_json,
 )
 
 
-def label_path_table(folder: Path) -> pl.DataFrame:
-    tables = list(iter_row_groups(folder, columns=("row", "path", "label")))
+def label_path_table(manifest: Path) -> pl.DataFrame:
+    tables = list(iter_row_groups(manifest, columns=("row", "path", "label")))
     return pl.from_arrow(pa.concat_tables(tables))
 
 
-def feature_stats(folder: Path, dim: int) -> dict[str, Any]:
+def feature_stats(manifest: Path, dim: int) -> dict[str, Any]:
     """Streamed per-feature mean/std/min/max and the count of non-finite values."""
     total = np.zeros(dim)
     total_sq = np.zeros(dim)
     low = np.full(dim, np.inf)
     high = np.full(dim, -np.inf)
     n, nonfinite = 0, 0
-    for table in tqdm(iter_row_groups(folder, columns=("features",)), desc="qc features", unit="group",
+    for table in tqdm(iter_row_groups(manifest, columns=("features",)), desc="qc features", unit="group",
                       mininterval=2):
         block = features_to_numpy(table.column("features"), dim)
         finite = np.isfinite(block)
@@ -113,9 +112,8 @@ def validate_split(manifest_path: str | Path, split: str, *, num_classes: int, e
     """Compute the QC record of a split and the list of violated expectations."""
     started = time.perf_counter()
     manifest = read_json(manifest_path)
-    folder = shard_folder(manifest_path)
-    verified_bytes = verify_split(folder)  # whole-file checksums, once per conversion
-    frame = label_path_table(folder)
+    verified_bytes = verify_split(manifest_path)  # whole-file checksums, once per conversion
+    frame = label_path_table(manifest_path)
     counts = frame.group_by("label").len().sort("label")
     per_class = np.zeros(num_classes, dtype=np.int64)
     labels = counts["label"].to_numpy().astype(np.int64)
@@ -136,7 +134,7 @@ def validate_split(manifest_path: str | Path, split: str, *, num_classes: int, e
         "duplicate_paths": duplicated["path"].n_unique(),
         "row_ids_unique": frame["row"].n_unique() == frame.height,
         "checksummed_bytes": verified_bytes,
-        **feature_stats(folder, manifest["dim"]),
+        **feature_stats(manifest_path, manifest["dim"]),
     }
     problems: list[str] = []
     if layout == "imagenet":

@@ -25,14 +25,13 @@ def tiny_csv(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="session")
 def tiny_parquet(tiny_csv, tmp_path_factory) -> dict:
-    """The tiny CSVs converted to the Parquet contract: {split: shard folder}, plus `truth`."""
+    """The tiny CSVs converted to the Parquet contract: {split: manifest}, plus `truth`."""
     from scripts.convert import convert_file
 
     out = tmp_path_factory.mktemp("tiny_parquet")
-    folders = {}
+    manifests = {}
     for split in ("train", "test1", "test2"):
-        folder = out / split
-        convert_file(tiny_csv[split], folder, out / f"{split}.manifest.json",
+        manifests[split] = out / f"{split}.manifest.json"
+        convert_file(tiny_csv[split], out / split, manifests[split],
                      num_classes=TINY["classes"], dim=TINY["dim"], parts=2 if split == "train" else 1)
-        folders[split] = folder
-    return {"truth": tiny_csv["truth"], **folders}
+    return {"truth": tiny_csv["truth"], **manifests}

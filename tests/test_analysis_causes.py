@@ -8,14 +8,14 @@ from step_layout import outputs_in
 from test_analysis_fixtures import planted, planted_eval  # noqa: F401 - fixtures
 
 from scripts.difficulty import difficulty, train_reference
-from scripts.featio import read_split, shard_folder
+from scripts.featio import read_split
 from scripts.label_noise import label_noise
 
 
 def test_train_reference_matches_the_matrix(planted, tmp_path):
     info = train_reference(planted["train"], planted["spec"].classes, tmp_path / "ref.npz")
     ref = np.load(tmp_path / "ref.npz")
-    split = read_split(shard_folder(planted["train"]), columns=("label",))
+    split = read_split(planted["train"], columns=("label",))
     x, y = split.features.astype(np.float64), split.label.astype(np.int64)
     assert info["rows"] == len(y)
     np.testing.assert_allclose(ref["class_means"][3], x[y == 3].mean(axis=0), rtol=1e-5, atol=1e-5)

@@ -39,7 +39,7 @@ def write_split(root: Path, split: str, feats: np.ndarray, labels: np.ndarray, p
                     path_col=[f"{split}/c{lab}/{r}.JPEG" for lab, r in zip(labels[lo:hi], range(lo, hi))],
                     features=feats[lo:hi], row_group_rows=500)
     manifest = root / f"{split}.manifest.json"
-    write_json(manifest, {"rows": len(labels), "dim": int(feats.shape[1]), "split": split})
+    write_json(manifest, {"folder": split, "rows": len(labels), "dim": int(feats.shape[1]), "split": split})
     return manifest
 
 

@@ -10,7 +10,7 @@ from scipy import stats as sps
 from step_layout import outputs_in
 from test_analysis_fixtures import SPEC, build_dataset, planted, sample_split  # noqa: F401 - fixture
 
-from scripts.featio import FeatgapError, read_split, shard_folder
+from scripts.featio import FeatgapError, read_split
 from scripts.generate_demo import DemoSpec, FeatureModel
 from scripts.shift import adapt, feature_tests, shift_features
 
@@ -41,8 +41,8 @@ def test_planted_shift_found_exactly(planted, shift_summary):
 def test_per_feature_columns_match_scipy(planted, shift_summary):
     out, _ = shift_summary
     table = pd.read_csv(out / "features.csv")
-    x1 = read_split(shard_folder(planted["test1"])).features.astype(np.float64)
-    x2 = read_split(shard_folder(planted["test2"])).features.astype(np.float64)
+    x1 = read_split(planted["test1"]).features.astype(np.float64)
+    x2 = read_split(planted["test2"]).features.astype(np.float64)
     ref = sps.ttest_ind(x2, x1, equal_var=False)
     np.testing.assert_allclose(table["t"], ref.statistic, rtol=1e-8)
     np.testing.assert_allclose(table["p"], ref.pvalue, rtol=1e-7, atol=1e-300)
@@ -108,7 +108,7 @@ def test_adaptation_check(planted, tmp_path):
     # The head as trained reproduces evaluate's accuracy exactly.
     from scripts.heads import load_head, predict_logits
 
-    s2 = read_split(shard_folder(planted["test2"]), columns=("label",))
+    s2 = read_split(planted["test2"], columns=("label",))
     acc = float((predict_logits(load_head(planted["head"]), s2.features).argmax(1) == s2.label).mean())
     assert n["top1_test2_train"] == pytest.approx(acc)
     lo, hi = n["test2_own_mean_std_change_ci95"]

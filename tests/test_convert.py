@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from scripts.convert import convert_file, plan
-from scripts.featio import read_split
+from scripts.featio import list_shards, read_split
 
 
 def csv_features(path, dim):
@@ -17,7 +17,7 @@ def csv_features(path, dim):
 
 
 def test_contract_schema_and_manifest(tiny_parquet):
-    shard = min(tiny_parquet["train"].glob("part-*.parquet"))
+    shard = min(list_shards(tiny_parquet["train"]))
     schema = pq.read_schema(shard)
     assert schema.field("row").type == pa.int64()
     assert schema.field("path").type == pa.string()
@@ -27,7 +27,8 @@ def test_contract_schema_and_manifest(tiny_parquet):
     for group in range(meta.num_row_groups):
         column = meta.row_group(group).column(3)
         assert "DICTIONARY" not in str(column.encodings) and "RLE_DICTIONARY" not in str(column.encodings)
-    manifest = json.loads((tiny_parquet["train"].parent / "train.manifest.json").read_text())
+    manifest = json.loads(tiny_parquet["train"].read_text())
+    assert manifest["folder"] == "train"  # relative to the manifest: the split moves as one
     assert manifest["rows"] == sum(tiny_parquet["truth"]["train_counts"])
     assert manifest["dim"] == 32 and manifest["classes_seen"] == 12
     assert [s["file"] for s in manifest["shards"]] == ["part-00000.parquet", "part-00001.parquet"]
@@ -51,7 +52,7 @@ def test_parts_and_chunks_do_not_change_the_data(tiny_csv, tmp_path):
     many = convert_file(tiny_csv["train"], tmp_path / "b", tmp_path / "b.manifest.json", num_classes=12, parts=5,
                         chunk_mb=1, row_group_rows=100)
     assert one["rows"] == many["rows"] and len(many["shards"]) == 5
-    a, b = read_split(tmp_path / "a"), read_split(tmp_path / "b")
+    a, b = read_split(tmp_path / "a.manifest.json"), read_split(tmp_path / "b.manifest.json")
     assert np.array_equal(a.features, b.features) and np.array_equal(a.row, b.row)
 
 
@@ -71,7 +72,7 @@ def test_index_column_is_never_a_feature(tiny_csv, tmp_path):
     manifest = convert_file(csv, tmp_path / "s", tmp_path / "s.manifest.json", num_classes=12, dim=32,
                             columns={"index": "id"})
     assert manifest["dim"] == 32
-    assert read_split(tmp_path / "s").row[0] == 0
+    assert read_split(tmp_path / "s.manifest.json").row[0] == 0
 
 
 def test_file_without_path_or_index_column(tiny_csv, tmp_path):
@@ -80,7 +81,7 @@ def test_file_without_path_or_index_column(tiny_csv, tmp_path):
     frame.write_csv(csv)
     convert_file(csv, tmp_path / "s", tmp_path / "s.manifest.json", num_classes=12, dim=32, parts=3,
                  columns={"index": None, "path": None})
-    data = read_split(tmp_path / "s")
+    data = read_split(tmp_path / "s.manifest.json")
     assert np.array_equal(data.row, np.arange(frame.height))  # row ids are line positions across parts
     assert np.array_equal(data.label, frame["label"].to_numpy())
 
@@ -90,7 +91,7 @@ def test_configurable_label_column(tiny_csv, tmp_path):
     csv.write_text(tiny_csv["test2"].read_text().replace(",path,label,", ",file,class_id,", 1))
     convert_file(csv, tmp_path / "s", tmp_path / "s.manifest.json", num_classes=12, dim=32,
                  columns={"path": "file", "label": "class_id"})
-    assert read_split(tmp_path / "s").path[0].startswith("imagenetv2-matched-frequency-format-val/")
+    assert read_split(tmp_path / "s.manifest.json").path[0].startswith("imagenetv2-matched-frequency-format-val/")
 
 
 @pytest.mark.parametrize("chunk_bytes", [100, 1000, 4096])
@@ -117,4 +118,4 @@ def test_features_in_any_header_order(tiny_csv, tmp_path):
     csv = tmp_path / "reversed.csv"
     frame.select(order).write_csv(csv)
     convert_file(csv, tmp_path / "r", tmp_path / "r.manifest.json", num_classes=12, dim=32)
-    assert np.array_equal(read_split(tmp_path / "r").features.view(np.uint32), features.view(np.uint32))
+    assert np.array_equal(read_split(tmp_path / "r.manifest.json").features.view(np.uint32), features.view(np.uint32))

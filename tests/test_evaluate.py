@@ -16,7 +16,7 @@ from test_analysis_fixtures import planted, planted_eval  # noqa: F401 - fixture
 from scripts import heads
 from scripts.analysis_common import load_class_names
 from scripts.evaluate import evaluate, main
-from scripts.featio import FeatgapError, read_split, run_cli, shard_folder
+from scripts.featio import FeatgapError, read_split, run_cli
 
 
 def test_predictions_contract(planted, planted_eval):
@@ -26,7 +26,7 @@ def test_predictions_contract(planted, planted_eval):
     assert pa.types.is_list(top5_type) and top5_type.value_type == pa.int16()
     assert str(table.schema.field("label").type) == "int16"
     frame = table.to_pandas()
-    source = read_split(shard_folder(planted["test2"]), features=True)
+    source = read_split(planted["test2"], features=True)
     np.testing.assert_array_equal(frame["row"], source.row)
     np.testing.assert_array_equal(frame["label"], source.label)
     assert list(frame["path"]) == list(source.path)
@@ -43,7 +43,7 @@ def test_predictions_contract(planted, planted_eval):
 def test_metrics_match_sklearn(planted, planted_eval):
     m = json.loads((planted_eval["test1"] / "metrics.json").read_text())
     frame = pd.read_parquet(planted_eval["test1"] / "predictions.parquet")
-    source = read_split(shard_folder(planted["test1"]), features=True)
+    source = read_split(planted["test1"], features=True)
     prob = torch.softmax(torch.tensor(heads.predict_logits(heads.load_head(planted["head"]), source.features),
                                       dtype=torch.float64), 1).numpy()
     y, p = frame["label"].to_numpy(), frame["pred"].to_numpy()

@@ -16,6 +16,13 @@ from scripts.featio import (
 )
 
 
+def listing(folder):
+    """A minimal manifest for a folder of shards (readers take a split by its manifest): read by name."""
+    manifest = folder.with_name(f"{folder.name}.manifest.json")
+    write_json(manifest, {"folder": folder.name})
+    return manifest
+
+
 def make_split(folder, sizes=(50, 30), dim=6):
     rng = np.random.default_rng(0)
     start, all_feats = 0, []
@@ -41,15 +48,15 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
 
 def test_read_split_whole_subset_and_streamed(tmp_path):
     feats = make_split(tmp_path)
-    assert split_shape(tmp_path) == (80, 6)
-    whole = read_split(tmp_path)
+    assert split_shape(listing(tmp_path)) == (80, 6)
+    whole = read_split(listing(tmp_path))
     assert np.array_equal(whole.features, feats) and np.array_equal(whole.row, np.arange(80))
     rows = np.array([0, 15, 16, 49, 50, 79])
-    subset = read_split(tmp_path, rows=rows)
+    subset = read_split(listing(tmp_path), rows=rows)
     assert np.array_equal(subset.features, feats[rows]) and list(subset.path) == [f"p{r}" for r in rows]
-    labels_only = read_split(tmp_path, features=False, columns=("label",))
+    labels_only = read_split(listing(tmp_path), features=False, columns=("label",))
     assert labels_only.features is None and len(labels_only) == 80
-    assert sum(t.num_rows for t in iter_row_groups(tmp_path, columns=("label",))) == 80
+    assert sum(t.num_rows for t in iter_row_groups(listing(tmp_path), columns=("label",))) == 80
 
 
 def test_fingerprint_changes_with_content_and_meta_block(tmp_path):
@@ -105,10 +112,10 @@ def test_page_reader_is_exact_or_declines(tmp_path, monkeypatch, options, fast):
     monkeypatch.setattr(featio, "PARALLEL_READ_BYTES", 0)  # threads even for a tiny split
     rows = np.array([1, 5, 16, 31, 32, 39])
     for threads in (1, 3):  # either way read_split returns the same bits
-        got = read_split(tmp_path, threads=threads)
+        got = read_split(listing(tmp_path), threads=threads)
         assert np.array_equal(got.features.view(np.uint32), feats.view(np.uint32))
         assert np.array_equal(got.row, np.arange(40)) and list(got.path[:2]) == ["p0", "p1"]
-        subset = read_split(tmp_path, threads=threads, rows=rows)
+        subset = read_split(listing(tmp_path), threads=threads, rows=rows)
         assert np.array_equal(subset.features.view(np.uint32), feats[rows].view(np.uint32))
 
 
@@ -137,10 +144,10 @@ def test_parallel_subset_read_matches_serial(tmp_path, monkeypatch):
     feats = make_split(tmp_path, sizes=(50, 30, 41), dim=6)
     rows = np.array([0, 15, 16, 17, 49, 50, 79, 80, 120])
     for threads in (1, 2, 4):
-        got = read_split(tmp_path, rows=rows, threads=threads)
+        got = read_split(listing(tmp_path), rows=rows, threads=threads)
         assert np.array_equal(got.features, feats[rows]) and np.array_equal(got.row, rows)
     out = np.zeros((121, 6), np.float32)
-    assert read_split(tmp_path, columns=(), out=out, threads=2).features is out
+    assert read_split(listing(tmp_path), columns=(), out=out, threads=2).features is out
     assert np.array_equal(out, feats)
 
 
@@ -158,7 +165,7 @@ def test_flipped_page_checksum_is_one_line(tmp_path, monkeypatch):
     shard.write_bytes(bytes(data))
     for rows in (None, np.array([3, 20])):  # whole groups and subsets
         with pytest.raises(FeatgapError, match=r"part-00000.parquet: row group 1 is corrupt \(page at byte \d+: CRC-32"):
-            read_split(tmp_path, threads=2, rows=rows)
+            read_split(listing(tmp_path), threads=2, rows=rows)
 
 
 def test_fingerprint_sees_same_size_edits_in_the_middle(tmp_path):
@@ -178,3 +185,18 @@ def test_fingerprint_sees_same_size_edits_in_the_middle(tmp_path):
         handle.seek(offset)
         handle.write(b"2")
     assert path.stat().st_size == size and fingerprint(path)["sha256_sampled"] != before
+
+
+def test_a_split_is_found_through_its_manifest_only(tmp_path):
+    """The manifest records its shards' folder relative to itself: moving both together keeps the
+    split readable; a manifest without `folder` is one line, not a guess from its file name."""
+    from scripts.featio import FeatgapError
+
+    feats = make_split(tmp_path / "shards")
+    write_json(tmp_path / "elsewhere" / "any-name.json", {"folder": "../shards"})
+    assert np.array_equal(read_split(tmp_path / "elsewhere" / "any-name.json").features, feats)
+    write_json(tmp_path / "shards.manifest.json", {"rows": 80})
+    with pytest.raises(FeatgapError, match=r"shards.manifest.json: no 'folder' naming where its shards are"):
+        read_split(tmp_path / "shards.manifest.json")
+    with pytest.raises(FeatgapError, match=r"nothing.manifest.json: no manifest \(did convert run\?\)"):
+        split_shape(tmp_path / "nothing.manifest.json")

@@ -13,7 +13,6 @@ import torch
 from step_layout import outputs_in
 
 from scripts.device import resolve_device
-from scripts.featio import shard_folder
 from scripts.generate_demo import DemoSpec
 from scripts.train_data import load_train
 from scripts.train_grid import CandidateGrid, GridOptimizer, StepRunner
@@ -69,7 +68,7 @@ def test_training_epoch_never_waits_for_the_gpu(data, placement, head):
     cfg = HeadConfig(**(LINEAR if head == "linear" else MLP))
     device = resolve_device("cuda")
     budget = PLACEMENTS[placement].get("memory_budget_mb", 12000)
-    ts = load_train(shard_folder(data["manifest"]), num_classes=CLASSES, holdout_fraction=0.1, seed=0,
+    ts = load_train(data["manifest"], num_classes=CLASSES, holdout_fraction=0.1, seed=0,
                     device=device, batch_size=cfg.batch_size, placement=placement, memory_budget_mb=budget)
     k = len(cfg.lr) * len(cfg.weight_decay)
     grid = CandidateGrid(DIM, CLASSES, cfg.hidden, k, cfg.dropout, 0, device)

@@ -151,7 +151,7 @@ def test_evaluate_writes_the_real_block(val, tmp_path):
     write_shard(folder / "part-00000.parquet", row=np.arange(12), path_col=PATHS, label=np.array(LABEL),
                 features=features)
     manifest = tmp_path / "shards" / "test1.manifest.json"
-    write_json(manifest, {"rows": 12, "dim": 4, "split": "test1", "source": "data/val.csv"})
+    write_json(manifest, {"folder": "test1", "rows": 12, "dim": 4, "split": "test1", "source": "data/val.csv"})
     metrics = evaluate(head_path="unused", manifest=manifest, outputs=outputs_in(tmp_path / "out", "evaluate"), num_classes=4,
                        options={"bootstrap": 50}, logits_fn=lambda x: x.astype(np.float64), real_labels=val["real"],
                        test_name="test1")

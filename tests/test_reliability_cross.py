@@ -21,7 +21,8 @@ def fake(root, split, paths, labels):
     n = len(labels)
     write_shard(folder / "part-00000.parquet", row=np.arange(n), path_col=paths, label=np.array(labels),
                 features=np.ones((n, 4), np.float32))
-    write_json(manifest_of(folder), {"dim": 4, "rows": n, "source": f"{split}.csv", "source_fingerprint": {}})
+    write_json(manifest_of(folder), {"folder": folder.name, "dim": 4, "rows": n, "source": f"{split}.csv",
+                                     "source_fingerprint": {}})
     return manifest_of(folder)
 
 
@@ -33,7 +34,7 @@ def fake_splits(root, train=None, test1=None, test2=None):
 
 
 def test_clean_splits_fit_together(tiny_parquet):
-    record, problems = cross_check({s: manifest_of(tiny_parquet[s]) for s in ("train", "test1", "test2")})
+    record, problems = cross_check({s: tiny_parquet[s] for s in ("train", "test1", "test2")})
     assert problems == [] and record["splits"]["test2"] == {"rows": 120, "classes": 12, "dim": 32}
     assert record["shared_paths"]["train&test1"]["count"] == 0
 

@@ -14,7 +14,7 @@ from scripts.featio import read_split, run_cli
 def converted(csv, tmp_path, name="ok", **kwargs):
     convert_file(csv, tmp_path / name, tmp_path / f"{name}.manifest.json", num_classes=12, dim=32,
                  chunk_mb=1, **kwargs)
-    return read_split(tmp_path / name)
+    return read_split(tmp_path / f"{name}.manifest.json")
 
 
 def with_header(tiny_csv, tmp_path, header):

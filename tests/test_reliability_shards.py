@@ -32,8 +32,13 @@ def workflow_convert(csv, root, parts):
     shards = [root / "test1" / f"part-{i:05d}.parquet" for i in range(parts)]
     for i, shard in enumerate(shards):
         convert_part(plan_path, i, shard, num_classes=12, row_group_rows=64)
-    write_manifest(plan_path, shards, root / "test1.manifest.json")
+    write_manifest(plan_path, shards, manifest_of(root / "test1"))
     return root / "test1"
+
+
+def manifest_of(folder):
+    """Where workflow_convert writes the manifest of its split folder (readers take the manifest)."""
+    return folder.with_name(f"{folder.name}.manifest.json")
 
 
 @pytest.fixture
@@ -46,13 +51,13 @@ def test_fewer_parts_removes_stale_shards_and_readers_follow_the_manifest(tiny_c
     assert len(list(split.glob("part-*.parquet"))) == 3
     workflow_convert(tiny_csv["test1"], tmp_path, 1)
     assert [p.name for p in split.glob("part-*.parquet")] == ["part-00000.parquet"]
-    assert len(read_split(split, features=False)) == 240 and split_shape(split) == (240, 32)
+    assert len(read_split(manifest_of(split), features=False)) == 240 and split_shape(manifest_of(split)) == (240, 32)
 
 
 def test_a_part_file_the_manifest_does_not_list_is_never_read(tmp_path, split):
     shutil.copy(split / "part-00001.parquet", split / "part-00007.parquet")  # e.g. from an older run
-    assert len(read_split(split).label) == 240
-    assert sum(t.num_rows for t in iter_row_groups(split, columns=("label",))) == 240
+    assert len(read_split(manifest_of(split)).label) == 240
+    assert sum(t.num_rows for t in iter_row_groups(manifest_of(split), columns=("label",))) == 240
 
 
 def test_row_counts_are_checked_against_the_manifest(tmp_path, split):
@@ -61,13 +66,13 @@ def test_row_counts_are_checked_against_the_manifest(tmp_path, split):
     data["rows"] = 200
     manifest.write_text(json.dumps(data))
     with pytest.raises(FeatgapError, match=r"240 rows in 3 shards, but test1.manifest.json records 200"):
-        read_split(split, features=False)
+        read_split(manifest_of(split), features=False)
 
 
 def test_listed_shard_that_is_missing(split):
     (split / "part-00002.parquet").unlink()
     with pytest.raises(FeatgapError, match=r"part-00002.parquet: listed in .* but missing; run snakemake again"):
-        split_shape(split)
+        split_shape(manifest_of(split))
 
 
 # ---------------------------------------------------------------- item 8: corruption
@@ -76,7 +81,7 @@ def test_truncated_shard_is_refused_on_read_and_removed_by_the_manifest_step(tin
     shard.write_bytes(shard.read_bytes()[:-100])
     with pytest.raises(FeatgapError, match=r"part-00001.parquet: \d+ bytes, but test1.manifest.json records \d+ "
                                            r"\(truncated .*delete it and run snakemake again"):
-        read_split(split)
+        read_split(manifest_of(split))
     plan_path = tmp_path / "test1.plan.json"
     with pytest.raises(FeatgapError, match=r"not a complete Parquet shard .*removed it: run snakemake again"):
         write_manifest(plan_path, sorted(split.glob("part-*.parquet")), tmp_path / "again.manifest.json")
@@ -88,7 +93,8 @@ def test_flipped_feature_bytes_are_refused_not_read(split):
     data = bytearray(shard.read_bytes())
     data[len(data) // 3] ^= 0x40  # inside the features of a row group
     shard.write_bytes(bytes(data))  # same size: only the checksums can tell
-    for read in (lambda: read_split(split), lambda: list(iter_row_groups(split)), lambda: verify_split(split)):
+    manifest = manifest_of(split)
+    for read in (lambda: read_split(manifest), lambda: list(iter_row_groups(manifest)), lambda: verify_split(manifest)):
         with pytest.raises(FeatgapError, match=r"part-00000.parquet: .*corrupt.*delete it and run snakemake again"):
             read()
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from step_layout import output_argv, outputs_in
 
-from scripts.featio import FeatgapError, read_json, shard_folder
+from scripts.featio import FeatgapError, read_json
 from scripts.generate_demo import DemoSpec
 from scripts.heads import load_checkpoint, predict_logits
 from scripts.train_data import load_train, stratified_holdout
@@ -72,7 +72,7 @@ def test_class_sorted_shards_are_shuffled_globally(tmp_path):
     feats = (means[labels] + rng.normal(size=(len(labels), 8))).astype(np.float32)
     manifest = write_split_shards(tmp_path / "train", labels, feats, shards=classes, row_group_rows=50)
     for budget in (1000, 0.02):  # in memory; streamed in pools of 256 rows
-        data = load_train(shard_folder(manifest), num_classes=classes, holdout_fraction=0.1, seed=0,
+        data = load_train(manifest, num_classes=classes, holdout_fraction=0.1, seed=0,
                           memory_budget_mb=budget, batch_size=64)
         assert data.streaming == (budget < 1)
         seen = [len(np.unique(y.numpy())) for _, y in data.batches(data.fit_rows, 64, np.random.default_rng(1))]

@@ -23,7 +23,7 @@ def write_split_shards(folder: Path, labels: np.ndarray, features: np.ndarray, *
         write_shard(folder / f"part-{i:05d}.parquet", row=np.arange(lo, hi), path_col=None,
                     label=labels[lo:hi], features=features[lo:hi], row_group_rows=row_group_rows)
     manifest = folder.with_name(f"{folder.name}.manifest.json")
-    write_json(manifest, {"rows": len(labels), "dim": int(features.shape[1]), "shards": int(shards)})
+    write_json(manifest, {"folder": folder.name, "rows": len(labels), "dim": int(features.shape[1]), "shards": int(shards)})
     return manifest
 
 
@@ -45,9 +45,9 @@ def make_dataset(root: Path, spec: DemoSpec, train_per_class: int, test_per_clas
 
 
 def test_make_dataset(tmp_path):
-    from scripts.featio import read_split, shard_folder
+    from scripts.featio import read_split
 
     data = make_dataset(tmp_path, DemoSpec(classes=3, dim=4), 5, 2)
-    split = read_split(shard_folder(data["manifest"]))
+    split = read_split(data["manifest"])
     np.testing.assert_array_equal(split.label, data["train_labels"])
     np.testing.assert_array_equal(split.features, data["train_features"])

@@ -11,7 +11,7 @@ from step_layout import outputs_in
 
 from scripts import train_data
 from scripts.device import resolve_device
-from scripts.featio import FeatgapError, shard_folder
+from scripts.featio import FeatgapError
 from scripts.generate_demo import DemoSpec
 from scripts.heads import predict_logits
 from scripts.train_data import choose_placement, load_train, stratified_holdout
@@ -76,7 +76,7 @@ def test_device_placement_never_loads_the_host_matrix(small, monkeypatch):
     host) must not run; emulated on the CPU by letting the 'device' be the CPU."""
     monkeypatch.setattr(train_data, "choose_placement", lambda *a: "device")
     monkeypatch.setattr(train_data, "_load_to_host", lambda *a: pytest.fail("host matrix allocated"))
-    folder = shard_folder(small["manifest"])
+    folder = small["manifest"]
     on_device = load_train(folder, num_classes=10, holdout_fraction=0.1, seed=0)
     monkeypatch.undo()
     in_host = load_train(folder, num_classes=10, holdout_fraction=0.1, seed=0, memory_budget_mb=1000)
@@ -97,7 +97,7 @@ def test_streaming_holds_one_pool_at_a_time(tmp_path):
     256 features, so that the per-row index arrays (~40 bytes a row) are small beside a pool row."""
     wide = make_dataset(tmp_path, DemoSpec(classes=8, dim=256, separation=0.45), 200, 1, shards=2,
                         row_group_rows=100)
-    folder = shard_folder(wide["manifest"])
+    folder = wide["manifest"]
     data = load_train(folder, num_classes=8, holdout_fraction=0.1, seed=0, memory_budget_mb=0.5,
                       batch_size=32)
     assert data.placement == "stream" and 0 < data.pool_rows < len(data.fit_rows) / 1.2

@@ -7,7 +7,7 @@ import pytest
 import torch
 from step_layout import outputs_in
 
-from scripts.featio import FeatgapError, shard_folder
+from scripts.featio import FeatgapError
 from scripts.generate_demo import DemoSpec
 from scripts.heads import predict_logits
 from scripts.train_data import load_train, stratified_holdout, whitening_map
@@ -26,7 +26,7 @@ def data(tmp_path_factory):
 
 
 def test_whitening_map_whitens(data):
-    ts = load_train(shard_folder(data["manifest"]), num_classes=8, holdout_fraction=0.1, seed=0)
+    ts = load_train(data["manifest"], num_classes=8, holdout_fraction=0.1, seed=0)
     m = whitening_map(ts, ts.fit_rows, 10)
     z = ts.features(ts.fit_rows) @ m.numpy()
     np.testing.assert_allclose(np.cov(z, rowvar=False, bias=True), np.eye(10), atol=1e-3)

@@ -18,7 +18,7 @@ def manifest_of(folder):
 
 
 def test_qc_record_of_a_clean_split(tiny_parquet):
-    qc, problems = validate_split(manifest_of(tiny_parquet["test2"]), "test2", num_classes=12,
+    qc, problems = validate_split(tiny_parquet["test2"], "test2", num_classes=12,
                                   expected={"rows": 120, "per_class_min": 10, "per_class_max": 10})
     assert problems == []
     assert qc["rows"] == 120 and qc["dim"] == 32 and qc["classes_present"] == 12
@@ -30,12 +30,12 @@ def test_qc_record_of_a_clean_split(tiny_parquet):
 
 
 def test_train_counts_match_truth(tiny_parquet):
-    qc, _ = validate_split(manifest_of(tiny_parquet["train"]), "train", num_classes=12)
+    qc, _ = validate_split(tiny_parquet["train"], "train", num_classes=12)
     assert qc["per_class_counts"] == tiny_parquet["truth"]["train_counts"]
 
 
 def test_expectation_violations_are_reported(tiny_parquet):
-    _, problems = validate_split(manifest_of(tiny_parquet["test1"]), "test1", num_classes=12,
+    _, problems = validate_split(tiny_parquet["test1"], "test1", num_classes=12,
                                  expected={"rows": 50000, "per_class_min": 50, "per_class_max": 50})
     assert any("240 rows, expected 50000" in p for p in problems)
     assert any("expected at least 50" in p for p in problems)
@@ -46,7 +46,7 @@ def fake_split(tmp_path, paths, labels):
     n = len(labels)
     write_shard(folder / "part-00000.parquet", row=np.arange(n), path_col=paths, label=np.array(labels),
                 features=np.ones((n, 4), np.float32))
-    write_json(manifest_of(folder), {"dim": 4, "source": "fake.csv", "source_fingerprint": {}})
+    write_json(manifest_of(folder), {"folder": folder.name, "dim": 4, "source": "fake.csv", "source_fingerprint": {}})
     return manifest_of(folder)
 
 
@@ -69,7 +69,7 @@ def test_layout_catches_wnid_folder_with_two_labels(tmp_path):
 def test_fail_or_warn(tiny_parquet, tmp_path, mode, code):
     out = tmp_path / "qc.json"
     result = subprocess.run(
-        [sys.executable, "-m", "scripts.validate", "--manifest", str(manifest_of(tiny_parquet["test1"])),
+        [sys.executable, "-m", "scripts.validate", "--manifest", str(tiny_parquet["test1"]),
          "--split", "test1", "--out", str(out), "--num-classes", "12", "--expected", json.dumps({"rows": 7}),
          "--on-violation", mode], cwd=ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == code, result.stderr

@@ -1,7 +1,7 @@
 """Benchmark: loading a split's features into one preallocated float32 matrix, warm, same run.
 
 Peers, each its own process pinned to the same cores, alternating, median of `--rounds`:
-  featgap      featio.read_split(folder, columns=(), out=matrix) (what train_data._load_to_host does),
+  featgap      featio.read_split(manifest, columns=(), out=matrix) (what train_data._load_to_host does),
                `--threads` threads, every page's CRC-32 checked;
   pyarrow      ParquetFile(page_checksum_verification=True).read_row_group per row group, copied
                into the matrix, the row groups spread over the same `--threads` threads;
@@ -10,7 +10,7 @@ Peers, each its own process pinned to the same cores, alternating, median of `--
 The split's files are read once before timing (warm: from the page cache). Each process reports
 the seconds of the load alone; peak RSS is from wait4 (matrix + what the reader holds).
 
-    .venv/bin/python tests/benchmarks/bench_load.py --folder results/parquet/train [--rounds 3]
+    .venv/bin/python tests/benchmarks/bench_load.py --manifest results/parquet/train.manifest.json [--rounds 3]
 """
 from __future__ import annotations
 
@@ -27,16 +27,16 @@ ROOT = Path(__file__).resolve().parents[2]
 PEERS = {
     "featgap": """
 from scripts.featio import read_split
-def load(folder, matrix, threads):
-    read_split(folder, columns=(), out=matrix, threads=threads)
+def load(manifest, matrix, threads):
+    read_split(manifest, columns=(), out=matrix, threads=threads)
 """,
     "pyarrow": """
 from concurrent.futures import ThreadPoolExecutor
 from scripts.featio import features_to_numpy, list_shards
 import pyarrow.parquet as pq
-def load(folder, matrix, threads):
+def load(manifest, matrix, threads):
     jobs, at = [], 0
-    for path in list_shards(folder):
+    for path in list_shards(manifest):
         pfile = pq.ParquetFile(path, page_checksum_verification=True)
         for group in range(pfile.num_row_groups):
             jobs.append((path, group, at))
@@ -52,9 +52,9 @@ def load(folder, matrix, threads):
     "pyarrow_1t": """
 from scripts.featio import features_to_numpy, list_shards
 import pyarrow.parquet as pq
-def load(folder, matrix, threads):
+def load(manifest, matrix, threads):
     at = 0
-    for path in list_shards(folder):
+    for path in list_shards(manifest):
         pfile = pq.ParquetFile(path, page_checksum_verification=True)
         for group in range(pfile.num_row_groups):
             block = features_to_numpy(pfile.read_row_group(group, columns=["features"]).column(0), matrix.shape[1])
@@ -64,7 +64,7 @@ def load(folder, matrix, threads):
     "memcpy": """
 import numpy as np
 source = None
-def load(folder, matrix, threads):
+def load(manifest, matrix, threads):
     np.copyto(matrix, source)
 """,
 }
@@ -72,21 +72,21 @@ def load(folder, matrix, threads):
 RUNNER = """
 import sys, time, numpy as np
 from scripts.featio import split_shape
-folder, threads = sys.argv[1], int(sys.argv[2])
-rows, dim = split_shape(folder)
+manifest, threads = sys.argv[1], int(sys.argv[2])
+rows, dim = split_shape(manifest)
 matrix = np.empty((rows, dim), np.float32)
 if 'source' in globals():
     source = np.ones((rows, dim), np.float32)
 start = time.perf_counter()
-load(folder, matrix, threads)
+load(manifest, matrix, threads)
 print(time.perf_counter() - start)
 """
 
 
-def run_once(name: str, folder: Path, threads: int, cores: str) -> dict:
+def run_once(name: str, manifest: Path, threads: int, cores: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)}
     code = PEERS[name] + RUNNER
-    proc = subprocess.Popen(["taskset", "-c", cores, sys.executable, "-c", code, str(folder), str(threads)],
+    proc = subprocess.Popen(["taskset", "-c", cores, sys.executable, "-c", code, str(manifest), str(threads)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
     _, status, usage = os.wait4(proc.pid, 0)
     out, err = proc.stdout.read().decode(), proc.stderr.read().decode()
@@ -98,7 +98,7 @@ def run_once(name: str, folder: Path, threads: int, cores: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--folder", required=True, type=Path)
+    parser.add_argument("--manifest", required=True, type=Path)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--peers", default="featgap,pyarrow,pyarrow_1t,memcpy")
@@ -107,9 +107,9 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     from scripts.featio import list_shards, split_shape
 
-    rows, dim = split_shape(args.folder)
+    rows, dim = split_shape(args.manifest)
     matrix_mb = rows * dim * 4 / 1e6
-    for path in list_shards(args.folder):  # warm the page cache
+    for path in list_shards(args.manifest):  # warm the page cache
         with open(path, "rb") as handle:
             while handle.read(1 << 24):
                 pass
@@ -118,7 +118,7 @@ def main() -> None:
     runs: dict[str, list[dict]] = {name: [] for name in peers}
     for round_ in range(args.rounds):
         for name in peers:  # alternate, so drifting machine load hits every peer alike
-            result = run_once(name, args.folder, args.threads, cores)
+            result = run_once(name, args.manifest, args.threads, cores)
             result["mb_s"] = matrix_mb / result["seconds"]
             runs[name].append(result)
             print(f"round {round_ + 1} {name:11s} {result['mb_s']:7.0f} MB/s  peak {result['peak_rss_mb']:6.0f} MB",
@@ -128,7 +128,7 @@ def main() -> None:
     base = summary.get("pyarrow", {}).get("median_mb_s")
     for s in summary.values():
         s["ratio_vs_pyarrow"] = s["median_mb_s"] / base if base else None
-    report = {"folder": str(args.folder), "rows": rows, "dim": dim, "matrix_mb": matrix_mb, "threads": args.threads,
+    report = {"manifest": str(args.manifest), "rows": rows, "dim": dim, "matrix_mb": matrix_mb, "threads": args.threads,
               "rounds": args.rounds, "loadavg_1_5_15_at_end": os.getloadavg(), "peers": summary}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

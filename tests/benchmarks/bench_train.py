@@ -293,9 +293,9 @@ def bench_accuracy(work: Path, threads: int, c_grid: list[float], shape: tuple[f
     selection = json.loads((work / "linear/selection.json").read_text())
     acc = float((predict_logits(work / "linear/model.pt", data["test_features"]).argmax(1)
                  == data["test_labels"]).mean())
-    from scripts.featio import read_split, shard_folder
+    from scripts.featio import read_split
 
-    train_x = read_split(shard_folder(data["manifest"]), columns=()).features
+    train_x = read_split(data["manifest"], columns=()).features
     logreg = logreg_accuracy(data, train_x, threads, c_grid, settings["holdout_fraction"])
     return {"head_config": head, "head": {"test_acc": acc, "winner": selection["winner"], "seconds": round(seconds, 1),
                                           "peak_rss_mb": round(rss, 1), "timing": selection["timing"],
@@ -356,7 +356,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     data = dataset(work)
-    folder = data["manifest"].with_name("train")
+    folder = data["manifest"]  # readers take a split by its manifest
     result = {"machine": f"{os.cpu_count()} CPUs visible, torch {torch.__version__}, "
                          f"load average at start {os.getloadavg()[0]:.1f}",
               "rows": TRAIN_PER_CLASS * CLASSES, "dim": DIM, "classes": CLASSES}
