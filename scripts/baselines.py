@@ -25,9 +25,9 @@ import argparse
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -47,20 +47,20 @@ MISSING_BIAS = -1e4
 
 @dataclass
 class BaselineConfig:
-    """One entry of the config's `baselines:` section."""
+    """One entry of the config's `baselines:` section (defaults and meanings: the schema; filled by
+    train_config.parse_config)."""
 
-    type: str = "sgd"  # sgd | logreg
-    standardize: bool = True
-    l2_normalize: bool = False
-    # sgd
-    alpha: list = field(default_factory=lambda: [1e-4])
-    epochs: int = 5
-    chunk_rows: int = 8192
-    # logreg
-    C: list = field(default_factory=lambda: [1.0])
-    max_iter: int = 1000
-    tol: float = 1e-4
-    subsample: int | None = 50000  # fit rows used by logreg; null = all
+    SECTION: ClassVar[str] = "baselines.*"
+    type: str  # sgd | logreg
+    standardize: bool
+    l2_normalize: bool
+    alpha: list  # sgd
+    epochs: int
+    chunk_rows: int
+    C: list  # logreg
+    max_iter: int
+    tol: float
+    subsample: int | None  # fit rows used by logreg; null = all
 
 
 def check_baseline(cfg: BaselineConfig, where: str) -> None:

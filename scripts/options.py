@@ -32,11 +32,12 @@ def _load(path: Path) -> dict[str, Any]:
 
 
 def schema_section(path: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The schema node of a dotted config path, e.g. "analysis.gap" (an object with properties)."""
+    """The schema node of a dotted config path, e.g. "analysis.gap" (an object with properties);
+    `*` is any entry of a map section: "heads.*" is one head."""
     node = _schema() if schema is None else schema
     for part in path.split("."):
-        node = (node.get("properties") or {}).get(part)
-        if node is None:
+        node = node.get("additionalProperties") if part == "*" else (node.get("properties") or {}).get(part)
+        if not isinstance(node, dict):
             raise FeatgapError(f"{SCHEMA}: no config section {path!r}")
     if not _is_section(node):
         raise FeatgapError(f"{SCHEMA}: config key {path!r} is not a section with properties")
@@ -83,7 +84,8 @@ def _merge(options: dict[str, Any], node: dict[str, Any], what: str) -> dict[str
     return opts
 
 
-def merge_options(options: dict[str, Any] | None, path: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+def merge_options(options: dict[str, Any] | None, path: str, schema: dict[str, Any] | None = None,
+                  where: str | None = None) -> dict[str, Any]:
     """`options` over the schema defaults of section `path`; an unknown key (`enabled` too, which
-    the rule strips) is an error naming it and the known ones."""
-    return _merge(dict(options or {}), schema_section(path, schema), path)
+    the rule strips) is an error naming it (as config key `where`, default `path`) and the known ones."""
+    return _merge(dict(options or {}), schema_section(path, schema), where or path)

@@ -11,76 +11,70 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from scripts.featio import FeatgapError, atomic_path
+from scripts.options import merge_options
 
 HISTORY_COLUMNS = ["phase", "epoch", "candidate", "lr", "weight_decay", "train_loss", "train_acc",
                    "holdout_loss", "holdout_acc", "seconds"]
 
 
+# The settings classes have no defaults of their own: parse_config fills every field from the
+# config schema (scripts.options), the one place defaults are written. SECTION names the schema node.
 @dataclass
 class TrainSettings:
     """The config's `train:` section: data, device and selection settings shared by all heads."""
 
-    device: str = "auto"
-    threads: int = 2
-    memory_budget_mb: float = 12000
-    placement: str = "auto"  # auto | device | host | stream (scripts.train_data.choose_placement)
-    cuda_graphs: bool = True  # replay each training step from a captured CUDA graph (scripts.train_grid.StepRunner)
-    holdout_fraction: float = 0.02
-    eval_batch_size: int = 8192
+    SECTION: ClassVar[str] = "train"
+    device: str
+    threads: int
+    memory_budget_mb: float
+    placement: str  # auto | device | host | stream (scripts.train_data.choose_placement)
+    cuda_graphs: bool  # replay each training step from a captured CUDA graph (scripts.train_grid.StepRunner)
+    holdout_fraction: float
+    eval_batch_size: int
 
 
 @dataclass
 class HeadConfig:
-    """One entry of the config's `heads:` section."""
+    """One entry of the config's `heads:` section (what each key means: the schema)."""
 
-    type: str = "linear"  # linear | mlp
-    hidden: list = field(default_factory=list)  # mlp widths, e.g. [1024]
-    dropout: float = 0.0
-    optimizer: str = "adamw"  # adamw | sgd
-    lr: list = field(default_factory=lambda: [1e-3])
-    weight_decay: list = field(default_factory=lambda: [0.0])
-    momentum: float = 0.9  # sgd only
-    epochs: int = 10
-    warmup_epochs: float = 1.0
-    batch_size: int = 1024
-    label_smoothing: float = 0.0
-    class_balanced: bool = False
-    standardize: bool = True
-    l2_normalize: bool = False
-    patience: int | None = None  # early stopping: epochs without holdout improvement
-    # grid: every candidate trains for all epochs. halving: successive halving, i.e. after epochs
-    # min_epochs·eta^i only the best 1/eta of the candidates (by holdout top-1) train on. eta 2:
-    # on the demo and the 100k-row benchmark it kept the grid's winner at 3.5× less work, where
-    # eta 3 once dropped it after the first epoch (tests/benchmarks/bench_selection.py).
-    selection: str = "grid"
-    halving_eta: int = 2
-    halving_min_epochs: int = 1
-    refit: bool = True
-    calibrate: bool = True
-    # Variants (see the improve stage): PCA-whitening to this many dimensions (folded into the saved
-    # head's first layer), Gaussian feature noise (SD, standardised units), mixup (Beta α), and the
-    # logit-adjusted loss (τ · log class prior; 0 = off). All off by default.
-    pca_whiten: int | None = None
-    feature_noise: float = 0.0
-    mixup: float = 0.0
-    logit_adjustment: float = 0.0  # fit a softmax temperature on the holdout (NLL/ECE; top-1 unchanged)
+    SECTION: ClassVar[str] = "heads.*"
+    type: str  # linear | mlp
+    hidden: list  # mlp widths
+    dropout: float
+    optimizer: str  # adamw | sgd
+    lr: list
+    weight_decay: list
+    momentum: float  # sgd only
+    epochs: int
+    warmup_epochs: float
+    batch_size: int
+    label_smoothing: float
+    class_balanced: bool
+    standardize: bool
+    l2_normalize: bool
+    patience: int | None  # early stopping: epochs without holdout improvement
+    selection: str  # grid | halving (scripts.train_head.halving_rungs)
+    halving_eta: int
+    halving_min_epochs: int
+    refit: bool
+    calibrate: bool
+    pca_whiten: int | None  # improve variants: PCA-whitening, feature noise, mixup, logit adjustment
+    feature_noise: float
+    mixup: float
+    logit_adjustment: float
 
 
 def parse_config(cls, values: Mapping[str, Any] | None, where: str):
-    """A dataclass from a config dict; unknown keys and wrong kinds are errors naming the key."""
-    values = dict(values or {})
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise FeatgapError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
-    config = cls(**values)
+    """A settings dataclass from a config dict over the schema's defaults; unknown keys and wrong
+    kinds are errors naming the key (`where`, e.g. heads.linear)."""
+    config = cls(**merge_options(dict(values or {}), cls.SECTION, where=where))
     if isinstance(config, HeadConfig):
         _check_head(config, where)
     return config

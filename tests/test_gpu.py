@@ -14,9 +14,10 @@ from step_layout import outputs_in
 
 from scripts.device import resolve_device
 from scripts.generate_demo import DemoSpec
+from scripts.train_config import HeadConfig, parse_config
 from scripts.train_data import load_train
 from scripts.train_grid import CandidateGrid, GridOptimizer, StepRunner
-from scripts.train_head import HeadConfig, train_epoch, train_head
+from scripts.train_head import train_epoch, train_head
 from tests.test_train_helpers import make_dataset
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -65,7 +66,7 @@ def test_same_winner_as_cpu(data, cpu_runs, tmp_path, device, placement, head):
 @pytest.mark.parametrize("placement", list(PLACEMENTS))
 @pytest.mark.parametrize("head", ["linear", "mlp"])
 def test_training_epoch_never_waits_for_the_gpu(data, placement, head):
-    cfg = HeadConfig(**(LINEAR if head == "linear" else MLP))
+    cfg = parse_config(HeadConfig, LINEAR if head == "linear" else MLP, f"heads.{head}")
     device = resolve_device("cuda")
     budget = PLACEMENTS[placement].get("memory_budget_mb", 12000)
     ts = load_train(data["manifest"], num_classes=CLASSES, holdout_fraction=0.1, seed=0,

@@ -29,7 +29,7 @@ def _edited_schema(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, section: str
     schema = yaml.safe_load(options.SCHEMA.read_text())
     node = schema
     for part in section.split("."):
-        node = node["properties"][part]
+        node = node["additionalProperties"] if part == "*" else node["properties"][part]
     node["properties"][key]["default"] = value
     path = tmp_path / "config.schema.yaml"
     path.write_text(yaml.safe_dump(schema, allow_unicode=True))
@@ -43,10 +43,33 @@ def test_no_step_keeps_its_own_defaults():
 
 
 def test_rule_files_repeat_no_schema_default():
-    """A `.get(key, default)` in a rule file would be a second default beside the schema's."""
+    """A `.get(key, default)` in a rule file would be a second default beside the schema's (the
+    schema fills every key it has a default for, head and baseline entries included)."""
     for smk in sorted((ROOT / "workflow" / "rules").glob("*.smk")):
-        for key in ("enabled", "bootstrap", "alpha", "threads", "memory_budget_mb", "min_test1_top1", "test"):
-            assert not re.search(rf"\.get\(\"{key}\", [^)]", smk.read_text()), (smk.name, key)
+        found = re.findall(r"\.get\(\"(\w+)\", [^)]", smk.read_text())
+        assert not found, (smk.name, found)
+
+
+def test_settings_classes_take_every_default_from_the_schema(tmp_path, monkeypatch):
+    """HeadConfig, BaselineConfig and TrainSettings have no defaults of their own: an edit of a
+    schema default alone changes them, and an unknown key names its config key."""
+    import dataclasses
+
+    from scripts.baselines import BaselineConfig
+    from scripts.train_config import HeadConfig, TrainSettings, parse_config
+
+    for cls in (HeadConfig, BaselineConfig, TrainSettings):
+        own = [f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING
+               or f.default_factory is not dataclasses.MISSING]
+        assert not own, (cls.__name__, own)
+    assert parse_config(HeadConfig, {}, "heads.x").epochs == 10
+    _edited_schema(tmp_path, monkeypatch, "heads.*", "epochs", 7)
+    _edited_schema(tmp_path, monkeypatch, "baselines.*", "max_iter", 5)
+    assert parse_config(HeadConfig, {}, "heads.x").epochs == 7
+    assert parse_config(HeadConfig, {"epochs": 3}, "heads.x").epochs == 3
+    assert parse_config(BaselineConfig, {"type": "logreg"}, "baselines.lr").max_iter == 5
+    with pytest.raises(FeatgapError, match=r"heads.x options: unknown keys \['epoch'\]"):
+        parse_config(HeadConfig, {"epoch": 3}, "heads.x")
 
 
 @pytest.mark.parametrize("section", STEP_SECTIONS)

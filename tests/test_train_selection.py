@@ -8,16 +8,17 @@ import torch
 from step_layout import outputs_in
 
 from scripts.generate_demo import DemoSpec
+from scripts.train_config import HeadConfig, parse_config
 from scripts.train_grid import CandidateGrid, GridOptimizer, grid_loss
-from scripts.train_head import HeadConfig, halving_rungs, train_head
+from scripts.train_head import halving_rungs, train_head
 from tests.test_train_helpers import make_dataset
 
 
 def test_rungs():
-    assert halving_rungs(HeadConfig(halving_eta=3, halving_min_epochs=1), 10) == [1, 3, 9]
-    assert halving_rungs(HeadConfig(halving_eta=2, halving_min_epochs=2), 10) == [2, 4, 8]
-    assert halving_rungs(HeadConfig(), 10) == [1, 2, 4, 8]  # the default: eta 2
-    assert halving_rungs(HeadConfig(), 1) == []
+    assert halving_rungs(parse_config(HeadConfig, {"halving_eta": 3, "halving_min_epochs": 1}, "heads.t"), 10) == [1, 3, 9]
+    assert halving_rungs(parse_config(HeadConfig, {"halving_eta": 2, "halving_min_epochs": 2}, "heads.t"), 10) == [2, 4, 8]
+    assert halving_rungs(parse_config(HeadConfig, {}, "heads.t"), 10) == [1, 2, 4, 8]  # the default: eta 2
+    assert halving_rungs(parse_config(HeadConfig, {}, "heads.t"), 1) == []
 
 
 @pytest.mark.parametrize("hidden", [[], [8]])

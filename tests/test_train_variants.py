@@ -10,8 +10,9 @@ from step_layout import outputs_in
 from scripts.featio import FeatgapError
 from scripts.generate_demo import DemoSpec
 from scripts.heads import predict_logits
+from scripts.train_config import HeadConfig, parse_config
 from scripts.train_data import load_train, stratified_holdout, whitening_map
-from scripts.train_head import HeadConfig, regularisers, train_head
+from scripts.train_head import regularisers, train_head
 from tests.test_train_helpers import make_dataset, write_split_shards
 
 BASE = {"type": "linear", "lr": [3e-3, 3e-2], "weight_decay": [1e-4], "epochs": 3, "batch_size": 64,
@@ -64,10 +65,10 @@ def test_regularised_training_is_deterministic_and_changes_the_head(data, tmp_pa
 
 def test_logit_adjustment_offsets_by_the_log_prior():
     counts = np.array([90, 9, 1, 0])
-    reg = regularisers(HeadConfig(logit_adjustment=2.0), counts, torch.device("cpu"), 0)
+    reg = regularisers(parse_config(HeadConfig, {"logit_adjustment": 2.0}, "heads.t"), counts, torch.device("cpu"), 0)
     expected = 2.0 * np.log(np.array([90, 9, 1, 1]) / 100)
     np.testing.assert_allclose(reg.logit_offset.numpy(), expected, rtol=1e-6)
-    assert regularisers(HeadConfig(), counts, torch.device("cpu"), 0).logit_offset is None
+    assert regularisers(parse_config(HeadConfig, {}, "heads.t"), counts, torch.device("cpu"), 0).logit_offset is None
 
 
 def test_logit_adjusted_loss_favours_rare_classes(tmp_path):

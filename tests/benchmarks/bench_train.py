@@ -40,8 +40,9 @@ sys.path.insert(0, str(ROOT))
 
 from scripts.device import configure_determinism
 from scripts.generate_demo import DemoSpec
+from scripts.train_config import HeadConfig, parse_config
 from scripts.train_data import load_train, stratified_holdout
-from scripts.train_head import HeadConfig, run_grid
+from scripts.train_head import run_grid
 from tests.step_layout import output_argv
 from tests.test_train_helpers import make_dataset
 
@@ -163,7 +164,8 @@ def paired_steps(data, k: int, batch: int, pairs: int) -> dict:
 
 def epoch_rate(data, k: int, batch: int, seed: int) -> dict:
     """One training epoch of K linear candidates over the fit rows (no holdout pass)."""
-    cfg = HeadConfig(lr=[1e-3] * k, batch_size=batch, epochs=1, warmup_epochs=0, label_smoothing=0.1)
+    head = {"lr": [1e-3] * k, "batch_size": batch, "epochs": 1, "warmup_epochs": 0, "label_smoothing": 0.1}
+    cfg = parse_config(HeadConfig, head, "heads.bench")
     cands = [{"candidate": i, "lr": 1e-3 * (i + 1), "weight_decay": 0.1} for i in range(k)]
     t = time.perf_counter()
     run_grid(data, cfg, cands, data.fit_rows, epochs=1, seed=seed, phase="grid", select=False, desc=f"epoch K={k}")

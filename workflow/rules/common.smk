@@ -12,6 +12,11 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+# `heads: {mlp: null}` in a later config file (or --config) drops a head the defaults define; the
+# entries left are validated and filled with the schema's defaults for every key.
+for _section in ("heads", "baselines"):
+    if isinstance(config.get(_section), dict):
+        config[_section] = {name: spec for name, spec in config[_section].items() if spec is not None}
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 
 # From here on every key with a schema default is set: rule files index config, they never
@@ -27,10 +32,6 @@ for _section, _key in (
     _shipped = _section.get(_key)
     if _shipped and not Path(_shipped).exists() and Path(workflow.basedir, _shipped).is_file():
         _section[_key] = str(Path(workflow.basedir, _shipped))
-
-# `heads: {mlp: null}` in a later config file (or --config) drops a head the defaults define.
-for section in ("heads", "baselines"):
-    config[section] = {name: spec for name, spec in config[section].items() if spec is not None}
 
 SPLITS = ["train", "test1", "test2"]
 TESTS = ["test1", "test2"]
@@ -56,8 +57,8 @@ BACKBONE_SAW_TRAIN = "true" if config["backbone_saw_train"] else "false"
 
 # Train rows for resource estimates (train and improve jobs): validate.expected, else the demo's
 # size, else 1.3M.
-TRAIN_ROWS = config["validate"].get("expected", {}).get("train", {}).get("rows") or (
-    config["demo"].get("train_rows") or int(1300 * config["demo"].get("train_scale", 1.0) * config["demo"]["classes"])
+TRAIN_ROWS = config["validate"]["expected"]["train"]["rows"] or (
+    config["demo"]["train_rows"] or int(1300 * config["demo"]["train_scale"] * config["demo"]["classes"])
     if config["demo"]["enabled"]
     else 1_300_000
 )
@@ -70,17 +71,16 @@ TRAIN_MEM_MB = int(min(TRAIN_ROWS * config["dim"] * 4 / 2**20, TRAIN["memory_bud
 TRAIN_ON_CUDA = str(TRAIN["device"]).startswith("cuda")
 HEAD_SECONDS = {
     name: (
-        TRAIN_ROWS * config["dim"] * 4 / 50e6
-        + 2 * head.get("epochs", 10) * TRAIN_ROWS / head.get("batch_size", 1024) * 0.010
+        TRAIN_ROWS * config["dim"] * 4 / 50e6 + 2 * head["epochs"] * TRAIN_ROWS / head["batch_size"] * 0.010
         if TRAIN_ON_CUDA
         else 2
         * 4
         * TRAIN_ROWS
         * config["dim"]
-        * (sum(head.get("hidden", []) or []) or config["num_classes"])
-        * len(head.get("lr", [1]))
-        * len(head.get("weight_decay", [1]))
-        * head.get("epochs", 10)
+        * (sum(head["hidden"]) or config["num_classes"])
+        * len(head["lr"])
+        * len(head["weight_decay"])
+        * head["epochs"]
         / 30e9
     )
     for name, head in config["heads"].items()

@@ -111,10 +111,10 @@ rule validate_split:
         "../../envs/featgap.yaml"
     resources:
         # Labels and paths of the whole split in memory (~1 KB a row at most), features streamed.
-        mem_mb=lambda wc: 1000 + (config["validate"].get("expected", {}).get(wc.split, {}).get("rows") or 0) // 1000,
+        mem_mb=lambda wc: 1000 + (config["validate"]["expected"][wc.split]["rows"] or 0) // 1000,
         runtime=30,
     params:
-        expected=lambda wc: as_json(config["validate"].get("expected", {}).get(wc.split, {})),
+        expected=lambda wc: as_json(config["validate"]["expected"][wc.split]),
         num_classes=config["num_classes"],
         on_violation=config["validate"]["on_violation"],
         layout=config["validate"]["layout"],
@@ -141,7 +141,7 @@ rule qc_cross:
         "../../envs/featgap.yaml"
     resources:
         # Labels and paths of the three splits (~200 bytes a row), no features.
-        mem_mb=lambda wc: 1000 + (config["validate"].get("expected", {}).get("train", {}).get("rows") or 0) // 2000,
+        mem_mb=lambda wc: 1000 + (config["validate"]["expected"]["train"]["rows"] or 0) // 2000,
         runtime=30,
     params:
         on_violation=config["validate"]["on_violation"],

@@ -14,13 +14,16 @@ INHERIT = IMPROVE["hyperparameters"] == "inherit"
 if IMPROVE_VARIANTS and IMPROVE_BASELINE not in TRAIN_HEADS:
     raise WorkflowError(f"config improve.baseline: {IMPROVE_BASELINE!r} is not a trained head (heads: {TRAIN_HEADS})")
 _unknown = {
-    h for v in IMPROVE_VARIANTS.values() if v["kind"] == "ensemble" for h in v.get("heads", []) if h not in HEADS
+    h for v in IMPROVE_VARIANTS.values() if v["kind"] == "ensemble" for h in v["heads"] if h not in HEADS
 }
 if _unknown:
     raise WorkflowError(f"config improve.variants: ensemble members {sorted(_unknown)} are not configured heads")
+_short = [n for n, v in IMPROVE_VARIANTS.items() if v["kind"] == "ensemble" and len(v["heads"]) < 2]
+if _short:
+    raise WorkflowError(f"config improve.variants {_short}: an ensemble needs at least 2 heads")
 
 _too_wide = [
-    name for name, spec in IMPROVE_VARIANTS.items() if (spec.get("set") or {}).get("pca_whiten", 0) > config["dim"]
+    name for name, spec in IMPROVE_VARIANTS.items() if (spec["set"].get("pca_whiten") or 0) > config["dim"]
 ]
 if _too_wide:
     raise WorkflowError(f"config improve.variants {_too_wide}: pca_whiten must be at most dim ({config['dim']})")
@@ -30,7 +33,7 @@ VARIANT_MODELS = {
     name: (
         [improve_file(f"{name}/model.pt")]
         if spec["kind"] == "retrain"
-        else [head_file(h, "model.pt") for h in spec.get("heads", [])]
+        else [head_file(h, "model.pt") for h in spec["heads"]]
     )
     for name, spec in IMPROVE_VARIANTS.items()
 }
@@ -71,7 +74,7 @@ rule improve_train:
             {
                 **config["heads"][IMPROVE_BASELINE],
                 **({} if INHERIT else IMPROVE["retrain"]),
-                **IMPROVE_VARIANTS[wc.variant].get("set", {}),
+                **IMPROVE_VARIANTS[wc.variant]["set"],
             }
         ),
         train=as_json(TRAIN),
@@ -120,7 +123,7 @@ rule improve_compare:
                 name: {
                     "kind": spec["kind"],
                     "models": VARIANT_MODELS[name],
-                    "set": spec.get("set", {}),
+                    "set": spec["set"],
                     "hyperparameters": IMPROVE["hyperparameters"],
                 }
                 for name, spec in IMPROVE_VARIANTS.items()
