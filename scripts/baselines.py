@@ -217,15 +217,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--manifest", required=True, help="results/parquet/train.manifest.json")
     add_output_args(parser, OUTPUTS)
     parser.add_argument("--name", required=True, help="the baseline's name in the config")
-    parser.add_argument("--baseline", required=True, help="JSON: the baselines.{name} config section")
-    parser.add_argument("--train", default="{}", help="JSON: the train config section")
+    parser.add_argument("--options", required=True, help="JSON: the baselines.{name} config section")
+    parser.add_argument("--train-options", default="{}", help="JSON: the train config section")
     parser.add_argument("--num-classes", type=int, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     selection = train_baseline(args.manifest, parse_outputs(args.output), name=args.name,
-                               baseline=parse_json_arg(args.baseline, "baseline"),
-                               train=parse_json_arg(args.train, "train"), num_classes=args.num_classes,
+                               baseline=parse_json_arg(args.options, "options"),
+                               train=parse_json_arg(args.train_options, "train-options"), num_classes=args.num_classes,
                                seed=args.seed, threads=args.threads)
     print(f"{args.name}: winner {selection['winner']} ")
 

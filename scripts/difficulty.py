@@ -43,6 +43,7 @@ from scripts.featio import (
 )
 from scripts.options import merge_options
 from scripts.step_outputs import add_output_args, output_paths, parse_outputs
+from scripts.threads import add_threads_arg, limit_threads
 
 SHARE_OUTPUTS = {"table": ".csv", "summary": ".json", "figure": ".png"}
 
@@ -188,7 +189,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     share.add_argument("--options", default="{}")
     share.add_argument("--head-name")
     share.add_argument("--seed", type=int, default=0)
+    add_threads_arg(share)
     args = parser.parse_args(argv)
+    limit_threads(getattr(args, "threads", 1))
     if args.cmd == "reference":
         print(train_reference(args.train, args.num_classes, args.out))
         return

@@ -26,6 +26,7 @@ from scripts.analysis_common import pyplot, save_figure, write_summary, write_ta
 from scripts.featio import FeatgapError, parse_json_arg, read_split, run_cli
 from scripts.options import merge_options
 from scripts.step_outputs import add_output_args, output_paths, parse_outputs
+from scripts.threads import add_threads_arg, limit_threads
 
 OUTPUTS = {"table": ".csv", "summary": ".json", "pca_figure": ".png", "tsne_figure": ".png"}
 SET_COLORS = {"test1": "#4f81bd", "test2": "#c0504d"}
@@ -161,8 +162,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--options", default="{}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--head-name")
-    parser.add_argument("--threads", type=int, default=1)
+    add_threads_arg(parser)
     args = parser.parse_args(argv)
+    limit_threads(args.threads)
     summary = embedding(test1=args.test1, test2=args.test2, predictions1=args.predictions1,
                         predictions2=args.predictions2, outputs=parse_outputs(args.output),
                         options=parse_json_arg(args.options, "options"), seed=args.seed, head_name=args.head_name,

@@ -53,6 +53,7 @@ from scripts.featio import (
 )
 from scripts.options import merge_options
 from scripts.step_outputs import add_output_args, output_paths, parse_outputs
+from scripts.threads import add_threads_arg, limit_threads
 
 METRIC_KEYS = ("top1", "top5", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "nll", "ece")
 OUTPUTS = {"predictions": ".parquet", "metrics": ".json", "confusions": ".csv", "plot": ".png"}
@@ -294,7 +295,7 @@ def evaluate(
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Evaluate a saved head on one test split.")
-    parser.add_argument("--head", required=True, help="results/heads/{head}/model.pt")
+    parser.add_argument("--model", required=True, help="results/heads/{head}/model.pt")
     parser.add_argument("--manifest", required=True, help="results/parquet/{test}.manifest.json")
     add_output_args(parser, OUTPUTS)
     parser.add_argument("--num-classes", type=int, required=True)
@@ -302,17 +303,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--head-name")
     parser.add_argument("--test-name")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    add_threads_arg(parser)
     parser.add_argument("--backbone-saw-train", default="false", choices=["true", "false", "True", "False"],
                         help="config backbone_saw_train: the backbone was trained on the train split")
     parser.add_argument("--real-labels", default=None,
                         help="ReaL real.json: re-score this split (its paths are ImageNet val file names)")
     args = parser.parse_args(argv)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    metrics = evaluate(head_path=args.head, manifest=args.manifest, outputs=parse_outputs(args.output),
+    limit_threads(args.threads)
+    metrics = evaluate(head_path=args.model, manifest=args.manifest, outputs=parse_outputs(args.output),
                        num_classes=args.num_classes, options=parse_json_arg(args.options, "options"),
                        seed=args.seed, head_name=args.head_name, test_name=args.test_name,
                        backbone_saw_train=args.backbone_saw_train.lower() == "true",

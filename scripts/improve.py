@@ -52,6 +52,7 @@ from scripts.featio import (
 from scripts.heads import load_checkpoint, predict_logits
 from scripts.probit_line import effective_robustness
 from scripts.step_outputs import add_output_args, output_paths, parse_outputs
+from scripts.threads import add_threads_arg, limit_threads
 
 KINDS = ("retrain", "ensemble", "restandardize")
 TESTS = ("test1", "test2")
@@ -294,8 +295,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--alpha", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
+    add_threads_arg(parser)
     parser.add_argument("--reference-line", help="results/analysis/reference_line/summary.json (when configured)")
     args = parser.parse_args(argv)
+    limit_threads(args.threads)
     summary = improve(args.baseline, parse_json_arg(args.variants, "variants"), args.test1, args.test2,
                       parse_outputs(args.output), baseline_name=args.baseline_name, bootstrap=args.bootstrap,
                       alpha=args.alpha, seed=args.seed, reference_line=args.reference_line)

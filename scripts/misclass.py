@@ -48,6 +48,7 @@ from scripts.featio import (
 )
 from scripts.options import merge_options
 from scripts.step_outputs import add_output_args, output_paths, parse_outputs
+from scripts.threads import add_threads_arg, limit_threads
 
 OUTPUTS = {"table": ".csv", "summary": ".json", "figure": ".png"}
 
@@ -312,7 +313,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--head-name")
     parser.add_argument("--test-name")
+    add_threads_arg(parser)
     args = parser.parse_args(argv)
+    limit_threads(args.threads)
     summary = misclass(predictions=args.predictions, manifest=args.manifest, outputs=parse_outputs(args.output),
                        options=parse_json_arg(args.options, "options"), seed=args.seed,
                        head_name=args.head_name, test_name=args.test_name)

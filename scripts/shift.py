@@ -40,6 +40,7 @@ from scripts.featio import (
 )
 from scripts.options import merge_options
 from scripts.step_outputs import add_output_args, output_paths, parse_outputs
+from scripts.threads import add_threads_arg, limit_threads
 
 FEATURES_OUTPUTS = {"table": ".csv", "summary": ".json", "volcano_figure": ".png", "top_features_figure": ".png",
                    "roc_figure": ".png"}
@@ -423,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="cmd", required=True)
     feat = sub.add_parser("features", help="per-feature tests + domain classifier")
     ad = sub.add_parser("adapt", help="re-standardise each test set with its own moments (one head)")
-    ad.add_argument("--head", required=True)
+    ad.add_argument("--model", required=True, help="results/heads/{head}/model.pt")
     ad.add_argument("--head-name")
     for p, outputs in ((feat, FEATURES_OUTPUTS), (ad, ADAPT_OUTPUTS)):
         p.add_argument("--test1", required=True, help="test1 manifest")
@@ -431,12 +432,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         add_output_args(p, outputs)
         p.add_argument("--options", default="{}")
         p.add_argument("--seed", type=int, default=0)
+        add_threads_arg(p)
     args = parser.parse_args(argv)
+    limit_threads(args.threads)
     opts, outputs = parse_json_arg(args.options, "options"), parse_outputs(args.output)
     if args.cmd == "features":
         summary = shift_features(test1=args.test1, test2=args.test2, outputs=outputs, options=opts, seed=args.seed)
     else:
-        summary = adapt(head_path=args.head, test1=args.test1, test2=args.test2, outputs=outputs, options=opts,
+        summary = adapt(head_path=args.model, test1=args.test1, test2=args.test2, outputs=outputs, options=opts,
                         seed=args.seed, head_name=args.head_name)
     print(summary["verdict"])
 

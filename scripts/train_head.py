@@ -331,8 +331,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--manifest", required=True, help="results/parquet/train.manifest.json")
     add_output_args(parser, OUTPUTS)
     parser.add_argument("--name", required=True, help="the head's name in the config")
-    parser.add_argument("--head", required=True, help="JSON: the heads.{name} config section")
-    parser.add_argument("--train", default="{}", help="JSON: the train config section")
+    # --options and --train-options, as every step: JSON config sections (--head, --train elsewhere are paths)
+    parser.add_argument("--options", required=True, help="JSON: the heads.{name} config section")
+    parser.add_argument("--train-options", default="{}", help="JSON: the train config section")
     parser.add_argument("--num-classes", type=int, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
@@ -340,7 +341,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="another head's selection.json: train once with its chosen lr, weight decay, epochs")
     args = parser.parse_args(argv)
     selection = train_head(args.manifest, parse_outputs(args.output), name=args.name,
-                           head=parse_json_arg(args.head, "head"), train=parse_json_arg(args.train, "train"),
+                           head=parse_json_arg(args.options, "options"),
+                           train=parse_json_arg(args.train_options, "train-options"),
                            num_classes=args.num_classes, seed=args.seed, threads=args.threads,
                            inherit_from=args.inherit_from)
     win = selection["winner"]

@@ -124,7 +124,7 @@ def test_shipped_imagenet_names():
 
 def test_errors_are_clear(planted, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(main, ["--head", str(tmp_path / "missing.pt"), "--manifest", str(planted["test1"]),
+        run_cli(main, ["--model", str(tmp_path / "missing.pt"), "--manifest", str(planted["test1"]),
                        *output_argv(tmp_path / "o", "evaluate"), "--num-classes", "20"])
     assert exit_info.value.code == 1
     assert "head file not found" in capsys.readouterr().err

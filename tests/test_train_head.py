@@ -120,14 +120,14 @@ def test_config_errors(small, tmp_path):
 
 def test_cli(small, tmp_path, capsys):
     main(["--manifest", str(small["manifest"]), *output_argv(tmp_path / "cli", "train_head"), "--name", "lin",
-          "--head", json.dumps({"epochs": 1}), "--train", json.dumps(SETTINGS), "--num-classes", "12"])
+          "--options", json.dumps({"epochs": 1}), "--train-options", json.dumps(SETTINGS), "--num-classes", "12"])
     assert {p.name for p in (tmp_path / "cli").iterdir()} == {"model.pt", "history.csv", "selection.json"}
     from scripts.featio import run_cli
 
     with pytest.raises(SystemExit):
         run_cli(main, ["--manifest", str(small["manifest"]), *output_argv(tmp_path / "x", "train_head"), "--name", "x",
-                       "--head", "{not json", "--num-classes", "12"])
-    assert "featgap error: --head" in capsys.readouterr().err
+                       "--options", "{not json", "--num-classes", "12"])
+    assert "featgap error: --options" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -290,7 +290,7 @@ def bench_accuracy(work: Path, threads: int, c_grid: list[float], shape: tuple[f
     head, settings = eva02["heads"]["linear"], {"holdout_fraction": eva02["train"]["holdout_fraction"],
                                                    "device": "cpu", "threads": threads}
     seconds, rss, _ = child(HEAD, "--manifest", str(data["manifest"]), *output_argv(work / "linear", "train_head"),
-                            "--name", "linear", "--head", json.dumps(head), "--train", json.dumps(settings),
+                            "--name", "linear", "--options", json.dumps(head), "--train-options", json.dumps(settings),
                             "--num-classes", str(classes), "--seed", "0", "--threads", str(threads))
     selection = json.loads((work / "linear/selection.json").read_text())
     acc = float((predict_logits(work / "linear/model.pt", data["test_features"]).argmax(1)

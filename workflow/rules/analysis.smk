@@ -107,8 +107,8 @@ rule shift:
         options=analysis_options("shift"),
         seed=config["seed"],
     shell:
-        "OMP_NUM_THREADS={threads} python -m scripts.shift features --test1 {input.test1:q} --test2 {input.test2:q}"
-        " {params.outputs} --options {params.options} --seed {params.seed} > {log:q} 2>&1"
+        "python -m scripts.shift features --test1 {input.test1:q} --test2 {input.test2:q}"
+        " {params.outputs} --options {params.options} --seed {params.seed} --threads {threads} > {log:q} 2>&1"
 
 
 if analysis_on("shift"):
@@ -151,9 +151,9 @@ rule shift_adapt:
         options=analysis_options("shift_adapt"),
         seed=config["seed"],
     shell:
-        "OMP_NUM_THREADS={threads} python -m scripts.shift adapt --head {input.model:q} --head-name {wildcards.head:q}"
+        "python -m scripts.shift adapt --model {input.model:q} --head-name {wildcards.head:q}"
         " --test1 {input.test1:q} --test2 {input.test2:q} {params.outputs} --options {params.options}"
-        " --seed {params.seed} > {log:q} 2>&1"
+        " --seed {params.seed} --threads {threads} > {log:q} 2>&1"
 
 
 if analysis_on("shift_adapt"):
@@ -278,9 +278,9 @@ rule misclass:
         options=analysis_options("misclass"),
         seed=config["seed"],
     shell:
-        "OMP_NUM_THREADS={threads} python -m scripts.misclass --predictions {input.predictions:q}"
+        "python -m scripts.misclass --predictions {input.predictions:q}"
         " --manifest {input.manifest:q} {params.outputs} --options {params.options} --seed {params.seed}"
-        " --head-name {wildcards.head:q} --test-name {wildcards.test:q} > {log:q} 2>&1"
+        " --head-name {wildcards.head:q} --test-name {wildcards.test:q} --threads {threads} > {log:q} 2>&1"
 
 
 if analysis_on("misclass"):
@@ -362,7 +362,7 @@ if EMBED_HEAD is not None and analysis_on("embedding"):
             seed=config["seed"],
             head=EMBED_HEAD,
         shell:
-            "OMP_NUM_THREADS={threads} python -m scripts.embedding --test1 {input.test1:q} --test2 {input.test2:q}"
+            "python -m scripts.embedding --test1 {input.test1:q} --test2 {input.test2:q}"
             " --predictions1 {input.predictions1:q} --predictions2 {input.predictions2:q} {params.outputs}"
             " --options {params.options} --seed {params.seed} --head-name {params.head:q} --threads {threads}"
             " > {log:q} 2>&1"
@@ -429,10 +429,10 @@ rule difficulty:
         options=analysis_options("difficulty"),
         seed=config["seed"],
     shell:
-        "OMP_NUM_THREADS={threads} python -m scripts.difficulty share --reference {input.reference:q}"
+        "python -m scripts.difficulty share --reference {input.reference:q}"
         " --test1 {input.test1:q} --test2 {input.test2:q} --predictions1 {input.predictions1:q}"
         " --predictions2 {input.predictions2:q} {params.outputs} --options {params.options}"
-        " --seed {params.seed} --head-name {wildcards.head:q} > {log:q} 2>&1"
+        " --seed {params.seed} --head-name {wildcards.head:q} --threads {threads} > {log:q} 2>&1"
 
 
 if analysis_on("difficulty"):

@@ -47,7 +47,7 @@ rule evaluate:
         backbone_saw_train=BACKBONE_SAW_TRAIN,
         real=lambda wc, input: " ".join(f"--real-labels {shlex.quote(p)}" for p in input.real),
     shell:
-        "python -m scripts.evaluate --head {input.model:q} --manifest {input.manifest:q} {params.outputs}"
+        "python -m scripts.evaluate --model {input.model:q} --manifest {input.manifest:q} {params.outputs}"
         " --num-classes {params.num_classes} --options {params.options} --seed {params.seed}"
         " --backbone-saw-train {params.backbone_saw_train} {params.real}"
         " --head-name {wildcards.head:q} --test-name {wildcards.test:q} --threads {threads} > {log:q} 2>&1"

@@ -84,7 +84,7 @@ rule improve_train:
         inherit=lambda wc, input: " ".join(f"--inherit-from {shlex.quote(p)}" for p in input.inherit),
     shell:
         "python -m scripts.train_head --manifest {input.manifest:q} {params.outputs}"
-        " --name {wildcards.variant:q} --head {params.head} --train {params.train}"
+        " --name {wildcards.variant:q} --options {params.head} --train-options {params.train}"
         " --num-classes {params.num_classes} --seed {params.seed} --threads {threads}"
         " {params.inherit} > {log:q} 2>&1"
 
@@ -139,7 +139,7 @@ rule improve_compare:
         "python -m scripts.improve --baseline {input.baseline:q} --baseline-name {params.baseline:q}"
         " --variants {params.variants} --test1 {input.test1:q} --test2 {input.test2:q}"
         " {params.outputs} --bootstrap {params.bootstrap} --alpha {params.alpha}"
-        " --seed {params.seed} {params.reference} > {log:q} 2>&1"
+        " --seed {params.seed} {params.reference} --threads {threads} > {log:q} 2>&1"
 
 
 if IMPROVE_VARIANTS:

@@ -42,7 +42,7 @@ rule train_head:
         outputs=lambda wc, output: output_args(output),
     shell:
         "python -m scripts.train_head --manifest {input.manifest:q} {params.outputs}"
-        " --name {wildcards.head:q} --head {params.head} --train {params.train}"
+        " --name {wildcards.head:q} --options {params.head} --train-options {params.train}"
         " --num-classes {params.num_classes} --seed {params.seed} --threads {threads} > {log:q} 2>&1"
 
 
@@ -81,7 +81,7 @@ rule train_baseline:
         outputs=lambda wc, output: output_args(output),
     shell:
         "python -m scripts.baselines --manifest {input.manifest:q} {params.outputs}"
-        " --name {wildcards.baseline:q} --baseline {params.baseline} --train {params.train}"
+        " --name {wildcards.baseline:q} --options {params.baseline} --train-options {params.train}"
         " --num-classes {params.num_classes} --seed {params.seed} --threads {threads} > {log:q} 2>&1"
 
 
