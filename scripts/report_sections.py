@@ -171,6 +171,10 @@ def improve_section(data: ReportData, md_dir: Path) -> Section:
                ("baseline test 1 top-1 %", _pct_points(summary.get("baseline_test1_top1"))),
                ("baseline test 2 top-1 %", _pct_points(summary.get("baseline_test2_top1"))),
                ("interval", str(method.get("interval", "–"))), ("test", str(method.get("test", "–")))]
+    chosen = sorted({str(v["hyperparameters"]) for v in summary.get("variants") or []
+                     if v.get("kind") == "retrain" and v.get("hyperparameters")})
+    if chosen:  # how the retrained variants got their lr, weight decay, epochs (never from a test set)
+        numbers.append(("retrained variants' hyperparameters", "; ".join(chosen)))
     if line:
         expected, er = _on_line(line.get("baseline"))
         slope, intercept = (f"{v:.3f}" if isinstance(v, (int, float)) else "–"

@@ -41,7 +41,7 @@ from scripts.options import step_defaults
 from scripts.report_collect import collect
 from scripts.report_evidence import answer_json, headline
 from tests.step_layout import outputs_in
-from tests.test_train_helpers import write_split_shards
+from tests.train_helpers import write_split_shards
 
 BASE = {"classes": 100, "dim": 64, "separation": 0.6, "rank": 16, "test2_noise": 1.0, "shift_features": 0,
         "hard_classes": 0, "hard_noise": 1.0}

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from analysis_fixtures import planted, planted_eval  # noqa: F401 - fixtures
 from scipy import stats as sps
 from step_layout import outputs_in
-from test_analysis_fixtures import planted, planted_eval  # noqa: F401 - fixtures
 
 from scripts.class_counts import main as counts_main
 from scripts.embedding import embedding

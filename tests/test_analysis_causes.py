@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from analysis_fixtures import planted, planted_eval  # noqa: F401 - fixtures
 from step_layout import outputs_in
-from test_analysis_fixtures import planted, planted_eval  # noqa: F401 - fixtures
 
 from scripts.difficulty import difficulty, train_reference
 from scripts.featio import read_split

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from analysis_fixtures import SPEC, build_dataset, planted, sample_split  # noqa: F401 - fixture
 from scipy import stats as sps
 from step_layout import outputs_in
-from test_analysis_fixtures import SPEC, build_dataset, planted, sample_split  # noqa: F401 - fixture
 
 from scripts.featio import FeatgapError, read_split
 from scripts.generate_demo import DemoSpec, FeatureModel

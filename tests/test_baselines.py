@@ -12,7 +12,7 @@ from scripts.baselines import MISSING_BIAS, linear_state, train_baseline
 from scripts.featio import FeatgapError, read_json
 from scripts.generate_demo import DemoSpec
 from scripts.heads import predict_logits
-from tests.test_train_helpers import make_dataset
+from tests.train_helpers import make_dataset
 
 SETTINGS = {"holdout_fraction": 0.1, "threads": 2}
 

@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from analysis_fixtures import planted, planted_eval  # noqa: F401 - fixtures
 from sklearn import metrics as skm
 from step_layout import output_argv, outputs_in
-from test_analysis_fixtures import planted, planted_eval  # noqa: F401 - fixtures
 
 from scripts import heads
 from scripts.analysis_common import load_class_names

@@ -200,3 +200,14 @@ def test_a_split_is_found_through_its_manifest_only(tmp_path):
         read_split(tmp_path / "shards.manifest.json")
     with pytest.raises(FeatgapError, match=r"nothing.manifest.json: no manifest \(did convert run\?\)"):
         split_shape(tmp_path / "nothing.manifest.json")
+
+
+def test_the_training_tests_shard_writer_reads_back_exactly(tmp_path):
+    from scripts.featio import read_split
+    from scripts.generate_demo import DemoSpec
+    from tests.train_helpers import make_dataset
+
+    data = make_dataset(tmp_path, DemoSpec(classes=3, dim=4), 5, 2)
+    split = read_split(data["manifest"])
+    np.testing.assert_array_equal(split.label, data["train_labels"])
+    np.testing.assert_array_equal(split.features, data["train_features"])

@@ -18,7 +18,7 @@ from scripts.train_config import HeadConfig, parse_config
 from scripts.train_data import load_train
 from scripts.train_grid import CandidateGrid, GridOptimizer, StepRunner
 from scripts.train_head import train_epoch, train_head
-from tests.test_train_helpers import make_dataset
+from tests.train_helpers import make_dataset
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 

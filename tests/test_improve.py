@@ -16,7 +16,7 @@ from scripts.featio import FeatgapError, write_json
 from scripts.generate_demo import DemoSpec, FeatureModel
 from scripts.improve import flag, improve, mcnemar_exact, paired_comparison, stratified_se
 from scripts.train_head import train_head
-from tests.test_train_helpers import make_dataset, write_split_shards
+from tests.train_helpers import make_dataset, write_split_shards
 
 CLASSES, DIM = 10, 24
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from analysis_fixtures import planted, planted_eval  # noqa: F401 - fixtures
 from step_layout import outputs_in
 from test_analysis import _fake_training_outputs
-from test_analysis_fixtures import planted, planted_eval  # noqa: F401 - fixtures
 
 from scripts import options
 from scripts.featio import FeatgapError

@@ -8,8 +8,8 @@ import re
 from pathlib import Path
 
 import pytest
+from analysis_fixtures import planted, planted_eval  # noqa: F401 - fixtures
 from step_layout import outputs_in
-from test_analysis_fixtures import planted, planted_eval  # noqa: F401 - fixtures
 
 from scripts import evidence, report
 from scripts.featio import FeatgapError, write_json
@@ -371,7 +371,8 @@ def _variant(name, d1, d2, *, improves=False, hurts=False, kind="retrain", p2=No
             "delta_test1": {"points": d1, "ci95": [d1 - 0.5, d1 + 0.5], "mcnemar_p": 0.5, "mcnemar_p_holm": 0.5},
             "delta_test2": {"points": d2, "ci95": [d2 - 0.8, d2 + 0.8], "mcnemar_p": 0.01,
                             "mcnemar_p_holm": p2 if p2 is not None else 0.01 if improves else 0.6},
-            "gap_change": {"points": d1 - d2, "ci95": [d1 - d2 - 1, d1 - d2 + 1]}, "selected_on": "holdout"}
+            "gap_change": {"points": d1 - d2, "ci95": [d1 - d2 - 1, d1 - d2 + 1]}, "selected_on": "holdout",
+            **({"hyperparameters": "the baseline's holdout selection"} if kind == "retrain" else {})}
 
 
 @pytest.fixture
@@ -401,6 +402,7 @@ def test_improve_section_ranks_variants_and_flags_traded_gains(improved, tmp_pat
     assert rows[0][-1] == "gains on test set 2 only by losing on test set 1" and rows[2][-1] == "within noise"
     assert rows[3][-1] == "loses on test set 2" and rows[4][-1] == "within noise"  # read, never re-judged
     assert section.figures[0].src.startswith("data:image/png;base64,")
+    assert dict(section.numbers)["retrained variants' hyperparameters"] == "the baseline's holdout selection"
     assert section.verdict.startswith("No variant improves test set 2")
     # The verdict follows the causes in the answer and is not one of them.
     assert page.index('class="conclusion"') < page.index('id="improve-answer"') < page.index('id="summary-table"')

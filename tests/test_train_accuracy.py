@@ -15,7 +15,7 @@ from scripts.generate_demo import DemoSpec
 from scripts.heads import predict_logits
 from scripts.train_data import stratified_holdout
 from scripts.train_head import train_head
-from tests.test_train_helpers import make_dataset
+from tests.train_helpers import make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 C_GRID = [0.003, 0.01, 0.03, 0.1, 0.3, 1.0]

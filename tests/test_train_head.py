@@ -14,7 +14,7 @@ from scripts.generate_demo import DemoSpec
 from scripts.heads import load_checkpoint, predict_logits
 from scripts.train_data import load_train, stratified_holdout
 from scripts.train_head import main, train_head
-from tests.test_train_helpers import make_dataset, write_split_shards
+from tests.train_helpers import make_dataset, write_split_shards
 
 FAST = {"type": "linear", "lr": [3e-3, 1e-2], "weight_decay": [1e-4, 1e-2], "epochs": 4, "batch_size": 128,
         "label_smoothing": 0.1}

@@ -17,7 +17,7 @@ from scripts.heads import predict_logits
 from scripts.train_data import choose_placement, load_train, stratified_holdout
 from scripts.train_grid import StepRunner
 from scripts.train_head import train_head
-from tests.test_train_helpers import make_dataset
+from tests.train_helpers import make_dataset
 
 SETTINGS = {"holdout_fraction": 0.1, "device": "cpu", "threads": 1}
 

@@ -11,7 +11,7 @@ from scripts.generate_demo import DemoSpec
 from scripts.train_config import HeadConfig, parse_config
 from scripts.train_grid import CandidateGrid, GridOptimizer, grid_loss
 from scripts.train_head import halving_rungs, train_head
-from tests.test_train_helpers import make_dataset
+from tests.train_helpers import make_dataset
 
 
 def test_rungs():

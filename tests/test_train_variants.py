@@ -13,7 +13,7 @@ from scripts.heads import predict_logits
 from scripts.train_config import HeadConfig, parse_config
 from scripts.train_data import load_train, stratified_holdout, whitening_map
 from scripts.train_head import regularisers, train_head
-from tests.test_train_helpers import make_dataset, write_split_shards
+from tests.train_helpers import make_dataset, write_split_shards
 
 BASE = {"type": "linear", "lr": [3e-3, 3e-2], "weight_decay": [1e-4], "epochs": 3, "batch_size": 64,
         "refit": False, "calibrate": False}

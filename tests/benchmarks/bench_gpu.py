@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from scripts.generate_demo import DemoSpec, train_counts
-from tests.test_train_helpers import write_split_shards
+from tests.train_helpers import write_split_shards
 
 FULL_ROWS, DIM, CLASSES = 1_281_167, 1024, 1000
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from scripts.generate_demo import DemoSpec
 from scripts.train_head import train_head
 from tests.step_layout import outputs_in
-from tests.test_train_helpers import make_dataset
+from tests.train_helpers import make_dataset
 
 
 def datasets(work: Path, skip_100k: bool) -> dict[str, tuple[Path, int]]:

@@ -44,7 +44,7 @@ from scripts.train_config import HeadConfig, parse_config
 from scripts.train_data import load_train, stratified_holdout
 from scripts.train_head import run_grid
 from tests.step_layout import output_argv
-from tests.test_train_helpers import make_dataset
+from tests.train_helpers import make_dataset
 
 CLASSES, DIM, TRAIN_PER_CLASS, TEST_PER_CLASS = 1000, 1024, 100, 10
 FULL_ROWS = 1_281_167

@@ -13,18 +13,14 @@ INHERIT = IMPROVE["hyperparameters"] == "inherit"
 
 if IMPROVE_VARIANTS and IMPROVE_BASELINE not in TRAIN_HEADS:
     raise WorkflowError(f"config improve.baseline: {IMPROVE_BASELINE!r} is not a trained head (heads: {TRAIN_HEADS})")
-_unknown = {
-    h for v in IMPROVE_VARIANTS.values() if v["kind"] == "ensemble" for h in v["heads"] if h not in HEADS
-}
+_unknown = {h for v in IMPROVE_VARIANTS.values() if v["kind"] == "ensemble" for h in v["heads"] if h not in HEADS}
 if _unknown:
     raise WorkflowError(f"config improve.variants: ensemble members {sorted(_unknown)} are not configured heads")
 _short = [n for n, v in IMPROVE_VARIANTS.items() if v["kind"] == "ensemble" and len(v["heads"]) < 2]
 if _short:
     raise WorkflowError(f"config improve.variants {_short}: an ensemble needs at least 2 heads")
 
-_too_wide = [
-    name for name, spec in IMPROVE_VARIANTS.items() if (spec["set"].get("pca_whiten") or 0) > config["dim"]
-]
+_too_wide = [name for name, spec in IMPROVE_VARIANTS.items() if (spec["set"].get("pca_whiten") or 0) > config["dim"]]
 if _too_wide:
     raise WorkflowError(f"config improve.variants {_too_wide}: pca_whiten must be at most dim ({config['dim']})")
 

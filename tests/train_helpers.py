@@ -1,7 +1,7 @@
 """Shard writers for the training tests and benchmark: class-sorted data straight to Parquet.
 
 Uses the demo generator's feature model without the CSV round trip (fast at 100k × 1024).
-Also holds a test of the helper itself, so that pytest collecting this file is meaningful.
+A helper module, not a test module (its round trip is checked in tests/test_featio.py).
 """
 from __future__ import annotations
 
@@ -42,12 +42,3 @@ def make_dataset(root: Path, spec: DemoSpec, train_per_class: int, test_per_clas
     return {"manifest": manifest, "test_labels": parts["test1"][0].astype(np.int64),
             "test_features": parts["test1"][1], "train_labels": parts["train"][0].astype(np.int64),
             "train_features": parts["train"][1]}
-
-
-def test_make_dataset(tmp_path):
-    from scripts.featio import read_split
-
-    data = make_dataset(tmp_path, DemoSpec(classes=3, dim=4), 5, 2)
-    split = read_split(data["manifest"])
-    np.testing.assert_array_equal(split.label, data["train_labels"])
-    np.testing.assert_array_equal(split.features, data["train_features"])

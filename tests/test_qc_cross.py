@@ -1,5 +1,5 @@
 """Issue 10, item 6: splits are checked against each other (results/qc/cross.json) and train's QC
-refuses a single class; training and evaluation take these QC files as inputs (test_reliability_workflow)."""
+refuses a single class; training and evaluation take these QC files as inputs (test_workflow_failures)."""
 import json
 
 import numpy as np
