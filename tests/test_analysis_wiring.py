@@ -158,3 +158,78 @@ def test_reference_line_feeds_improve_compare_only_when_configured(tmp_path):
     without = _snakemake("--dag", "--forceall", target="improve_compare")
     assert "reference_line" not in _parents_of(without, "improve_compare")
     assert "reference_line" not in without
+
+
+def test_a_switched_off_analysis_leaves_the_report(tmp_path):
+    """`analysis.gap.enabled: false`: no gap job, and the report is not handed a gap summary."""
+    off = tmp_path / "off.yaml"
+    off.write_text("analysis:\n  gap:\n    enabled: false\n")
+    printed = _dry_run(ROOT, "--configfile", str(ROOT / "config/config.yaml"), str(off))
+    assert "rule gap:" not in printed and "--input gap:" not in printed
+    assert "--input imbalance:linear=" in printed  # the others still are
+
+
+def _dry_run(where: Path, *args: str) -> str:
+    """`snakemake report -n -p` from scratch: every job with its inputs and its shell command."""
+    exe = shutil.which("snakemake") or str(Path(sys.executable).with_name("snakemake"))
+    res = subprocess.run([exe, "report", "-n", "-p", "--forceall", "--cores", "1", *args], cwd=where,
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return (res.stdout + res.stderr).replace("'", "")
+
+
+NEW_RULE = '''
+
+rule newcause:
+    input:
+        predictions1=eval_file("{head}", "test1", "predictions.parquet"),
+        predictions2=eval_file("{head}", "test2", "predictions.parquet"),
+        code=code("newcause"),
+    output:
+        **reported(analysis_dir("newcause", "{head}"), "newcause", "10. New cause", "{head}",
+                   table="table.csv", summary="summary.json", figure="figure.png"),
+    log:
+        "logs/analysis/newcause.{head}.log",
+    wildcard_constraints:
+        head=HEAD_PATTERN,
+    params:
+        outputs=lambda wc, output: output_args(output),
+        options=analysis_options("newcause"),
+    shell:
+        "python -m scripts.newcause --predictions1 {input.predictions1:q} --predictions2 {input.predictions2:q}"
+        " {params.outputs} --options {params.options} > {log:q} 2>&1"
+
+
+if analysis_on("newcause"):
+    ALL_TARGETS.extend(targets(rules.newcause, head=HEADS))
+    for_report("newcause", rules.newcause.output.summary, head=HEADS)
+'''
+
+
+def test_a_new_analysis_is_a_rule_block_a_step_and_a_schema_section(tmp_path):
+    """docs/architecture.md "Adding an analysis", done in a copy of the project: the rule block in
+    analysis.smk, the step module, its schema section (the fourth file is its test). Nothing else
+    is edited, and the new analysis runs for every head, with its step's code as an input, and
+    reaches the report under its own name."""
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    copy = tmp_path / "project"
+    for name in files:
+        if (ROOT / name).is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, copy / name)
+    with (copy / "workflow/rules/analysis.smk").open("a") as handle:
+        handle.write(NEW_RULE)
+    (copy / "scripts/newcause.py").write_text('"""A new analysis."""\nfrom scripts.options import merge_options\n\n'
+                                              'OUTPUTS = {"table": ".csv", "summary": ".json", "figure": ".png"}\n')
+    schema = (copy / "workflow/schemas/config.schema.yaml").read_text()
+    anchor = "      gap:\n"
+    assert anchor in schema
+    schema = schema.replace(anchor, "      newcause:\n        type: object\n        additionalProperties: false\n"
+                            "        properties:\n          enabled: {type: boolean, default: true}\n"
+                            "          threshold: {type: number, default: 0.5}\n        default: {}\n" + anchor, 1)
+    (copy / "workflow/schemas/config.schema.yaml").write_text(schema)
+    printed = _dry_run(copy)
+    for head in ("linear", "mlp", "sgd", "logreg"):
+        assert f"--input newcause:{head}=results/analysis/newcause/{head}/summary.json" in printed
+    assert '--options {"threshold": 0.5}' in printed  # its schema default, without `enabled`
+    assert "scripts/newcause.py" in printed and "scripts/options.py" in printed  # code inputs from its imports

@@ -175,13 +175,16 @@ def analysis_options(name):
 def reported(folder, caption, category, subcategory=None, **files):
     """Named outputs {name: folder/file} (`output: **reported(...)`): the only place a step's output
     file names are written; the step gets them as `--output name=path` (output_args). Figures (.png)
-    also go into `snakemake --report` under the category, with workflow/report/{caption}.rst."""
+    also go into `snakemake --report` under the category, with workflow/report/{caption}.rst, or
+    the generic analysis.rst while an analysis has no caption of its own."""
+    own = Path(workflow.basedir, "workflow", "report", f"{caption}.rst").is_file()
+    caption_file = f"../report/{caption if own else 'analysis'}.rst"
 
     def one(name):
         path = f"{folder}/{name}"
         if not name.endswith(".png"):
             return path
-        return report(path, caption=f"../report/{caption}.rst", category=category, subcategory=subcategory)
+        return report(path, caption=caption_file, category=category, subcategory=subcategory)
 
     return {name: one(file) for name, file in files.items()}
 
