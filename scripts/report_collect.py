@@ -73,7 +73,6 @@ class ReportData:
     declared: set[str] = field(default_factory=set)  # input kinds the rule passed (what this config runs)
     sources: dict[str, str] = field(default_factory=dict)  # input name ("kind:key") -> path read
     improve: dict[str, Any] | None = None  # results/improve/summary.json
-    improve_path: str | None = None
 
     # ------------------------------------------------------------ model lists
     def baselines(self) -> list[str]:
@@ -159,7 +158,7 @@ def collect(inputs: Mapping[str, str | os.PathLike], config: dict[str, Any],
             for need in ("variants", "verdict", "figures"):
                 if need not in content:
                     raise FeatgapError(f"{path}: no '{need}' key (was it written by scripts.improve?)")
-            data.improve, data.improve_path = content, path
+            data.improve = content
         else:
             for need in ("verdict", "figures"):
                 if need not in content:

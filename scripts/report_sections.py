@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from scripts.report_collect import Analysis, ReportData
-from scripts.report_evidence import HYPOTHESES, Headline, improve_ranking
+from scripts.report_evidence import HYPOTHESES, Headline, improve_enabled, improve_ranking
 from scripts.report_format import Figure, embed, fmt_value
 
 # Summaries are written with sorted keys; tables read better with identifiers first.
@@ -104,7 +104,7 @@ def build_sections(data: ReportData, head_line: Headline, opts: dict, md_dir: Pa
     sections = []
     for kind in order:
         if kind == "improve":
-            if "improve" in data.declared:  # absent when the stage is off
+            if improve_enabled(data):  # absent when the stage is off
                 sections.append(improve_section(data, md_dir))
             continue
         items = list(data.analyses.get(kind, {}).values())
