@@ -55,3 +55,28 @@ def configure_determinism(device: torch.device, threads: int, seed: int) -> None
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
     torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def cpu_has_bf16_matrix_units() -> bool:
+    """AMX-BF16 tiles (Intel Sapphire Rapids and later): oneDNN runs bf16 matmuls on them at ~8x
+    the float32 rate. Without them bf16 is converted and computed in float32 (slower than float32).
+    torch's own check (private, hence the guard): a torch without it reports False."""
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    try:
+        return bool(check()) if check is not None else False
+    except RuntimeError:
+        return False
+
+
+def training_autocast(device: torch.device, precision: str) -> torch.dtype | None:
+    """The dtype a training step autocasts its matmuls to (None: float32 throughout).
+
+    `auto` takes bf16 where the hardware runs it natively: CUDA (tensor cores) and CPUs with
+    AMX-BF16; `bf16` insists, `float32` never autocasts."""
+    if precision not in ("auto", "bf16", "float32"):
+        raise FeatgapError(f"train.precision must be auto, bf16 or float32, got {precision!r}")
+    if precision == "float32":
+        return None
+    if precision == "bf16" or device.type == "cuda" or cpu_has_bf16_matrix_units():
+        return torch.bfloat16
+    return None

@@ -36,6 +36,7 @@ class TrainSettings:
     memory_budget_mb: float
     placement: str  # auto | device | host | stream (scripts.train_data.choose_placement)
     cuda_graphs: bool  # replay each training step from a captured CUDA graph (scripts.train_grid.StepRunner)
+    precision: str  # auto | bf16 | float32: the training step's matmuls (scripts.device.training_autocast)
     holdout_fraction: float
     eval_batch_size: int
 

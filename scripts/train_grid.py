@@ -216,8 +216,9 @@ class StepRunner:
 
     def __init__(self, grid: CandidateGrid, opt: GridOptimizer, *, smoothing: float,
                  class_weight: torch.Tensor | None, device: torch.device, graphs: bool = True,
-                 regularisers: Regularisers | None = None):
+                 regularisers: Regularisers | None = None, autocast: torch.dtype | None = torch.bfloat16):
         self.grid, self.opt = grid, opt
+        self.autocast = autocast  # the matmuls' dtype (scripts.device.training_autocast); None: float32
         self.smoothing, self.weight = float(smoothing), class_weight
         self.reg = regularisers or Regularisers()
         self.scale = torch.ones((), dtype=torch.float32, device=device)
@@ -226,6 +227,7 @@ class StepRunner:
         self.loss_sum = torch.zeros(grid.k, dtype=torch.float64, device=device)
         self.correct = torch.zeros(grid.k, dtype=torch.int64, device=device)
         self.cuda = device.type == "cuda"
+        self.device_type = device.type
         self.use_graph = graphs and self.cuda
         self.graph: torch.cuda.CUDAGraph | None = None
         self.graph_batch = 0
@@ -235,10 +237,12 @@ class StepRunner:
         self.correct.zero_()
 
     def _autocast(self):
-        # bf16 on the tensor cores; the autocast weight cache must be off inside a graph capture.
-        if self.cuda:
-            return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
-        return contextlib.nullcontext()
+        # bf16 on the tensor cores or the CPU's AMX units; the weights, their gradients, the
+        # optimizer and the softmax stay float32. The autocast weight cache must be off inside a
+        # CUDA graph capture (and a step casts each weight once anyway).
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.autocast, cache_enabled=False)
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         reg = self.reg
@@ -325,7 +329,7 @@ class _SmoothedCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: torch.Tensor, y: torch.Tensor, smoothing: float) -> torch.Tensor:
         batch, k, _c = logits.shape
-        # bf16 logits (CUDA autocast): the softmax in float32; float32/64 stay as they are.
+        # bf16 logits (autocast): the softmax in float32; float32/64 stay as they are.
         logp = (logits.float() if logits.element_size() < 4 else logits).log_softmax(-1)
         index = y.view(batch, 1, 1).expand(batch, k, 1)
         per = -logp.gather(-1, index).squeeze(-1)

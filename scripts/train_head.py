@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from scripts.device import configure_determinism, resolve_device
+from scripts.device import configure_determinism, resolve_device, training_autocast
 from scripts.featio import (
     FeatgapError,
     meta_block,
@@ -64,7 +64,7 @@ def class_weights(counts: np.ndarray, device: torch.device) -> torch.Tensor:
 def run_grid(data: TrainSet, cfg: HeadConfig, candidates: list[dict], rows: np.ndarray, *,
              epochs: int, seed: int, phase: str, select: bool, desc: str,
              eval_batch_size: int = 8192, cuda_graphs: bool = True,
-             input_map: torch.Tensor | None = None) -> dict:
+             autocast: torch.dtype | None = None, input_map: torch.Tensor | None = None) -> dict:
     """Train all candidates on `rows` for `epochs` (of a cfg.epochs-long schedule).
 
     With `select`, evaluates the holdout every epoch, keeps each candidate's best weights, and
@@ -80,7 +80,7 @@ def run_grid(data: TrainSet, cfg: HeadConfig, candidates: list[dict], rows: np.n
     weight = class_weights(data.class_counts(rows), device) if cfg.class_balanced else None
     reg = regularisers(cfg, data.class_counts(rows), device, seed)
     runner = StepRunner(grid, opt, smoothing=cfg.label_smoothing, class_weight=weight, device=device,
-                        graphs=cuda_graphs, regularisers=reg)
+                        graphs=cuda_graphs, regularisers=reg, autocast=autocast)
     steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
     total, warmup = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
     rng = np.random.default_rng([seed, 1 if phase == "grid" else 2])
@@ -132,7 +132,7 @@ def run_grid(data: TrainSet, cfg: HeadConfig, candidates: list[dict], rows: np.n
             alive = alive[keep]
             # The captured step has the old shapes: a new runner captures the smaller grid.
             runner = StepRunner(grid, opt, smoothing=cfg.label_smoothing, class_weight=weight, device=device,
-                                graphs=cuda_graphs, regularisers=reg)
+                                graphs=cuda_graphs, regularisers=reg, autocast=autocast)
     if select:
         grid.restore(best)
     return {"grid": grid, "history": history, "best_acc": best_acc, "best_loss": best_loss,
@@ -226,6 +226,7 @@ def train_head(manifest: str | Path, outputs: Mapping[str, str | Path], *, name:
     settings = parse_config(TrainSettings, train, "train")
     device = resolve_device(settings.device)
     configure_determinism(device, threads or settings.threads, seed)
+    autocast = training_autocast(device, settings.precision)
     data = load_train(manifest, num_classes=num_classes,
                       holdout_fraction=settings.holdout_fraction, seed=seed,
                       l2_normalize=cfg.l2_normalize, standardize=cfg.standardize,
@@ -248,7 +249,7 @@ def train_head(manifest: str | Path, outputs: Mapping[str, str | Path], *, name:
         rows = all_rows if inherited["rows"] == "all" else data.fit_rows
         result = run_grid(data, cfg, candidates, rows, epochs=cfg.epochs, seed=seed, phase="inherited",
                           select=False, desc=f"{name} (hyperparameters of {inherited['head']})",
-                          cuda_graphs=settings.cuda_graphs, input_map=input_map)
+                          cuda_graphs=settings.cuda_graphs, autocast=autocast, input_map=input_map)
         win, win_epochs, calibration = 0, cfg.epochs, None
         state = result["grid"].extract(0)
         refit = {"rows": len(rows), "epochs": win_epochs, "seconds": round(time.perf_counter() - t_grid, 3)}
@@ -257,7 +258,7 @@ def train_head(manifest: str | Path, outputs: Mapping[str, str | Path], *, name:
         result = run_grid(data, cfg, candidates, data.fit_rows, epochs=cfg.epochs, seed=seed,
                           phase="grid", select=has_holdout, desc=f"{name} grid×{len(candidates)}",
                           eval_batch_size=settings.eval_batch_size, cuda_graphs=settings.cuda_graphs,
-                          input_map=input_map)
+                          autocast=autocast, input_map=input_map)
         # Winner among the candidates trained to the end (all, unless halving dropped some): best
         # holdout top-1, then lower holdout loss, then grid order.
         alive = result["alive"]
@@ -274,7 +275,7 @@ def train_head(manifest: str | Path, outputs: Mapping[str, str | Path], *, name:
         t_refit = time.perf_counter()
         again = run_grid(data, cfg, [candidates[win]], all_rows, epochs=win_epochs, seed=seed,
                          phase="refit", select=False, desc=f"{name} refit", cuda_graphs=settings.cuda_graphs,
-                         input_map=input_map)
+                         autocast=autocast, input_map=input_map)
         state = again["grid"].extract(0)
         history += again["history"]
         refit = {"rows": len(all_rows), "epochs": win_epochs, "seconds": round(time.perf_counter() - t_refit, 3)}
@@ -306,6 +307,7 @@ def train_head(manifest: str | Path, outputs: Mapping[str, str | Path], *, name:
         "refit": refit,
         "calibration": calibration,
         "data": data.stats,
+        "precision": "float32" if autocast is None else str(autocast).removeprefix("torch."),
         "halving": {"rungs": result["rungs"], "survivors": [candidates[i]["candidate"] for i in result["alive"]]}
         if cfg.selection == "halving" and scored else None,
         "timing": {"grid_s": round(grid_s, 3), "grid_epochs": result["epochs_run"],

@@ -15,7 +15,6 @@ from scripts.featio import FeatgapError
 from scripts.generate_demo import DemoSpec
 from scripts.heads import predict_logits
 from scripts.train_data import choose_placement, load_train, stratified_holdout
-from scripts.train_grid import StepRunner
 from scripts.train_head import train_head
 from tests.train_helpers import make_dataset
 
@@ -113,14 +112,14 @@ def test_streaming_holds_one_pool_at_a_time(tmp_path):
 
 
 @pytest.mark.parametrize("hidden", [[], [16]])
-def test_selection_scores_in_float32_like_the_saved_head(small, tmp_path, monkeypatch, hidden):
-    """Training under bf16 autocast (as on CUDA, emulated on the CPU): the holdout score that
-    chose the winner must be the float32 score of the saved head on the same rows."""
-    monkeypatch.setattr(StepRunner, "_autocast", lambda self: torch.autocast("cpu", dtype=torch.bfloat16))
+def test_selection_scores_in_float32_like_the_saved_head(small, tmp_path, hidden):
+    """Training under bf16 autocast (train.precision: bf16, as on CUDA and AMX CPUs): the holdout
+    score that chose the winner must be the float32 score of the saved head on the same rows."""
     head = {"type": "mlp" if hidden else "linear", "hidden": hidden, "lr": [3e-3, 3e-2], "weight_decay": [1e-4],
             "epochs": 3, "batch_size": 64, "refit": False, "calibrate": False}
     sel = train_head(small["manifest"], outputs_in(tmp_path, "train_head"),
-                     name="h", head=head, train=SETTINGS, num_classes=10, seed=0)
+                     name="h", head=head, train={**SETTINGS, "precision": "bf16"}, num_classes=10, seed=0)
+    assert sel["precision"] == "bfloat16"
     _, holdout = stratified_holdout(small["train_labels"], 0.1, np.random.default_rng([0, 0]))
     logits = predict_logits(tmp_path / "model.pt", small["train_features"][holdout])
     acc = float((logits.argmax(1) == small["train_labels"][holdout]).mean())
