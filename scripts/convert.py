@@ -3,29 +3,35 @@
 Three sub-steps (one rule each, so a 13 GB file converts in parallel jobs):
   plan      check the file format, read the header, find the columns by name, cut the file into
             `parts` line-aligned byte ranges (scripts/csv_source.py);
-  part      parse one byte range chunk by chunk with polars (multi-threaded) into one shard;
+  part      parse one byte range chunk by chunk into one shard: a strict numba parser for the
+            common case (scripts/csv_fastparse.py), polars for any chunk it does not handle;
   manifest  check the parts, record each shard's rows, size and checksums in {split}.manifest.json,
             and remove part files of an earlier conversion that the manifest no longer lists.
 
 Threads: polars reads POLARS_MAX_THREADS at import, so the rule sets it to the job's threads.
-Why polars: its CSV reader is the fastest here (see README benchmarks); we hand it line-aligned
-byte chunks so memory is bounded by `chunk_mb`, whatever the file size. The features become one
-fixed_size_list<float32>[D] column, so a row group is one contiguous float32 matrix.
+Why polars for the rest: its CSV reader is the fastest library here (see README benchmarks). Both
+parsers get line-aligned byte chunks, so memory is bounded by `chunk_mb` whatever the file size,
+and give bit-identical values, so a shard does not depend on which one read a chunk. The features
+become one fixed_size_list<float32>[D] column, so a row group is one contiguous float32 matrix.
 Bad input stops with one message naming the file, the line, the column and what was expected
 (scripts/csv_diagnose.py finds them once polars has refused a chunk).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import gc
 import math
 import os
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -61,9 +67,44 @@ from scripts.featio import (
 )
 from scripts.fingerprint import fingerprint
 
+if TYPE_CHECKING:
+    from scripts.csv_fastparse import FastChunk, FastLayout
+
 __all__ = ["convert_file", "convert_part", "plan", "write_manifest"]
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 PROBE_BYTES = 1 << 16  # read back from a chunk's planned end to find its last line end
+# Private switch (tests and benchmarks, not a config key): True / False = the fast parser for every
+# part / for none; None = for parts of at least FAST_PARSE_MIN_BYTES. Below that, numba's start-up
+# (~0.6 s per job with its on-disk cache, ~5 s for the first compile on a machine) costs about as
+# much as the faster parsing saves (measured, whole job on 2 cores: 1.6 against 1.7 s for 200 MB,
+# 1.1 against 0.75 s for 50 MB).
+FAST_PARSE: bool | None = None
+FAST_PARSE_MIN_BYTES = 256 << 20
+
+
+@dataclass
+class ChunkColumns:
+    """One parsed chunk, ready to check and write."""
+
+    matrix: np.ndarray  # (n, D) float32, row-major
+    labels: np.ndarray  # int64
+    row_ids: np.ndarray | None  # the index column; None: row ids are line positions
+    paths: pa.Array | None  # None: the file has no path column
+    empty_path_row: int | None  # the first row whose path is empty
+    known_finite: bool  # the fast parser's grammar has no NaN, inf or overflow: no need to look
+    pooled: np.ndarray | None = None  # the fast parser's buffer behind `matrix`, returned after writing
+
+
+def fast_layout(plan_: dict, part_bytes: int) -> FastLayout | None:
+    """The fast parser's layout, or None where it is switched off, not worth its start-up for a
+    part this small, unavailable, or the layout is unusual. Imported here, not at the top: numba
+    costs ~0.3 s to import, which only part jobs that use it pay."""
+    wanted = FAST_PARSE if FAST_PARSE is not None else part_bytes >= FAST_PARSE_MIN_BYTES
+    if not wanted:
+        return None
+    from scripts import csv_fastparse
+
+    return csv_fastparse.FastLayout.of(plan_) if csv_fastparse.available() else None
 
 
 # ---------------------------------------------------------------- one part
@@ -96,6 +137,15 @@ class PartConverter:
         self.feature_slice = slice(first, first + self.dim) if in_order else None
         self.workers = max(1, pl.thread_pool_size())  # POLARS_MAX_THREADS: the job's threads
         self.matrix_buffer: np.ndarray | None = None
+        self.fast_layout: FastLayout | None = None  # chosen per part, in _run
+
+    def use_fast_parser(self, part_bytes: int) -> None:
+        self.fast_layout = fast_layout(self.plan, part_bytes)
+        if self.fast_layout is not None:
+            from scripts.csv_fastparse import BufferPool, MatrixPool
+
+            self.matrix_pool = MatrixPool()
+            self.read_pool = BufferPool(np.uint8)
 
     def check_source_unchanged(self) -> None:
         """Byte ranges are only valid for the file they were planned on."""
@@ -155,10 +205,11 @@ class PartConverter:
     def error_at(self, offset: int, problem: Problem) -> FeatgapError:
         return self.error(offset, problem.line, problem.column, problem.what)
 
-    def check_values(self, frame: pl.DataFrame, matrix: np.ndarray, labels: np.ndarray, offset: int) -> None:
+    def check_values(self, chunk: ChunkColumns, offset: int) -> None:
         names = self.plan["names"]
-        finite = np.isfinite(matrix)
-        if not finite.all():
+        matrix, labels = chunk.matrix, chunk.labels
+        finite = None if chunk.known_finite else np.isfinite(matrix)
+        if finite is not None and not finite.all():
             row, col = (int(i) for i in np.argwhere(~finite)[0])
             position = self.plan["features"][col]
             text = self.raw_field(offset, row, position)
@@ -171,10 +222,9 @@ class PartConverter:
             row = int(np.argmax(bad))
             raise self.error(offset, row, names[self.plan["label"]],
                              f"label {labels[row]}, expected an integer in 0..{self.num_classes - 1}")
-        if self.plan["path"] is not None:
-            empty = frame.get_column(self.col_names[self.plan["path"]]).eq("").arg_true()
-            if len(empty):
-                raise self.error(offset, int(empty[0]), names[self.plan["path"]], "empty value, expected an image path")
+        if chunk.empty_path_row is not None:
+            raise self.error(offset, chunk.empty_path_row, names[self.plan["path"]],
+                             "empty value, expected an image path")
 
     def chunks(self, start: int, end: int | None, chunk_bytes: int) -> Iterator[tuple[int, bytes]]:
         """Yield (offset, bytes) of line-aligned chunks of [start, end) (end None: to the end of
@@ -190,14 +240,11 @@ class PartConverter:
         kernel's copy is the only one (a buffer + carry costs a second copy of every byte)."""
         fd = os.open(self.csv, os.O_RDONLY)
         try:
-            offset = start
-            while offset < end:
-                cut = end if offset + chunk_bytes >= end else _line_end_before(fd, offset, offset + chunk_bytes, end)
+            for offset, cut in _line_aligned_cuts(fd, start, end, chunk_bytes):
                 data = os.pread(fd, cut - offset, offset)
                 if not data:  # the file shrank after planning: check_source_unchanged ran first
                     break
                 yield offset, data
-                offset += len(data)
         finally:
             os.close(fd)
 
@@ -234,28 +281,84 @@ class PartConverter:
                 if at_end:
                     break
 
-    def parsed_chunks(self, start: int, end: int, chunk_bytes: int) -> Iterator[tuple[int, int, pl.DataFrame]]:
-        """Yield (offset, bytes, frame) in file order while up to `workers` later chunks parse in
-        worker threads. Polars parses one in-memory chunk on about one core (measured: CPU time =
-        wall time), so one parser per core; polars, numpy and pyarrow release the GIL, so the
-        caller's transposing and writing overlap with the parsing. The first bad chunk in file
-        order is the one reported."""
-        source = self.chunks(start, end, chunk_bytes)
+    def parse_any(self, data: bytes | np.ndarray, offset: int) -> FastChunk | pl.DataFrame:
+        """The fast parser's result, or polars' frame for a chunk outside its grammar (which
+        polars either reads or reports with today's one-line error)."""
+        if self.fast_layout is not None:
+            from scripts.csv_fastparse import parse
+
+            chunk = parse(data, self.fast_layout, self.matrix_pool)
+            if chunk is not None:
+                return chunk
+        return self.parse_chunk(data if isinstance(data, bytes) else data.tobytes(), offset)
+
+    def read_and_parse(self, fd: int, offset: int, size: int) -> FastChunk | pl.DataFrame:
+        """Read [offset, offset + size) into a pooled buffer and parse it (in a worker thread, so
+        that the main thread only writes). The buffer is free again once parsed: neither parser's
+        result points into it."""
+        buffer = self.read_pool.take(size)
+        try:
+            got = os.preadv(fd, [memoryview(buffer)[:size]], offset)
+            return self.parse_any(buffer[:got], offset)
+        finally:
+            self.read_pool.give(buffer)
+
+    def chunk_jobs(self, start: int, end: int | None, chunk_bytes: int,
+                   fd: int | None) -> Iterator[tuple[int, int, Callable[[], FastChunk | pl.DataFrame]]]:
+        """(offset, bytes, parse it) per chunk: with the fast parser, a plain file's chunks are
+        read by the worker that parses them, into reused buffers; otherwise read here."""
+        if fd is not None:
+            for offset, cut in _line_aligned_cuts(fd, start, end, chunk_bytes):
+                yield offset, cut - offset, partial(self.read_and_parse, fd, offset, cut - offset)
+        else:
+            for offset, data in self.chunks(start, end, chunk_bytes):
+                yield offset, len(data), partial(self.parse_any, data, offset)
+
+    def parsed_chunks(self, start: int, end: int, chunk_bytes: int) -> Iterator[tuple[int, int, FastChunk | pl.DataFrame]]:
+        """Yield (offset, bytes, parsed chunk) in file order while up to `workers` later chunks parse
+        in worker threads. Either parser reads one in-memory chunk on one core, so one parser per
+        core; numba (nogil), polars, numpy and pyarrow release the GIL, so the caller's writing
+        overlaps with the parsing. The first bad chunk in file order is the one reported."""
+        worker_reads = self.fast_layout is not None and self.compression == "none" and end is not None
+        fd = os.open(self.csv, os.O_RDONLY) if worker_reads else None
         pending: deque[tuple[int, int, Future]] = deque()
-        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+        with contextlib.ExitStack() as cleanup:
+            if fd is not None:
+                cleanup.callback(os.close, fd)
+            pool = cleanup.enter_context(ThreadPoolExecutor(max_workers=self.workers))  # shut down before the close
+            source = self.chunk_jobs(start, end, chunk_bytes, fd)
 
             def submit_next() -> None:
                 item = next(source, None)
                 if item is not None:
-                    pending.append((item[0], len(item[1]), pool.submit(self.parse_chunk, item[1], item[0])))
+                    pending.append((item[0], item[1], pool.submit(item[2])))
 
             for _ in range(self.workers):
                 submit_next()
             while pending:
                 offset, nbytes, future = pending.popleft()
-                frame = future.result()
+                parsed = future.result()
                 submit_next()
-                yield offset, nbytes, frame
+                yield offset, nbytes, parsed
+
+    def columns_of(self, parsed: FastChunk | pl.DataFrame) -> ChunkColumns:
+        if isinstance(parsed, pl.DataFrame):
+            return self.frame_columns(parsed)
+        return ChunkColumns(parsed.matrix, parsed.labels, parsed.row_ids, parsed.paths, None, known_finite=True,
+                            pooled=parsed.buffer)
+
+    def frame_columns(self, frame: pl.DataFrame) -> ChunkColumns:
+        """A polars frame's columns; the matrix is transposed into the shared matrix_buffer."""
+        labels = frame.get_column(self.col_names[self.plan["label"]]).to_numpy()
+        row_ids = (frame.get_column(self.col_names[self.plan["index"]]).to_numpy()
+                   if self.plan["index"] is not None else None)
+        paths, empty_path_row = None, None
+        if self.plan["path"] is not None:
+            path_column = frame.get_column(self.col_names[self.plan["path"]])
+            empty = path_column.eq("").arg_true()
+            empty_path_row = int(empty[0]) if len(empty) else None
+            paths = path_column.to_arrow().cast(pa.string())
+        return ChunkColumns(self.feature_matrix(frame), labels, row_ids, paths, empty_path_row, known_finite=False)
 
     def feature_matrix(self, frame: pl.DataFrame) -> np.ndarray:
         """The (n, D) float32 row-major matrix of a parsed chunk. Polars copies its columns into a
@@ -287,6 +390,8 @@ class PartConverter:
         self.check_source_unchanged()
         rng = self.plan["ranges"][part]
         next_row = rng.get("first_row", 0)
+        # a gzip part's size is unknown until read: its compressed size is a lower bound
+        self.use_fast_parser(rng["end"] - rng["start"] if rng["end"] is not None else self.csv.stat().st_size)
         schema = shard_schema(self.dim)
         rows = 0
         with atomic_path(out) as tmp:
@@ -295,27 +400,38 @@ class PartConverter:
             try:
                 total = None if rng["end"] is None else rng["end"] - rng["start"]
                 with tqdm(total=total, unit="B", unit_scale=True, desc=f"convert part {part}", mininterval=2) as bar:
-                    for offset, nbytes, frame in self.parsed_chunks(rng["start"], rng["end"], chunk_mb << 20):
-                        n = frame.height
-                        matrix = self.feature_matrix(frame)
-                        labels = frame.get_column(self.col_names[self.plan["label"]]).to_numpy()
-                        self.check_values(frame, matrix, labels, offset)
-                        if self.plan["index"] is not None:
-                            row_ids = frame.get_column(self.col_names[self.plan["index"]]).to_numpy()
-                        else:
-                            row_ids = np.arange(next_row, next_row + n, dtype=np.int64)
-                        paths = (frame.get_column(self.col_names[self.plan["path"]]).to_arrow().cast(pa.string())
-                                 if self.plan["path"] is not None else _empty_strings(n))
-                        table = pa.Table.from_arrays(
-                            [numpy_to_arrow(row_ids, np.int64), paths, numpy_to_arrow(labels, np.int16),
-                             features_to_arrow(matrix)], schema=schema)
-                        writer.write_table(table, row_group_size=row_group_rows)
+                    for offset, nbytes, parsed in self.parsed_chunks(rng["start"], rng["end"], chunk_mb << 20):
+                        chunk = self.columns_of(parsed)
+                        n = len(chunk.labels)
+                        self.check_values(chunk, offset)
+                        writer.write_table(chunk_table(chunk, next_row, schema), row_group_size=row_group_rows)
+                        if chunk.pooled is not None:  # written: write_table keeps no reference to it
+                            self.matrix_pool.give(chunk.pooled)
                         rows += n
                         next_row += n
                         bar.update(nbytes)
             finally:
                 writer.close()
         return rows
+
+
+def chunk_table(chunk: ChunkColumns, first_row: int, schema: pa.Schema) -> pa.Table:
+    """The shard's columns over the chunk's arrays (no copies); row ids are line positions from
+    first_row where the file has no index column."""
+    n = len(chunk.labels)
+    row_ids = chunk.row_ids if chunk.row_ids is not None else np.arange(first_row, first_row + n, dtype=np.int64)
+    paths = chunk.paths if chunk.paths is not None else _empty_strings(n)
+    return pa.Table.from_arrays([numpy_to_arrow(row_ids, np.int64), paths, numpy_to_arrow(chunk.labels, np.int16),
+                                 features_to_arrow(chunk.matrix)], schema=schema)
+
+
+def _line_aligned_cuts(fd: int, start: int, end: int, chunk_bytes: int) -> Iterator[tuple[int, int]]:
+    """[offset, cut) of each chunk of about chunk_bytes that ends at a line end."""
+    offset = start
+    while offset < end:
+        cut = end if offset + chunk_bytes >= end else _line_end_before(fd, offset, offset + chunk_bytes, end)
+        yield offset, cut
+        offset = cut
 
 
 def _line_end_before(fd: int, offset: int, target: int, end: int) -> int:
