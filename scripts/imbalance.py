@@ -186,10 +186,21 @@ def _verdict(head: str, n: dict, results: dict, primary: dict, alpha: float) -> 
                  f"estimable; classes with fewer rows ({n['n_reduced_classes']}) drop by "
                  f"{n['drop_reduced']:+.1%} on average vs {n['drop_full']:+.1%} for the {n['n_full_classes']} "
                  f"full classes (permutation {fmt_p(primary['p'])})")
-    reading = ("so classes with fewer training rows drop more: imbalance may help explain why test set 2 is harder"
-               if primary["evidence"] != "none" else
-               f"so no evidence (at α = {alpha:g}) that class imbalance explains why test set 2 is harder")
+    if primary["evidence"] != "none":
+        reading = "so classes with fewer training rows drop more: imbalance may help explain why test set 2 is harder"
+    elif _opposite(primary, alpha):
+        # A small p in the other direction must not read as a non-result next to "no evidence".
+        reading = ("so classes with fewer training rows drop less, the opposite of what imbalance would cause: "
+                   "no evidence that class imbalance explains why test set 2 is harder")
+    else:
+        reading = f"so no evidence (at α = {alpha:g}) that class imbalance explains why test set 2 is harder"
     return f"{first}; {reading} for {head}."
+
+
+def _opposite(primary: dict, alpha: float) -> bool:
+    """A significant difference in the direction imbalance cannot explain (fewer rows, smaller drop)."""
+    p, effect = primary["p"], primary["effect"]
+    return p is not None and np.isfinite(p) and p < alpha and effect is not None and effect < 0
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -115,6 +115,32 @@ def test_imbalance_two_groups_when_counts_tie(tmp_path):
         assert n["evidence"] == "none"
 
 
+def test_imbalance_significant_in_the_opposite_direction_says_so(tmp_path):
+    """Classes with fewer rows dropping clearly *less* (p < α, effect < 0): no evidence for imbalance,
+    and the verdict names the opposite direction instead of reading like a non-result."""
+    rng = np.random.default_rng(1)
+    c = 300
+    rows = np.where(np.arange(c) % 3 == 0, 900, 1300)
+    reduced = rows < 1300
+    counts = pd.DataFrame({"class": np.arange(c), "name": [f"c{i}" for i in range(c)], "train_rows": rows,
+                           "test1_rows": 50, "test2_rows": 10})
+    counts.to_csv(tmp_path / "counts.csv", index=False)
+    acc2 = np.where(reduced, 0.9, 0.6)  # reduced classes barely drop, full classes drop by ~30 points
+    for split, n, acc in (("test1", 50, np.full(c, 0.92)), ("test2", 10, acc2)):
+        k = rng.binomial(n, acc)
+        (tmp_path / f"{split}.json").write_text(json.dumps({"per_class": {
+            "class": list(range(c)), "n": [n] * c, "correct": k.tolist(), "accuracy": (k / n).tolist(),
+            "mean_p_label": (k / n).tolist()}}))
+    summary = imbalance(class_counts=tmp_path / "counts.csv", metrics1=tmp_path / "test1.json",
+                        metrics2=tmp_path / "test2.json", outputs=outputs_in(tmp_path / "o", "imbalance"),
+                        head_name="linear", options={"permutations": 999})
+    n = summary["numbers"]
+    assert n["primary_p"] < 0.05 and n["primary_effect"] < 0
+    assert n["evidence"] == "none"
+    assert "the opposite of what imbalance would cause" in summary["verdict"]
+    assert "at α" not in summary["verdict"]
+
+
 def _fake_training_outputs(root):
     """history.csv + selection.json in train_head's format: a 2×2 lr × wd grid, 4 epochs."""
     rows = []
