@@ -226,7 +226,7 @@ class StepRunner:
 
     def __init__(self, grid: CandidateGrid, opt: GridOptimizer, *, smoothing: float,
                  class_weight: torch.Tensor | None, device: torch.device, graphs: bool = True,
-                 regularisers: Regularisers | None = None, autocast: torch.dtype | None = torch.bfloat16):
+                 autocast: torch.dtype | None, regularisers: Regularisers | None = None):
         self.grid, self.opt = grid, opt
         self.autocast = autocast  # the matmuls' dtype (scripts.device.training_autocast); None: float32
         self.smoothing, self.weight = float(smoothing), class_weight

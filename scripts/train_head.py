@@ -63,9 +63,10 @@ def class_weights(counts: np.ndarray, device: torch.device) -> torch.Tensor:
 
 def run_grid(data: TrainSet, cfg: HeadConfig, candidates: list[dict], rows: np.ndarray, *,
              epochs: int, seed: int, phase: str, select: bool, desc: str,
-             eval_batch_size: int = 8192, cuda_graphs: bool = True,
-             autocast: torch.dtype | None = None, input_map: torch.Tensor | None = None) -> dict:
-    """Train all candidates on `rows` for `epochs` (of a cfg.epochs-long schedule).
+             autocast: torch.dtype | None, eval_batch_size: int = 8192, cuda_graphs: bool = True,
+             input_map: torch.Tensor | None = None) -> dict:
+    """Train all candidates on `rows` for `epochs` (of a cfg.epochs-long schedule), the step's
+    matmuls autocast to `autocast` (None: float32; scripts.device.training_autocast chooses).
 
     With `select`, evaluates the holdout every epoch, keeps each candidate's best weights, and
     stops early after cfg.patience epochs without any candidate improving. With

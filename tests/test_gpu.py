@@ -74,7 +74,7 @@ def test_training_epoch_never_waits_for_the_gpu(data, placement, head):
     k = len(cfg.lr) * len(cfg.weight_decay)
     grid = CandidateGrid(DIM, CLASSES, cfg.hidden, k, cfg.dropout, 0, device)
     opt = GridOptimizer(grid.params, cfg.optimizer, np.full(k, 1e-3), np.full(k, 1e-2))
-    runner = StepRunner(grid, opt, smoothing=0.1, class_weight=None, device=device)
+    runner = StepRunner(grid, opt, smoothing=0.1, class_weight=None, device=device, autocast=torch.bfloat16)
     rng = np.random.default_rng(0)
     # Warm-up epoch: the graph capture, allocations and library handles happen here.
     train_epoch(ts, runner, ts.fit_rows, rng, cfg.batch_size, 0, 100, 10)

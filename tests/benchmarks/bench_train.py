@@ -168,7 +168,8 @@ def epoch_rate(data, k: int, batch: int, seed: int) -> dict:
     cfg = parse_config(HeadConfig, head, "heads.bench")
     cands = [{"candidate": i, "lr": 1e-3 * (i + 1), "weight_decay": 0.1} for i in range(k)]
     t = time.perf_counter()
-    run_grid(data, cfg, cands, data.fit_rows, epochs=1, seed=seed, phase="grid", select=False, desc=f"epoch K={k}")
+    run_grid(data, cfg, cands, data.fit_rows, epochs=1, seed=seed, phase="grid", select=False, desc=f"epoch K={k}",
+             autocast=None)  # float32: these are the float32 figures
     seconds = time.perf_counter() - t
     n = len(data.fit_rows)
     return {"seconds": round(seconds, 3), "rows_per_s": round(n / seconds, 1),
