@@ -1,7 +1,7 @@
 """Shared test data for evaluate and the analyses (imported by tests/test_evaluate*.py and
 tests/test_analysis*.py): splits sampled in memory from the demo generator's FeatureModel,
 written straight to the Parquet contract with featio.write_shard (no CSV round trip), plus a
-nearest-class-mean linear head saved in the scripts.heads checkpoint format.
+nearest-class-mean linear head saved in the scripts.lib.heads checkpoint format.
 
 Planted truth: `shifted_features` (test2 mean shift) and `hard_classes` (extra noise in test2).
 """
@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from step_layout import outputs_in
 
-from scripts import heads
-from scripts.featio import write_json, write_shard
-from scripts.generate_demo import DemoSpec, FeatureModel, train_counts
+from scripts.data.generate_demo import DemoSpec, FeatureModel, train_counts
+from scripts.lib import heads
+from scripts.lib.featio.jsonio import write_json
+from scripts.lib.featio.shards import write_shard
 
 SPEC = {"classes": 20, "dim": 48, "rank": 8, "test1_per_class": 60, "test2_per_class": 40, "train_scale": 0.05,
         "shift_features": 5, "shift_size": 0.5, "shift_stage": "post_layernorm", "hard_classes": 4, "hard_noise": 2.0,
@@ -91,7 +92,7 @@ def planted(tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def planted_eval(planted, tmp_path_factory) -> dict:
     """`planted` evaluated on both test sets: {test: metrics.json path}."""
-    from scripts.evaluate import evaluate
+    from scripts.evaluate.evaluate.evaluate import evaluate
 
     out = tmp_path_factory.mktemp("eval")
     paths = {}

@@ -1,18 +1,18 @@
 """The whole answer on planted data, through the workflow's own steps, in seconds.
 
-One scenario = the demo generator (scripts.generate_demo.FeatureModel) with one cause planted,
+One scenario = the demo generator (scripts.data.generate_demo.FeatureModel) with one cause planted,
 small sizes (classes × 50 test-1 and 10 test-2 images, as the real design), written as the
 workflow's shards; a head; then the workflow's steps on those files, each the function its rule
 calls: evaluate (predictions, metrics), class counts, gap (class_concentrated and the gap block),
 imbalance, train_reference + difficulty, label_noise, shift adapt (mean_shift), and the report's
-ranking (scripts.report_evidence) read from the summaries they wrote.
+ranking (scripts.lib.report.answer) read from the summaries they wrote.
 
 What is not the workflow's, and why:
   * the head: a nearest-class-mean classifier, stored as a real linear checkpoint (logits
     z·μ_c − |μ_c|²/2 on train-standardised z, divided by a temperature fitted on a train holdout),
     instead of train_head's grid search: training 100-class heads for 18 runs would cost minutes;
   * overfit: overfit() reads train_head's selection.json and history.csv, which this head has
-    not; its evidence function (scripts.overfit.overfit_evidence, the one overfit() calls) gets
+    not; its evidence function (scripts.analysis.overfit.overfit_evidence, the one overfit() calls) gets
     the head's train and holdout accuracies directly;
   * the shift feature tests (shift_features) are not run: they write no evidence block;
   * figures are not drawn (each step's plot functions are stubbed): the answer never reads them.
@@ -32,14 +32,16 @@ from scipy import optimize
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts import difficulty, evaluate, gap, imbalance, label_noise, overfit, shift, stats
-from scripts.analysis_common import class_counts
-from scripts.featio import write_json
-from scripts.generate_demo import DemoSpec, FeatureModel
-from scripts.heads import make_checkpoint, save_head
-from scripts.options import step_defaults
-from scripts.report_collect import collect
-from scripts.report_evidence import answer_json, headline
+from scripts.analysis import difficulty, gap, imbalance, label_noise, overfit, shift
+from scripts.data.generate_demo import DemoSpec, FeatureModel
+from scripts.evaluate.evaluate import evaluate
+from scripts.lib.analysis.common import class_counts
+from scripts.lib.featio.jsonio import write_json
+from scripts.lib.heads import make_checkpoint, save_head
+from scripts.lib.options import step_defaults
+from scripts.lib.report.answer import answer_json, headline
+from scripts.lib.report.collect import collect
+from scripts.lib.stats import inference
 from tests.step_layout import outputs_in
 from tests.train_helpers import write_split_shards
 
@@ -65,7 +67,7 @@ TRAIN_PER_CLASS, N1, N2 = 60, 50, 10
 OPTIONS = {"evaluate": {"bootstrap": 50, "device": "cpu"},
            "gap": {"permutations": 2000, "bootstrap": 1000, "null_reps": 50, "share_reps": 200},
            "imbalance": {"permutations": 1000}, "difficulty": {"bootstrap": 200}, "label_noise": {"bootstrap": 200},
-           "shift_adapt": {"bootstrap": 100}}
+           "mean_shift": {"bootstrap": 100}}
 PLOTS = [(evaluate, "plot_confused_pairs"), (gap, "plot_distribution"), (gap, "plot_top"),
          (imbalance, "plot_scatter"), (difficulty, "plot_typicality"), (label_noise, "plot_confidence"),
          (shift, "plot_adaptation")]
@@ -86,7 +88,7 @@ def nearest_mean_head(x: np.ndarray, y: np.ndarray, holdout_x: np.ndarray, holdo
     means = np.stack([((x64[y == c] - mean) / std).mean(axis=0) for c in np.unique(y)])
     weight, bias = means, -0.5 * (means**2).sum(axis=1)
     raw = ((holdout_x - mean) / std) @ weight.T + bias
-    nll = lambda t: -np.mean(stats.log_softmax(raw / t)[np.arange(len(holdout_y)), holdout_y])
+    nll = lambda t: -np.mean(inference.log_softmax(raw / t)[np.arange(len(holdout_y)), holdout_y])
     temperature = float(optimize.minimize_scalar(nll, bounds=(0.05, 100), method="bounded").x)
     arch = {"in_dim": x.shape[1], "num_classes": len(means), "hidden": []}
     state = {"0.weight": torch.from_numpy(weight), "0.bias": torch.from_numpy(bias)}
@@ -146,7 +148,7 @@ def run(name: str, seed: int, out: Path) -> dict:
                                 outputs=outputs("label_noise", "label_noise"), options=OPTIONS["label_noise"],
                                 head_name="head", seed=seed)
         shift.adapt(head_path=head_path, test1=manifests["test1"], test2=manifests["test2"],
-                    outputs=outputs("shift adapt", "shift", "adapt"), options=OPTIONS["shift_adapt"], seed=seed,
+                    outputs=outputs("shift adapt", "shift", "adapt"), options=OPTIONS["mean_shift"], seed=seed,
                     head_name="head")
     # overfit: its own evidence function on the head's train and holdout accuracies (see above).
     train_gap = _accuracy(checkpoint, *splits["train"]) - _accuracy(checkpoint, xh, yh)

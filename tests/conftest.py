@@ -9,7 +9,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scripts.generate_demo import DemoSpec, generate  # noqa: E402
+from scripts.data.generate_demo import DemoSpec, generate  # noqa: E402
 
 TINY = {"classes": 12, "dim": 32, "train_scale": 0.05, "test1_per_class": 20, "test2_per_class": 10, "rank": 8,
             "shift_features": 4, "hard_classes": 3, "separation": 0.8}
@@ -26,7 +26,7 @@ def tiny_csv(tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def tiny_parquet(tiny_csv, tmp_path_factory) -> dict:
     """The tiny CSVs converted to the Parquet contract: {split: manifest}, plus `truth`."""
-    from scripts.convert import convert_file
+    from scripts.data.convert import convert_file
 
     out = tmp_path_factory.mktemp("tiny_parquet")
     manifests = {}

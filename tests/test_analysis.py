@@ -10,13 +10,14 @@ from analysis_fixtures import planted, planted_eval  # noqa: F401 - fixtures
 from scipy import stats as sps
 from step_layout import outputs_in
 
-from scripts.class_counts import main as counts_main
-from scripts.embedding import embedding
-from scripts.featio import FeatgapError, run_cli
-from scripts.gap import gap
-from scripts.imbalance import imbalance
-from scripts.misclass import correct_vs_misclassified, misclass
-from scripts.overfit import overfit
+from scripts.analysis.class_counts import main as counts_main
+from scripts.analysis.embedding import embedding
+from scripts.analysis.gap import gap
+from scripts.analysis.imbalance import imbalance
+from scripts.analysis.misclass import correct_vs_misclassified, misclass
+from scripts.analysis.overfit import overfit
+from scripts.lib.featio.cli import run_cli
+from scripts.lib.featio.errors import FeatgapError
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +215,7 @@ def test_misclass_columns_and_planted_difference(planted, planted_eval, tmp_path
     np.testing.assert_allclose(res["q_unadjusted"], sps.false_discovery_control(ref.pvalue), rtol=1e-9)
     assert set(res.loc[res["q"] < 0.05, "feature"]) == set(range(6, 12))  # means differ only there
     assert (res.loc[:5, "var_diff"] > 0.5).all()
-    from scripts.misclass import cluster
+    from scripts.analysis.misclass import cluster
 
     _, groups = cluster(res.assign(q=np.where(res["feature"] < 12, 1e-6, 0.5)), 0.05, 2, 0)
     members = sorted(sorted(g["features"]) for g in groups)
@@ -242,7 +243,7 @@ def test_misclass_is_not_fooled_by_class_features():
 
 
 def test_misclass_compare(planted, planted_eval, tmp_path):
-    from scripts.misclass import compare
+    from scripts.analysis.misclass import compare
 
     for test in ("test1", "test2"):
         misclass(predictions=planted_eval[test] / "predictions.parquet", manifest=planted[test],

@@ -7,9 +7,9 @@ import numpy as np
 from analysis_fixtures import planted, planted_eval  # noqa: F401 - fixtures
 from step_layout import outputs_in
 
-from scripts.difficulty import difficulty, train_reference
-from scripts.featio import read_split
-from scripts.label_noise import label_noise
+from scripts.analysis.difficulty import difficulty, train_reference
+from scripts.analysis.label_noise import label_noise
+from scripts.lib.featio.reader import read_split
 
 
 def test_train_reference_matches_the_matrix(planted, tmp_path):

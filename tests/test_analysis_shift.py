@@ -1,4 +1,4 @@
-"""scripts/shift.py: planted feature shift is recovered exactly; nothing planted, nothing found."""
+"""scripts/analysis/shift.py: planted feature shift is recovered exactly; nothing planted, nothing found."""
 from __future__ import annotations
 
 import json
@@ -10,9 +10,10 @@ from analysis_fixtures import SPEC, build_dataset, planted, sample_split  # noqa
 from scipy import stats as sps
 from step_layout import outputs_in
 
-from scripts.featio import FeatgapError, read_split
-from scripts.generate_demo import DemoSpec, FeatureModel
-from scripts.shift import adapt, feature_tests, shift_features
+from scripts.analysis.shift import adapt, feature_tests, shift_features
+from scripts.data.generate_demo import DemoSpec, FeatureModel
+from scripts.lib.featio.errors import FeatgapError
+from scripts.lib.featio.reader import read_split
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +107,7 @@ def test_adaptation_check(planted, tmp_path):
     evaluated = json.loads(json.dumps(n))  # JSON-safe
     assert evaluated["gap_train_standardisation"] > 0.05  # test2 is harder
     # The head as trained reproduces evaluate's accuracy exactly.
-    from scripts.heads import load_head, predict_logits
+    from scripts.lib.heads import load_head, predict_logits
 
     s2 = read_split(planted["test2"], columns=("label",))
     acc = float((predict_logits(load_head(planted["head"]), s2.features).argmax(1) == s2.label).mean())

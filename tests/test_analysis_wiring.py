@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-READS_TESTS = {"evaluate", "shift", "shift_adapt", "misclass", "embedding", "class_counts", "validate_split",
+READS_TESTS = {"evaluate", "shift", "mean_shift", "misclass", "embedding", "class_counts", "validate_split",
                "qc_cross",  # labels and paths only: cross-split QC (classes, leakage), an input of evaluate
                "difficulty",  # typicality of test images against the train class means
                "improve_compare",  # the improve stage scores its variants on the test splits
@@ -68,7 +68,7 @@ def test_only_evaluate_and_analyses_read_test_splits(dag):
 def test_all_analysis_outputs_are_targets(dag):
     nodes, _ = dag
     rules = {label.split("\\n")[0] for label in nodes.values()}
-    for name in ("evaluate", "class_counts", "gap", "shift", "shift_adapt", "imbalance", "overfit", "misclass",
+    for name in ("evaluate", "class_counts", "gap", "shift", "mean_shift", "imbalance", "overfit", "misclass",
                  "embedding"):
         assert name in rules, f"rule {name} is not in the DAG of `all`"
 
@@ -219,7 +219,7 @@ def test_a_new_analysis_is_a_rule_block_a_step_and_a_schema_section(tmp_path):
             shutil.copy2(ROOT / name, copy / name)
     with (copy / "workflow/rules/analysis.smk").open("a") as handle:
         handle.write(NEW_RULE)
-    (copy / "scripts/newcause.py").write_text('"""A new analysis."""\nfrom scripts.options import merge_options\n\n'
+    (copy / "scripts/newcause.py").write_text('"""A new analysis."""\nfrom scripts.lib.options import merge_options\n\n'
                                               'OUTPUTS = {"table": ".csv", "summary": ".json", "figure": ".png"}\n')
     schema = (copy / "workflow/schemas/config.schema.yaml").read_text()
     anchor = "      gap:\n"
@@ -232,4 +232,4 @@ def test_a_new_analysis_is_a_rule_block_a_step_and_a_schema_section(tmp_path):
     for head in ("linear", "mlp", "sgd", "logreg"):
         assert f"--input newcause:{head}=results/analysis/newcause/{head}/summary.json" in printed
     assert '--options {"threshold": 0.5}' in printed  # its schema default, without `enabled`
-    assert "scripts/newcause.py" in printed and "scripts/options.py" in printed  # code inputs from its imports
+    assert "scripts/newcause.py" in printed and "scripts/lib/options.py" in printed  # code inputs from its imports

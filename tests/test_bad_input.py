@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from scripts.convert import convert_file
-from scripts.featio import FeatgapError
+from scripts.data.convert import convert_file
+from scripts.lib.featio.errors import FeatgapError
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -119,10 +119,10 @@ def test_header_only_file(tiny_csv, tmp_path):
 def test_cli_prints_one_clear_line_without_traceback(tiny_csv, tmp_path):
     csv = corrupt(tiny_csv, tmp_path, 77, set_field(3, "oops"))
     plan = tmp_path / "p.json"
-    subprocess.run([sys.executable, "-m", "scripts.convert", "plan", "--csv", str(csv), "--out", str(plan),
+    subprocess.run([sys.executable, "-m", "scripts.data.convert", "plan", "--csv", str(csv), "--out", str(plan),
                     "--dim", "32"], cwd=ROOT, check=True, capture_output=True)
     out = tmp_path / "part-00000.parquet"
-    result = subprocess.run([sys.executable, "-m", "scripts.convert", "part", "--plan", str(plan), "--part", "0",
+    result = subprocess.run([sys.executable, "-m", "scripts.data.convert", "part", "--plan", str(plan), "--part", "0",
                              "--out", str(out), "--num-classes", "12"], cwd=ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr

@@ -8,10 +8,11 @@ import pytest
 import torch
 from step_layout import outputs_in
 
-from scripts.baselines import MISSING_BIAS, linear_state, train_baseline
-from scripts.featio import FeatgapError, read_json
-from scripts.generate_demo import DemoSpec
-from scripts.heads import predict_logits
+from scripts.data.generate_demo import DemoSpec
+from scripts.lib.featio.errors import FeatgapError
+from scripts.lib.featio.jsonio import read_json
+from scripts.lib.heads import predict_logits
+from scripts.train.train_baseline import MISSING_BIAS, linear_state, train_baseline
 from tests.train_helpers import make_dataset
 
 SETTINGS = {"holdout_fraction": 0.1, "threads": 2}

@@ -54,7 +54,7 @@ def test_no_step_imports_another_step():
     all_steps = set(steps())
     found = {(step, other) for step in all_steps
              for other in code_inputs.direct_imports(SCRIPTS / f"{step}.py") & all_steps}
-    # No allowlist: code shared by two steps lives in a library (e.g. scripts/real_scoring.py).
+    # No allowlist: code shared by two steps lives in a library (e.g. scripts/lib/real_scoring.py).
     assert not found, sorted(found)
 
 

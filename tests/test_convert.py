@@ -7,8 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from scripts.convert import convert_file, plan
-from scripts.featio import list_shards, read_split
+from scripts.data.convert import convert_file, plan
+from scripts.lib.featio.reader import read_split
+from scripts.lib.featio.shards import list_shards
 
 
 def csv_features(path, dim):
@@ -98,7 +99,7 @@ def test_configurable_label_column(tiny_csv, tmp_path):
 def test_plain_chunks_are_whole_lines_of_the_range(tiny_csv, chunk_bytes):
     """Exact-size reads: every chunk ends at a line end inside its range, a line longer than the
     chunk size is one chunk of its own, and the chunks are the range, byte for byte."""
-    from scripts.convert import PartConverter
+    from scripts.data.convert import PartConverter
 
     plan_ = plan(tiny_csv["test2"], 3)
     data = tiny_csv["test2"].read_bytes()

@@ -1,4 +1,4 @@
-"""The strict numba CSV parser (scripts/csv_fastparse.py): every value bit-identical to polars'
+"""The strict numba CSV parser (scripts/lib/csvread/fastparse.py): every value bit-identical to polars'
 Float32 parse, every input outside its grammar handed to polars (same result, same error), and
 shards identical to the polars path's, byte for byte."""
 from __future__ import annotations
@@ -10,16 +10,18 @@ import polars as pl
 import pytest
 from test_bad_input import corrupt, set_field
 
-from scripts import convert, csv_fastparse
-from scripts.convert import convert_file
-from scripts.featio import FeatgapError, list_shards
+from scripts.data import convert
+from scripts.data.convert import convert_file
+from scripts.lib.csvread import fastparse
+from scripts.lib.featio.errors import FeatgapError
+from scripts.lib.featio.shards import list_shards
 
-pytestmark = pytest.mark.skipif(not csv_fastparse.available(), reason="numba is not installed")
+pytestmark = pytest.mark.skipif(not fastparse.available(), reason="numba is not installed")
 
 DIM = 8
 PLAN = {"names": ["", "path", "label"] + [str(i) for i in range(DIM)], "index": 0, "path": 1, "label": 2,
         "features": list(range(3, 3 + DIM)), "dim": DIM}
-LAYOUT = csv_fastparse.FastLayout.of(PLAN)
+LAYOUT = fastparse.FastLayout.of(PLAN)
 
 
 def lines_of(values: list[str]) -> bytes:
@@ -35,11 +37,11 @@ def polars_matrix(data: bytes) -> np.ndarray:
     return pl.read_csv(data, has_header=False, schema=schema)[:, 3:].to_numpy()
 
 
-def fast(data: bytes) -> csv_fastparse.FastChunk | None:
-    return csv_fastparse.parse(data, LAYOUT, csv_fastparse.MatrixPool())
+def fast(data: bytes) -> fastparse.FastChunk | None:
+    return fastparse.parse(data, LAYOUT, fastparse.MatrixPool())
 
 
-def assert_bit_equal(values: list[str]) -> csv_fastparse.FastChunk:
+def assert_bit_equal(values: list[str]) -> fastparse.FastChunk:
     data = lines_of(values)
     chunk = fast(data)
     assert chunk is not None, "the fast parser handed this to polars"
@@ -154,12 +156,12 @@ def test_last_line_without_newline_and_long_chunks():
 
 
 def test_more_rows_than_estimated_are_counted_and_parsed():
-    pool = csv_fastparse.MatrixPool()
+    pool = fastparse.MatrixPool()
     long_rows = lines_of(["-0.123456789e-3"] * DIM * 20)
     short_rows = lines_of(["1"] * DIM * 400)
-    assert csv_fastparse.parse(long_rows, LAYOUT, pool).rows == 20
+    assert fastparse.parse(long_rows, LAYOUT, pool).rows == 20
     assert pool.rows_estimate(len(short_rows)) < 400  # so the kernel runs out of room, then counts
-    chunk = csv_fastparse.parse(short_rows, LAYOUT, pool)
+    chunk = fastparse.parse(short_rows, LAYOUT, pool)
     assert chunk is not None and chunk.rows == 400 and (chunk.matrix == 1).all()
 
 
@@ -201,7 +203,7 @@ def test_rows_outside_the_grammar_go_to_polars(line):
 
 
 def test_unusual_layouts_are_left_to_polars():
-    assert csv_fastparse.FastLayout.of({**PLAN, "names": PLAN["names"] + ["extra"]}) is None
+    assert fastparse.FastLayout.of({**PLAN, "names": PLAN["names"] + ["extra"]}) is None
 
 
 # ---------------------------------------------------------------- whole conversions: fast == polars
@@ -214,7 +216,7 @@ def convert_with(csv: Path, out: Path, fast_parse: bool, monkeypatch, **options)
 def fast_chunks_parsed(monkeypatch) -> list[int]:
     """Rows of each chunk the fast parser handled (so a test sees that it ran)."""
     seen: list[int] = []
-    real_parse = csv_fastparse.parse
+    real_parse = fastparse.parse
 
     def counting(*args, **kwargs):
         chunk = real_parse(*args, **kwargs)
@@ -222,7 +224,7 @@ def fast_chunks_parsed(monkeypatch) -> list[int]:
             seen.append(chunk.rows)
         return chunk
 
-    monkeypatch.setattr(csv_fastparse, "parse", counting)
+    monkeypatch.setattr(fastparse, "parse", counting)
     return seen
 
 
@@ -339,4 +341,4 @@ def test_kernels_compile_without_a_writable_cache_folder(monkeypatch):
     def add_one(x):
         return x + 1
 
-    assert csv_fastparse._jit(add_one)(41) == 42
+    assert fastparse._jit(add_one)(41) == 42

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from test_bad_input import corrupt, expect_failure, set_field
 
-from scripts.convert import convert_file
-from scripts.convert import main as convert_main
-from scripts.featio import read_split, run_cli
+from scripts.data.convert import convert_file
+from scripts.data.convert import main as convert_main
+from scripts.lib.featio.cli import run_cli
+from scripts.lib.featio.reader import read_split
 
 
 def converted(csv, tmp_path, name="ok", **kwargs):
@@ -201,7 +202,7 @@ def test_short_reads_of_a_stream_fill_the_buffer_instead_of_growing_it(tiny_csv,
     the buffer (the buffer used to double on each such read: 24 GB for a 160 MB .csv.gz)."""
     import contextlib
 
-    from scripts import convert
+    from scripts.data import convert
 
     class ShortReads:
         def __init__(self, handle):

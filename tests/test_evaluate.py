@@ -1,4 +1,4 @@
-"""scripts/evaluate.py: predictions, metrics (vs scikit-learn), confusions, names, errors."""
+"""scripts/evaluate/evaluate.py: predictions, metrics (vs scikit-learn), confusions, names, errors."""
 from __future__ import annotations
 
 import json
@@ -13,10 +13,12 @@ from analysis_fixtures import planted, planted_eval  # noqa: F401 - fixtures
 from sklearn import metrics as skm
 from step_layout import output_argv, outputs_in
 
-from scripts import heads
-from scripts.analysis_common import load_class_names
-from scripts.evaluate import evaluate, main
-from scripts.featio import FeatgapError, read_split, run_cli
+from scripts.evaluate.evaluate.evaluate import evaluate, main
+from scripts.lib import heads
+from scripts.lib.analysis.common import load_class_names
+from scripts.lib.featio.cli import run_cli
+from scripts.lib.featio.errors import FeatgapError
+from scripts.lib.featio.reader import read_split
 
 
 def test_predictions_contract(planted, planted_eval):

@@ -4,16 +4,12 @@ import itertools
 import numpy as np
 import pytest
 
-from scripts.featio import (
-    atomic_path,
-    fingerprint,
-    iter_row_groups,
-    meta_block,
-    read_split,
-    split_shape,
-    write_json,
-    write_shard,
-)
+from scripts.lib.featio.atomic import atomic_path
+from scripts.lib.featio.jsonio import write_json
+from scripts.lib.featio.provenance import meta_block
+from scripts.lib.featio.reader import iter_row_groups, read_split, split_shape
+from scripts.lib.featio.shards import write_shard
+from scripts.lib.fingerprint import fingerprint
 
 
 def listing(folder):
@@ -75,7 +71,8 @@ def _write(path, feats, **options):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from scripts.featio import features_to_arrow, shard_schema
+    from scripts.lib.featio.arrow import features_to_arrow
+    from scripts.lib.featio.shards import shard_schema
 
     n, dim = feats.shape
     table = pa.Table.from_arrays([pa.array(np.arange(n), pa.int64()), pa.array([f"p{i}" for i in range(n)]),
@@ -97,8 +94,8 @@ def _write(path, feats, **options):
 def test_page_reader_is_exact_or_declines(tmp_path, monkeypatch, options, fast):
     import pyarrow.parquet as pq
 
-    from scripts import featio, shard_pages
-    from scripts.featio import _features_leaf
+    from scripts.lib.featio import pages, reader
+    from scripts.lib.featio.reader import _features_leaf
 
     feats = np.random.default_rng(1).standard_normal((40, 12)).astype(np.float32)
     feats[3, 4] = -0.0
@@ -106,10 +103,10 @@ def test_page_reader_is_exact_or_declines(tmp_path, monkeypatch, options, fast):
     _write(tmp_path / "part-00000.parquet", feats, **options)
     pfile = pq.ParquetFile(tmp_path / "part-00000.parquet")
     out = np.full((16, 12), np.nan, np.float32)
-    assert shard_pages.features_into(tmp_path / "part-00000.parquet", pfile, 0, _features_leaf(pfile), out) is fast
+    assert pages.features_into(tmp_path / "part-00000.parquet", pfile, 0, _features_leaf(pfile), out) is fast
     if fast:
         assert np.array_equal(out.view(np.uint32), feats[:16].view(np.uint32))
-    monkeypatch.setattr(featio, "PARALLEL_READ_BYTES", 0)  # threads even for a tiny split
+    monkeypatch.setattr(reader, "PARALLEL_READ_BYTES", 0)  # threads even for a tiny split
     rows = np.array([1, 5, 16, 31, 32, 39])
     for threads in (1, 3):  # either way read_split returns the same bits
         got = read_split(listing(tmp_path), threads=threads)
@@ -124,8 +121,9 @@ def test_page_reader_declines_null_features(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from scripts import shard_pages
-    from scripts.featio import _features_leaf, shard_schema
+    from scripts.lib.featio import pages
+    from scripts.lib.featio.reader import _features_leaf
+    from scripts.lib.featio.shards import shard_schema
 
     values = pa.array([1.0, None, 3.0, 4.0, 5.0, 6.0], pa.float32())
     feats = pa.FixedSizeListArray.from_arrays(values, 2)
@@ -133,14 +131,14 @@ def test_page_reader_declines_null_features(tmp_path):
                                   feats], schema=shard_schema(2))
     pq.write_table(table, tmp_path / "x.parquet", compression="none", write_page_checksum=True)
     pfile = pq.ParquetFile(tmp_path / "x.parquet")
-    assert not shard_pages.features_into(tmp_path / "x.parquet", pfile, 0, _features_leaf(pfile),
+    assert not pages.features_into(tmp_path / "x.parquet", pfile, 0, _features_leaf(pfile),
                                          np.empty((3, 2), np.float32))
 
 
 def test_parallel_subset_read_matches_serial(tmp_path, monkeypatch):
-    from scripts import featio
+    from scripts.lib.featio import reader
 
-    monkeypatch.setattr(featio, "PARALLEL_READ_BYTES", 0)
+    monkeypatch.setattr(reader, "PARALLEL_READ_BYTES", 0)
     feats = make_split(tmp_path, sizes=(50, 30, 41), dim=6)
     rows = np.array([0, 15, 16, 17, 49, 50, 79, 80, 120])
     for threads in (1, 2, 4):
@@ -152,10 +150,10 @@ def test_parallel_subset_read_matches_serial(tmp_path, monkeypatch):
 
 
 def test_flipped_page_checksum_is_one_line(tmp_path, monkeypatch):
-    from scripts import featio
-    from scripts.featio import FeatgapError
+    from scripts.lib.featio import reader
+    from scripts.lib.featio.errors import FeatgapError
 
-    monkeypatch.setattr(featio, "PARALLEL_READ_BYTES", 0)
+    monkeypatch.setattr(reader, "PARALLEL_READ_BYTES", 0)
     feats = np.random.default_rng(2).standard_normal((40, 12)).astype(np.float32)
     shard = tmp_path / "part-00000.parquet"
     _write(shard, feats, compression="none", write_page_checksum=True)
@@ -171,7 +169,7 @@ def test_flipped_page_checksum_is_one_line(tmp_path, monkeypatch):
 def test_fingerprint_sees_same_size_edits_in_the_middle(tmp_path):
     """A 13 GB file is not hashed whole: head, tail and 64 spread blocks. A same-size edit in a
     sampled block of the middle changes the digest (the head/tail hash did not see it)."""
-    from scripts.fingerprint import EDGE_BYTES, sample_offsets
+    from scripts.lib.fingerprint import EDGE_BYTES, sample_offsets
 
     size = 40 * EDGE_BYTES
     path = tmp_path / "big.csv"
@@ -190,7 +188,7 @@ def test_fingerprint_sees_same_size_edits_in_the_middle(tmp_path):
 def test_a_split_is_found_through_its_manifest_only(tmp_path):
     """The manifest records its shards' folder relative to itself: moving both together keeps the
     split readable; a manifest without `folder` is one line, not a guess from its file name."""
-    from scripts.featio import FeatgapError
+    from scripts.lib.featio.errors import FeatgapError
 
     feats = make_split(tmp_path / "shards")
     write_json(tmp_path / "elsewhere" / "any-name.json", {"folder": "../shards"})
@@ -203,8 +201,8 @@ def test_a_split_is_found_through_its_manifest_only(tmp_path):
 
 
 def test_the_training_tests_shard_writer_reads_back_exactly(tmp_path):
-    from scripts.featio import read_split
-    from scripts.generate_demo import DemoSpec
+    from scripts.data.generate_demo import DemoSpec
+    from scripts.lib.featio.reader import read_split
     from tests.train_helpers import make_dataset
 
     data = make_dataset(tmp_path, DemoSpec(classes=3, dim=4), 5, 2)

@@ -4,7 +4,7 @@ import re
 import numpy as np
 import polars as pl
 
-from scripts.generate_demo import DemoSpec, train_counts
+from scripts.data.generate_demo import DemoSpec, train_counts
 
 
 def test_header_and_schema(tiny_csv):

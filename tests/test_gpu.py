@@ -12,12 +12,12 @@ import pytest
 import torch
 from step_layout import outputs_in
 
-from scripts.device import resolve_device
-from scripts.generate_demo import DemoSpec
-from scripts.train_config import HeadConfig, parse_config
-from scripts.train_data import load_train
-from scripts.train_grid import CandidateGrid, GridOptimizer, StepRunner
-from scripts.train_head import train_epoch, train_head
+from scripts.data.generate_demo import DemoSpec
+from scripts.lib.device import resolve_device
+from scripts.lib.training.config import HeadConfig, parse_config
+from scripts.lib.training.data import load_train
+from scripts.lib.training.grid import CandidateGrid, GridOptimizer, StepRunner
+from scripts.train.train_head import train_epoch, train_head
 from tests.train_helpers import make_dataset
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -1,12 +1,12 @@
-"""scripts.heads: the checkpoint format round trip and predict_logits."""
+"""scripts.lib.heads: the checkpoint format round trip and predict_logits."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from scripts.featio import FeatgapError
-from scripts.heads import build_net, load_head, make_checkpoint, predict_logits, save_head
+from scripts.lib.featio.errors import FeatgapError
+from scripts.lib.heads import build_net, load_head, make_checkpoint, predict_logits, save_head
 
 
 def _checkpoint(hidden=(), l2=False, seed=0):

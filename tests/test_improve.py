@@ -10,12 +10,19 @@ import pytest
 from scipy.stats import binomtest
 from step_layout import outputs_in
 
-from scripts import reference_line as rl
-from scripts import stats
-from scripts.featio import FeatgapError, write_json
-from scripts.generate_demo import DemoSpec, FeatureModel
-from scripts.improve import flag, improve, mcnemar_exact, paired_comparison, stratified_se
-from scripts.train_head import train_head
+from scripts.analysis import reference_line as rl
+from scripts.data.generate_demo import DemoSpec, FeatureModel
+from scripts.improve.improve_compare.improve_compare import (
+    flag,
+    improve,
+    mcnemar_exact,
+    paired_comparison,
+    stratified_se,
+)
+from scripts.lib.featio.errors import FeatgapError
+from scripts.lib.featio.jsonio import write_json
+from scripts.lib.stats import inference
+from scripts.train.train_head import train_head
 from tests.train_helpers import make_dataset, write_split_shards
 
 CLASSES, DIM = 10, 24
@@ -119,7 +126,7 @@ def test_stratified_se_is_the_within_class_bootstrap_variance():
     rng = np.random.default_rng(3)
     labels = np.repeat(np.arange(20), 10)
     correct = rng.random(labels.size) < np.repeat(rng.uniform(0.3, 1.0, 20), 10)
-    draw = stats.stratified_resampler(labels)
+    draw = inference.stratified_resampler(labels)
     boot = [100 * correct[draw(rng)].mean() for _ in range(4000)]
     assert stratified_se(correct, labels) == pytest.approx(np.std(boot), rel=0.05)
 
@@ -168,7 +175,7 @@ def test_an_inherited_variant_is_the_baseline_but_for_its_own_keys(setup, tmp_pa
     (CPU): the paired comparison then measures the variant's own change and nothing else."""
     import torch
 
-    from scripts.heads import load_checkpoint as load_head
+    from scripts.lib.heads import load_checkpoint as load_head
 
     root = setup["root"]
     data_manifest = setup["train"]

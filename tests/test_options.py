@@ -1,4 +1,4 @@
-"""One source of defaults: the config schema (scripts/options.py). A step called directly gets the
+"""One source of defaults: the config schema (scripts/lib/options.py). A step called directly gets the
 schema's defaults, an edit of a schema default alone changes what a step uses, and no step keeps
 a DEFAULTS copy of its own."""
 from __future__ import annotations
@@ -12,15 +12,15 @@ from analysis_fixtures import planted, planted_eval  # noqa: F401 - fixtures
 from step_layout import outputs_in
 from test_analysis import _fake_training_outputs
 
-from scripts import options
-from scripts.featio import FeatgapError
-from scripts.overfit import overfit
-from scripts.report import report_options
+from scripts.analysis.overfit import overfit
+from scripts.lib import options
+from scripts.lib.featio.errors import FeatgapError
+from scripts.report.report.report import report_options
 
 ROOT = Path(__file__).resolve().parents[1]
 # Every config section a step reads through merge_options.
 STEP_SECTIONS = ["evaluate", "report"] + [f"analysis.{name}" for name in (
-    "gap", "shift", "shift_adapt", "imbalance", "overfit", "misclass", "difficulty", "label_noise", "real_labels",
+    "gap", "shift", "mean_shift", "imbalance", "overfit", "misclass", "difficulty", "label_noise", "real_labels",
     "embedding")]
 
 
@@ -55,8 +55,8 @@ def test_settings_classes_take_every_default_from_the_schema(tmp_path, monkeypat
     schema default alone changes them, and an unknown key names its config key."""
     import dataclasses
 
-    from scripts.baselines import BaselineConfig
-    from scripts.train_config import HeadConfig, TrainSettings, parse_config
+    from scripts.lib.training.config import HeadConfig, TrainSettings, parse_config
+    from scripts.train.train_baseline import BaselineConfig
 
     for cls in (HeadConfig, BaselineConfig, TrainSettings):
         own = [f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING

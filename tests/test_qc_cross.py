@@ -5,11 +5,14 @@ import json
 import numpy as np
 import pytest
 
-from scripts.featio import FeatgapError, run_cli, write_json, write_shard
-from scripts.qc_cross import cross_check
-from scripts.qc_cross import main as cross_main
-from scripts.validate import main as validate_main
-from scripts.validate import validate_split
+from scripts.data.qc_cross import cross_check
+from scripts.data.qc_cross import main as cross_main
+from scripts.data.validate import main as validate_main
+from scripts.data.validate import validate_split
+from scripts.lib.featio.cli import run_cli
+from scripts.lib.featio.errors import FeatgapError
+from scripts.lib.featio.jsonio import write_json
+from scripts.lib.featio.shards import write_shard
 
 
 def manifest_of(folder):

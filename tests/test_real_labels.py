@@ -1,4 +1,4 @@
-"""ImageNet ReaL labels (scripts/real_labels.py, evaluate's `real` block, label_noise's ReaL bound).
+"""ImageNet ReaL labels (scripts/analysis/real_labels.py, evaluate's `real` block, label_noise's ReaL bound).
 
 A 12-image val split with real-style file names, numbered out of row order (matching must go by
 file name), and a ReaL file written for it; every count below is computed by hand in the table.
@@ -27,10 +27,13 @@ import pandas as pd
 import pytest
 from step_layout import output_argv, outputs_in
 
-from scripts.evaluate import evaluate
-from scripts.featio import FeatgapError, run_cli, write_json, write_shard
-from scripts.label_noise import label_noise
-from scripts.real_labels import load_real, main, match_paths, real_check, rescore, score
+from scripts.analysis.label_noise import label_noise
+from scripts.analysis.real_labels import load_real, main, match_paths, real_check, rescore, score
+from scripts.evaluate.evaluate.evaluate import evaluate
+from scripts.lib.featio.cli import run_cli
+from scripts.lib.featio.errors import FeatgapError
+from scripts.lib.featio.jsonio import write_json
+from scripts.lib.featio.shards import write_shard
 
 NUMBERS = [7, 3, 11, 1, 12, 5, 2, 9, 4, 10, 6, 8]
 LABEL = [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]
@@ -254,7 +257,7 @@ def test_workflow_wires_real_labels(tmp_path):
 
 
 def test_enrichment_without_other_errors_in_real_reports_the_difference():
-    from scripts.real_labels import _sentence, enrichment
+    from scripts.analysis.real_labels import _sentence, enrichment
 
     e = enrichment(np.array([1, 1, 0, 0], bool), np.array([1, 0, 0, 0], bool), np.ones(4, bool),
                    np.array([0, 1, 0, 1]), n_boot=50, seed=0)

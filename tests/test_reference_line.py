@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from step_layout import outputs_in
 
-from scripts import reference_line as rl
-from scripts.featio import write_json
+from scripts.analysis import reference_line as rl
+from scripts.lib.featio.jsonio import write_json
 
 TIMM = Path(__file__).resolve().parents[1] / "resources" / "timm-results"
 T1, T2 = TIMM / "results-imagenet.csv", TIMM / "results-imagenetv2-matched-frequency.csv"
@@ -44,7 +44,7 @@ def test_effective_robustness_of_heads(tmp_path):
 
 
 def test_too_few_reference_models_is_an_error(tmp_path):
-    from scripts.featio import FeatgapError
+    from scripts.lib.featio.errors import FeatgapError
 
     with pytest.raises(FeatgapError, match="need 3"):
         rl.read_pairs(T1, T2, 99.9)

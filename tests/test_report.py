@@ -11,11 +11,13 @@ import pytest
 from analysis_fixtures import planted, planted_eval  # noqa: F401 - fixtures
 from step_layout import outputs_in
 
-from scripts import evidence, report
-from scripts.featio import FeatgapError, write_json
-from scripts.improve import flag as improve_flag
-from scripts.report_collect import collect, input_name, read_benchmarks
-from scripts.report_evidence import hypotheses
+from scripts.improve.improve_compare.improve_compare import flag as improve_flag
+from scripts.lib.analysis import evidence
+from scripts.lib.featio.errors import FeatgapError
+from scripts.lib.featio.jsonio import write_json
+from scripts.lib.report.answer import hypotheses
+from scripts.lib.report.collect import collect, input_name, read_benchmarks
+from scripts.report.report import report
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "scripts" / "report_template.html"
@@ -291,7 +293,7 @@ def test_benchmark_without_rows_is_tolerated(tmp_path):
 
 
 def test_cli_rejects_unknown_report_keys(artifacts, tmp_path, capsys):
-    from scripts.featio import run_cli
+    from scripts.lib.featio.cli import run_cli
 
     args = ["--config", json.dumps({"report": {"colour": "red"}}), "--template", str(TEMPLATE),
             "--html", str(tmp_path / "i.html"), "--markdown", str(tmp_path / "r.md")]
@@ -315,8 +317,8 @@ def test_cli_writes_both_files(artifacts, tmp_path, capsys):
 
 def test_report_on_real_analysis_outputs(planted, planted_eval, tmp_path, monkeypatch):  # noqa: F811 - fixtures
     """evaluate → gap / imbalance / shift / misclass as the rules run them; the report reads them all."""
-    from scripts import gap, imbalance, misclass, shift
-    from scripts.analysis_common import class_counts
+    from scripts.analysis import gap, imbalance, misclass, shift
+    from scripts.lib.analysis.common import class_counts
 
     monkeypatch.chdir(tmp_path)
     spec = planted["spec"]
@@ -363,7 +365,7 @@ def test_report_on_real_analysis_outputs(planted, planted_eval, tmp_path, monkey
 
 
 def _variant(name, d1, d2, *, improves=False, hurts=False, kind="retrain", p2=None, hurts2=False):
-    """A variant as scripts.improve writes it, its flags and their one-line judgement included."""
+    """A variant as scripts.improve.improve_compare writes it, its flags and their one-line judgement included."""
     flags = {"improves_test2": improves, "hurts_test2": hurts2, "hurts_test1": hurts,
              "gains_test2_by_losing_test1": improves and hurts}
     return {"name": name, **flags, "flag": improve_flag(flags), "kind": kind, "changes": {"mixup": 0.2} if kind == "retrain" else {},
@@ -471,7 +473,7 @@ def test_improve_section_shows_effective_robustness_when_the_line_is_configured(
 
 
 def _with_line(artifacts, er: float, ci: list[float]) -> dict:
-    """A reference_line summary (as scripts.reference_line writes it) for the primary head at 80 → 70 %."""
+    """A reference_line summary (as scripts.analysis.reference_line writes it) for the primary head at 80 → 70 %."""
     row = {"test1_top1": 80.0, "test2_top1": 70.0, "expected_test2_top1": 70.0 - er, "expected_gap": 10.0 + er,
            "observed_gap": 10.0, "effective_robustness": er, "ci95": ci}
     line = {"models": 1040, "slope": 1.008, "intercept": -0.366, "residual_sd_points": 0.48, "filter": "≥ 80%"}

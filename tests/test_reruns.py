@@ -82,7 +82,7 @@ def test_head_hyperparameter_reruns_that_head_only(finished):
     planned = jobs(finished, config)
     assert planned["train_head"] == 1 and planned["report"] == 1
     assert planned["evaluate"] == 2  # linear on test1 and test2, not the other heads
-    for per_head in ("gap", "imbalance", "overfit", "shift_adapt"):
+    for per_head in ("gap", "imbalance", "overfit", "mean_shift"):
         assert planned[per_head] == 1
     assert planned["misclass"] == 2
     for untouched in ("generate_demo", "plan_convert", "convert_part", "manifest", "validate_split",

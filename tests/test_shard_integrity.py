@@ -11,18 +11,14 @@ import sys
 import numpy as np
 import pytest
 
-from scripts.convert import convert_part, plan, write_manifest
-from scripts.featio import (
-    FeatgapError,
-    iter_row_groups,
-    read_split,
-    remove_dead_temporaries,
-    run_cli,
-    split_shape,
-    verify_split,
-    write_json,
-)
-from scripts.validate import validate_split
+from scripts.data.convert import convert_part, plan, write_manifest
+from scripts.data.validate import validate_split
+from scripts.lib.featio.atomic import remove_dead_temporaries
+from scripts.lib.featio.cli import run_cli
+from scripts.lib.featio.errors import FeatgapError
+from scripts.lib.featio.jsonio import write_json
+from scripts.lib.featio.reader import iter_row_groups, read_split, split_shape
+from scripts.lib.featio.shards import verify_split
 
 
 def workflow_convert(csv, root, parts):

@@ -8,10 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scripts.featio import FeatgapError, run_cli
-from scripts.imbalance import imbalance
-from scripts.imbalance import main as imbalance_main
-from scripts.step_outputs import output_paths, parse_outputs
+from scripts.analysis.imbalance import imbalance
+from scripts.analysis.imbalance import main as imbalance_main
+from scripts.lib.featio.cli import run_cli
+from scripts.lib.featio.errors import FeatgapError
+from scripts.lib.step_outputs import output_paths, parse_outputs
 
 DECLARED = {"table": ".csv", "summary": ".json", "figure": ".png"}
 

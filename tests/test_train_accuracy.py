@@ -11,10 +11,10 @@ import pytest
 import yaml
 from step_layout import outputs_in
 
-from scripts.generate_demo import DemoSpec
-from scripts.heads import predict_logits
-from scripts.train_data import stratified_holdout
-from scripts.train_head import train_head
+from scripts.data.generate_demo import DemoSpec
+from scripts.lib.heads import predict_logits
+from scripts.lib.training.data import stratified_holdout
+from scripts.train.train_head import train_head
 from tests.train_helpers import make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scripts.heads import build_net
-from scripts.train_grid import CandidateGrid, GridOptimizer, cosine_scale, grid_loss
+from scripts.lib.heads import build_net
+from scripts.lib.training.grid import CandidateGrid, GridOptimizer, cosine_scale, grid_loss
 
 
 @pytest.mark.parametrize("kind", ["adamw", "sgd"])

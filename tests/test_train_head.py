@@ -9,11 +9,12 @@ import pytest
 import torch
 from step_layout import output_argv, outputs_in
 
-from scripts.featio import FeatgapError, read_json
-from scripts.generate_demo import DemoSpec
-from scripts.heads import load_checkpoint, predict_logits
-from scripts.train_data import load_train, stratified_holdout
-from scripts.train_head import main, train_head
+from scripts.data.generate_demo import DemoSpec
+from scripts.lib.featio.errors import FeatgapError
+from scripts.lib.featio.jsonio import read_json
+from scripts.lib.heads import load_checkpoint, predict_logits
+from scripts.lib.training.data import load_train, stratified_holdout
+from scripts.train.train_head import main, train_head
 from tests.train_helpers import make_dataset, write_split_shards
 
 FAST = {"type": "linear", "lr": [3e-3, 1e-2], "weight_decay": [1e-4, 1e-2], "epochs": 4, "batch_size": 128,
@@ -42,7 +43,7 @@ def test_same_seed_same_bytes(small, tmp_path):
 
 def test_outputs_and_round_trip(small, tmp_path):
     """Without refit the saved head is the selected candidate: applying it through
-    scripts.heads to the raw holdout rows must reproduce the holdout score of selection.json."""
+    scripts.lib.heads to the raw holdout rows must reproduce the holdout score of selection.json."""
     sel = train_head(small["manifest"], outputs_in(tmp_path, "train_head"), name="lin", head={**FAST, "refit": False},
                      train=SETTINGS, num_classes=12, seed=0)
     ckpt = torch.load(tmp_path / "model.pt", weights_only=True)
@@ -122,7 +123,7 @@ def test_cli(small, tmp_path, capsys):
     main(["--manifest", str(small["manifest"]), *output_argv(tmp_path / "cli", "train_head"), "--name", "lin",
           "--options", json.dumps({"epochs": 1}), "--train-options", json.dumps(SETTINGS), "--num-classes", "12"])
     assert {p.name for p in (tmp_path / "cli").iterdir()} == {"model.pt", "history.csv", "selection.json"}
-    from scripts.featio import run_cli
+    from scripts.lib.featio.cli import run_cli
 
     with pytest.raises(SystemExit):
         run_cli(main, ["--manifest", str(small["manifest"]), *output_argv(tmp_path / "x", "train_head"), "--name", "x",

@@ -9,13 +9,13 @@ import pytest
 import torch
 from step_layout import outputs_in
 
-from scripts import train_data
-from scripts.device import resolve_device
-from scripts.featio import FeatgapError
-from scripts.generate_demo import DemoSpec
-from scripts.heads import predict_logits
-from scripts.train_data import choose_placement, load_train, stratified_holdout
-from scripts.train_head import train_head
+from scripts.data.generate_demo import DemoSpec
+from scripts.lib.device import resolve_device
+from scripts.lib.featio.errors import FeatgapError
+from scripts.lib.heads import predict_logits
+from scripts.lib.training import data as train_data
+from scripts.lib.training.data import choose_placement, load_train, stratified_holdout
+from scripts.train.train_head import train_head
 from tests.train_helpers import make_dataset
 
 SETTINGS = {"holdout_fraction": 0.1, "device": "cpu", "threads": 1}

@@ -9,12 +9,12 @@ import pytest
 import torch
 from step_layout import outputs_in
 
-from scripts import device as device_mod
-from scripts.device import training_autocast
-from scripts.featio import FeatgapError
-from scripts.generate_demo import DemoSpec
-from scripts.heads import predict_logits
-from scripts.train_head import train_head
+from scripts.data.generate_demo import DemoSpec
+from scripts.lib import device as device_mod
+from scripts.lib.device import training_autocast
+from scripts.lib.featio.errors import FeatgapError
+from scripts.lib.heads import predict_logits
+from scripts.train.train_head import train_head
 from tests.train_helpers import make_dataset
 
 CPU = torch.device("cpu")

@@ -7,10 +7,10 @@ import pytest
 import torch
 from step_layout import outputs_in
 
-from scripts.generate_demo import DemoSpec
-from scripts.train_config import HeadConfig, parse_config
-from scripts.train_grid import CandidateGrid, GridOptimizer, grid_loss
-from scripts.train_head import halving_rungs, train_head
+from scripts.data.generate_demo import DemoSpec
+from scripts.lib.training.config import HeadConfig, parse_config
+from scripts.lib.training.grid import CandidateGrid, GridOptimizer, grid_loss
+from scripts.train.train_head import halving_rungs, train_head
 from tests.train_helpers import make_dataset
 
 

@@ -7,12 +7,12 @@ import pytest
 import torch
 from step_layout import outputs_in
 
-from scripts.featio import FeatgapError
-from scripts.generate_demo import DemoSpec
-from scripts.heads import predict_logits
-from scripts.train_config import HeadConfig, parse_config
-from scripts.train_data import load_train, stratified_holdout, whitening_map
-from scripts.train_head import regularisers, train_head
+from scripts.data.generate_demo import DemoSpec
+from scripts.lib.featio.errors import FeatgapError
+from scripts.lib.heads import predict_logits
+from scripts.lib.training.config import HeadConfig, parse_config
+from scripts.lib.training.data import load_train, stratified_holdout, whitening_map
+from scripts.train.train_head import regularisers, train_head
 from tests.train_helpers import make_dataset, write_split_shards
 
 BASE = {"type": "linear", "lr": [3e-3, 3e-2], "weight_decay": [1e-4], "epochs": 3, "batch_size": 64,

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scripts.featio import write_json, write_shard
-from scripts.validate import validate_split
+from scripts.data.validate import validate_split
+from scripts.lib.featio.jsonio import write_json
+from scripts.lib.featio.shards import write_shard
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,7 +70,7 @@ def test_layout_catches_wnid_folder_with_two_labels(tmp_path):
 def test_fail_or_warn(tiny_parquet, tmp_path, mode, code):
     out = tmp_path / "qc.json"
     result = subprocess.run(
-        [sys.executable, "-m", "scripts.validate", "--manifest", str(tiny_parquet["test1"]),
+        [sys.executable, "-m", "scripts.data.validate", "--manifest", str(tiny_parquet["test1"]),
          "--split", "test1", "--out", str(out), "--num-classes", "12", "--expected", json.dumps({"rows": 7}),
          "--on-violation", mode], cwd=ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == code, result.stderr

@@ -46,7 +46,7 @@ def test_missing_input_file_names_the_config_key(workdir):
 
 def test_bad_csv_fails_the_convert_job_with_the_line(workdir):
     data = workdir / "data"
-    from scripts.generate_demo import DemoSpec, generate
+    from scripts.data.generate_demo import DemoSpec, generate
 
     generate(data, DemoSpec(classes=12, dim=32, train_scale=0.05, test1_per_class=20, test2_per_class=10))
     lines = (data / "test2.csv").read_text().splitlines(keepends=True)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from scripts.featio import write_json, write_shard
-from scripts.generate_demo import DemoSpec, FeatureModel
+from scripts.data.generate_demo import DemoSpec, FeatureModel
+from scripts.lib.featio.jsonio import write_json
+from scripts.lib.featio.shards import write_shard
 
 
 def write_split_shards(folder: Path, labels: np.ndarray, features: np.ndarray, *, shards: int = 2,

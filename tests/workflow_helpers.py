@@ -21,7 +21,7 @@ TINY_CONFIG = {
     "validate": {"expected": {"test1": {"rows": 240, "per_class_min": 20, "per_class_max": 20},
                               "test2": {"rows": 120, "per_class_min": 10, "per_class_max": 10}}},
     "evaluate": {"bootstrap": 50},
-    "analysis": {"shift": {"domain": {"folds": 3, "bootstrap": 50}}, "shift_adapt": {"bootstrap": 50},
+    "analysis": {"shift": {"domain": {"folds": 3, "bootstrap": 50}}, "mean_shift": {"bootstrap": 50},
                  "embedding": {"per_set": 60, "pca_components": 10, "perplexity": 10.0, "tsne_iter": 250}},
     "heads": {
         "linear": {"type": "linear", "lr": [0.003, 0.01], "weight_decay": [0.1, 1.0], "epochs": 4,

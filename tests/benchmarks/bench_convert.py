@@ -25,7 +25,7 @@ BYTES_PER_ROW_1024 = 11_090  # measured: ~10.8 characters per float32 value at D
 PEERS = {
     "featgap": """
 import sys
-from scripts.convert import convert_file
+from scripts.data.convert import convert_file
 convert_file(sys.argv[1], sys.argv[2] + '/shards', sys.argv[2] + '/x.manifest.json', num_classes=1000,
              dim=1024, parts=1)
 """,
@@ -59,7 +59,7 @@ def make_csv(folder: Path, gigabytes: float) -> Path:
     if csv.exists():
         return csv
     sys.path.insert(0, str(ROOT))
-    from scripts.generate_demo import DemoSpec, generate
+    from scripts.data.generate_demo import DemoSpec, generate
 
     rows = int(gigabytes * 1e9 / BYTES_PER_ROW_1024)
     generate(folder, DemoSpec(classes=1000, dim=1024, train_scale=rows / 1_281_167, test1_per_class=1,

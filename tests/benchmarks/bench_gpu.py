@@ -33,7 +33,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from scripts.generate_demo import DemoSpec, train_counts
+from scripts.data.generate_demo import DemoSpec, train_counts
 from tests.train_helpers import write_split_shards
 
 FULL_ROWS, DIM, CLASSES = 1_281_167, 1024, 1000
@@ -81,7 +81,7 @@ def matmul_rate(batch: int, dim: int, width: int, dtype: torch.dtype) -> float:
 
 TRAIN = """
 import json, sys, time, torch
-from scripts.train_head import train_head
+from scripts.train.train_head import train_head
 manifest, out, name, head, train = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4]), json.loads(sys.argv[5])
 t0 = time.perf_counter()
 outputs = {"model": f"{out}/model.pt", "history": f"{out}/history.csv", "selection": f"{out}/selection.json"}

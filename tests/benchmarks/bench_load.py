@@ -26,13 +26,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 PEERS = {
     "featgap": """
-from scripts.featio import read_split
+from scripts.lib.featio.reader import read_split
 def load(manifest, matrix, threads):
     read_split(manifest, columns=(), out=matrix, threads=threads)
 """,
     "pyarrow": """
 from concurrent.futures import ThreadPoolExecutor
-from scripts.featio import features_to_numpy, list_shards
+from scripts.lib.featio.arrow import features_to_numpy
+from scripts.lib.featio.shards import list_shards
 import pyarrow.parquet as pq
 def load(manifest, matrix, threads):
     jobs, at = [], 0
@@ -50,7 +51,8 @@ def load(manifest, matrix, threads):
         list(pool.map(one, jobs))
 """,
     "pyarrow_1t": """
-from scripts.featio import features_to_numpy, list_shards
+from scripts.lib.featio.arrow import features_to_numpy
+from scripts.lib.featio.shards import list_shards
 import pyarrow.parquet as pq
 def load(manifest, matrix, threads):
     at = 0
@@ -71,7 +73,7 @@ def load(manifest, matrix, threads):
 
 RUNNER = """
 import sys, time, numpy as np
-from scripts.featio import split_shape
+from scripts.lib.featio.reader import split_shape
 manifest, threads = sys.argv[1], int(sys.argv[2])
 rows, dim = split_shape(manifest)
 matrix = np.empty((rows, dim), np.float32)
@@ -105,7 +107,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "tests/benchmarks/results/load.json")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
-    from scripts.featio import list_shards, split_shape
+    from scripts.lib.featio.reader import split_shape
+    from scripts.lib.featio.shards import list_shards
 
     rows, dim = split_shape(args.manifest)
     matrix_mb = rows * dim * 4 / 1e6

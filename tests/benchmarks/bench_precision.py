@@ -34,12 +34,12 @@ sys.path.insert(0, str(ROOT / "tests/benchmarks"))
 from bench_fullsize import FULLSIZE_SEPARATION
 from bench_train import HEAD, child, dataset
 
-from scripts.device import configure_determinism, cpu_has_bf16_matrix_units
-from scripts.generate_demo import DemoSpec
-from scripts.heads import predict_logits
-from scripts.train_config import HeadConfig, parse_config
-from scripts.train_data import load_train
-from scripts.train_head import run_grid
+from scripts.data.generate_demo import DemoSpec
+from scripts.lib.device import configure_determinism, cpu_has_bf16_matrix_units
+from scripts.lib.heads import predict_logits
+from scripts.lib.training.config import HeadConfig, parse_config
+from scripts.lib.training.data import load_train
+from scripts.train.train_head import run_grid
 from tests.step_layout import output_argv
 from tests.train_helpers import make_dataset
 

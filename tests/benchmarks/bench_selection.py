@@ -26,8 +26,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from scripts.generate_demo import DemoSpec
-from scripts.train_head import train_head
+from scripts.data.generate_demo import DemoSpec
+from scripts.train.train_head import train_head
 from tests.step_layout import outputs_in
 from tests.train_helpers import make_dataset
 

@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from scripts import stats_classes
+from scripts.lib.stats import clustered
 
 
 def main() -> None:
@@ -40,7 +40,7 @@ def main() -> None:
     for name in selected:
         kw = {"n_classes": 1000, **runs[name]}
         start = time.perf_counter()
-        out[name] = stats_classes.simulate_gap_tests(n1=50, n2=10, **kw)
+        out[name] = clustered.simulate_gap_tests(n1=50, n2=10, **kw)
         out[name]["seconds"] = round(time.perf_counter() - start, 1)
         print(name, json.dumps(out[name]), flush=True)
     path.write_text(json.dumps(out, indent=1) + "\n")

@@ -38,11 +38,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from scripts.device import configure_determinism
-from scripts.generate_demo import DemoSpec
-from scripts.train_config import HeadConfig, parse_config
-from scripts.train_data import load_train, stratified_holdout
-from scripts.train_head import run_grid
+from scripts.data.generate_demo import DemoSpec
+from scripts.lib.device import configure_determinism
+from scripts.lib.training.config import HeadConfig, parse_config
+from scripts.lib.training.data import load_train, stratified_holdout
+from scripts.train.train_head import run_grid
 from tests.step_layout import output_argv
 from tests.train_helpers import make_dataset
 
@@ -81,7 +81,7 @@ def child(code: str, *args: str) -> tuple[float, float, str]:
 LOAD = """
 import json, sys, time, torch
 torch.set_num_threads(int(sys.argv[2]))
-from scripts.train_data import load_train
+from scripts.lib.training.data import load_train
 t = time.perf_counter()
 data = load_train(sys.argv[1], num_classes=1000, holdout_fraction=0.02, seed=0, memory_budget_mb=1e9)
 print(json.dumps({**data.stats, "total_s": time.perf_counter() - t}))
@@ -139,7 +139,7 @@ def machine_rate(batch: int, width: int) -> dict:
 def paired_steps(data, k: int, batch: int, pairs: int) -> dict:
     """Step-by-step: each training step followed at once by the same GEMMs alone; the median of
     (GEMM time / step time) is the step's efficiency with both measured under the same load."""
-    from scripts.train_grid import CandidateGrid, GridOptimizer, grid_loss
+    from scripts.lib.training.grid import CandidateGrid, GridOptimizer, grid_loss
 
     grid = CandidateGrid(DIM, CLASSES, [], k, 0.0, 0, torch.device("cpu"))
     opt = GridOptimizer(grid.params, "adamw", np.full(k, 1e-3), np.full(k, 0.1))
@@ -179,7 +179,7 @@ def epoch_rate(data, k: int, batch: int, seed: int) -> dict:
 def bench_sgd(data, chunks: int, chunk_rows: int, threads: int) -> dict:
     from sklearn.linear_model import SGDClassifier
 
-    model = SGDClassifier(loss="log_loss", alpha=1e-4, random_state=0, n_jobs=threads)  # as scripts.baselines
+    model = SGDClassifier(loss="log_loss", alpha=1e-4, random_state=0, n_jobs=threads)  # as scripts.train.train_baseline
     classes = np.arange(CLASSES)
     batches = data.batches(data.fit_rows, chunk_rows, np.random.default_rng(0))
     x, y = next(batches)
@@ -267,8 +267,8 @@ def logreg_accuracy(data: dict, fit_x, threads: int, c_grid: list[float], holdou
 
 HEAD = """
 import sys
-from scripts.featio import run_cli
-from scripts.train_head import main
+from scripts.lib.featio.cli import run_cli
+from scripts.train.train_head import main
 run_cli(main, sys.argv[1:])
 """
 
@@ -279,7 +279,7 @@ def bench_accuracy(work: Path, threads: int, c_grid: list[float], shape: tuple[f
 
     Default 100 × 256 × 1000: 100k train rows with ImageNet's ~1000 rows per class. At 1000 × 1024
     one lbfgs fit to convergence takes about an hour on 2 cores (4·N·D·C flops per iteration)."""
-    from scripts.heads import predict_logits
+    from scripts.lib.heads import predict_logits
 
     classes, dim, per_class, separation = int(shape[0]), int(shape[1]), int(shape[2]), shape[3]
     # separation 0.25: top-1 near 90%, the real data's level (the demo default 0.325 gives ~96% here).
@@ -296,7 +296,7 @@ def bench_accuracy(work: Path, threads: int, c_grid: list[float], shape: tuple[f
     selection = json.loads((work / "linear/selection.json").read_text())
     acc = float((predict_logits(work / "linear/model.pt", data["test_features"]).argmax(1)
                  == data["test_labels"]).mean())
-    from scripts.featio import read_split
+    from scripts.lib.featio.reader import read_split
 
     train_x = read_split(data["manifest"], columns=()).features
     logreg = logreg_accuracy(data, train_x, threads, c_grid, settings["holdout_fraction"])

@@ -1,5 +1,5 @@
 # Gap analyses: each its own cached rule that reads only what it needs (test features only in
-# shift, shift_adapt, misclass and embedding; train LABELS only in class_counts) and writes a
+# shift, mean_shift, misclass and embedding; train LABELS only in class_counts) and writes a
 # table, summary.json (verdict + numbers + meta) and PNG figures under results/analysis/.
 # Each rule gets only its own config subsection, so changing one analysis parameter reruns that
 # analysis alone; `analysis.<name>.enabled: false` leaves it out of `all` and so out of the report.
@@ -14,7 +14,7 @@ rule class_counts:
         test1=manifest_path("test1"),
         test2=manifest_path("test2"),
         names=CLASS_NAMES,
-        code=code("class_counts"),
+        code=code("analysis.class_counts"),
     output:
         analysis_dir("class_counts.csv"),
     log:
@@ -28,7 +28,7 @@ rule class_counts:
         num_classes=config["num_classes"],
         names=config["evaluate"]["class_names"] or "",
     shell:
-        "python -m scripts.class_counts --train {input.train:q} --test1 {input.test1:q} --test2 {input.test2:q}"
+        "python -m scripts.analysis.class_counts --train {input.train:q} --test1 {input.test1:q} --test2 {input.test2:q}"
         " --num-classes {params.num_classes} --class-names={params.names:q} --out {output:q} > {log:q} 2>&1"
 
 
@@ -37,7 +37,7 @@ rule gap:
         metrics1=eval_file("{head}", "test1", "metrics.json"),
         metrics2=eval_file("{head}", "test2", "metrics.json"),
         counts=analysis_dir("class_counts.csv"),
-        code=code("gap"),
+        code=code("analysis.gap"),
     output:
         **reported(
             analysis_dir("gap", "{head}"),
@@ -63,7 +63,7 @@ rule gap:
         options=analysis_options("gap"),
         seed=config["seed"],
     shell:
-        "python -m scripts.gap --metrics1 {input.metrics1:q} --metrics2 {input.metrics2:q}"
+        "python -m scripts.analysis.gap --metrics1 {input.metrics1:q} --metrics2 {input.metrics2:q}"
         " --class-counts {input.counts:q} {params.outputs} --options {params.options}"
         " --seed {params.seed} --head-name {wildcards.head:q} > {log:q} 2>&1"
 
@@ -77,7 +77,7 @@ rule shift:
     input:
         test1=manifest_path("test1"),
         test2=manifest_path("test2"),
-        code=code("shift"),
+        code=code("analysis.shift"),
     output:
         **reported(
             analysis_dir("shift"),
@@ -107,7 +107,7 @@ rule shift:
         options=analysis_options("shift"),
         seed=config["seed"],
     shell:
-        "python -m scripts.shift features --test1 {input.test1:q} --test2 {input.test2:q}"
+        "python -m scripts.analysis.shift features --test1 {input.test1:q} --test2 {input.test2:q}"
         " {params.outputs} --options {params.options} --seed {params.seed} --threads {threads} > {log:q} 2>&1"
 
 
@@ -117,16 +117,16 @@ if analysis_on("shift"):
 benchmarked(rules.shift, on=analysis_on("shift"))
 
 
-rule shift_adapt:
+rule mean_shift:
     input:
         model=head_file("{head}", "model.pt"),
         test1=manifest_path("test1"),
         test2=manifest_path("test2"),
-        code=code("shift"),
+        code=code("analysis.mean_shift"),
     output:
         **reported(
-            analysis_dir("shift", "adapt", "{head}"),
-            "adapt",
+            analysis_dir("mean_shift", "{head}"),
+            "mean_shift",
             "3. Feature shift",
             "adaptation {head}",
             table="adaptation.csv",
@@ -134,9 +134,9 @@ rule shift_adapt:
             figure="adaptation.png",
         ),
     log:
-        "logs/analysis/shift_adapt.{head}.log",
+        "logs/analysis/mean_shift.{head}.log",
     benchmark:
-        "benchmarks/analysis/shift_adapt.{head}.tsv"
+        "benchmarks/analysis/mean_shift.{head}.tsv"
     wildcard_constraints:
         head=HEAD_PATTERN,
     conda:
@@ -148,18 +148,18 @@ rule shift_adapt:
         runtime=20,
     params:
         outputs=lambda wc, output: output_args(output),
-        options=analysis_options("shift_adapt"),
+        options=analysis_options("mean_shift"),
         seed=config["seed"],
     shell:
-        "python -m scripts.shift adapt --model {input.model:q} --head-name {wildcards.head:q}"
+        "python -m scripts.analysis.mean_shift --model {input.model:q} --head-name {wildcards.head:q}"
         " --test1 {input.test1:q} --test2 {input.test2:q} {params.outputs} --options {params.options}"
         " --seed {params.seed} --threads {threads} > {log:q} 2>&1"
 
 
-if analysis_on("shift_adapt"):
-    ALL_TARGETS.extend(targets(rules.shift_adapt, head=HEADS))
-    for_report("adapt", rules.shift_adapt.output.summary, head=HEADS)
-benchmarked(rules.shift_adapt, on=analysis_on("shift_adapt"), head=HEADS)
+if analysis_on("mean_shift"):
+    ALL_TARGETS.extend(targets(rules.mean_shift, head=HEADS))
+    for_report("mean_shift", rules.mean_shift.output.summary, head=HEADS)
+benchmarked(rules.mean_shift, on=analysis_on("mean_shift"), head=HEADS)
 
 
 rule imbalance:
@@ -167,7 +167,7 @@ rule imbalance:
         counts=analysis_dir("class_counts.csv"),
         metrics1=eval_file("{head}", "test1", "metrics.json"),
         metrics2=eval_file("{head}", "test2", "metrics.json"),
-        code=code("imbalance"),
+        code=code("analysis.imbalance"),
     output:
         **reported(
             analysis_dir("imbalance", "{head}"),
@@ -192,7 +192,7 @@ rule imbalance:
         options=analysis_options("imbalance"),
         seed=config["seed"],
     shell:
-        "python -m scripts.imbalance --class-counts {input.counts:q} --metrics1 {input.metrics1:q}"
+        "python -m scripts.analysis.imbalance --class-counts {input.counts:q} --metrics1 {input.metrics1:q}"
         " --metrics2 {input.metrics2:q} {params.outputs} --options {params.options}"
         " --seed {params.seed} --head-name {wildcards.head:q} > {log:q} 2>&1"
 
@@ -208,7 +208,7 @@ rule overfit:
         history=head_file("{head}", "history.csv"),
         metrics1=eval_file("{head}", "test1", "metrics.json"),
         metrics2=eval_file("{head}", "test2", "metrics.json"),
-        code=code("overfit"),
+        code=code("analysis.overfit"),
     output:
         **reported(
             analysis_dir("overfit", "{head}"),
@@ -236,7 +236,7 @@ rule overfit:
         options=analysis_options("overfit"),
         backbone_saw_train=BACKBONE_SAW_TRAIN,
     shell:
-        "python -m scripts.overfit --selection {input.selection:q} --history {input.history:q}"
+        "python -m scripts.analysis.overfit --selection {input.selection:q} --history {input.history:q}"
         " --metrics1 {input.metrics1:q} --metrics2 {input.metrics2:q} {params.outputs}"
         " --options {params.options} --backbone-saw-train {params.backbone_saw_train}"
         " --head-name {wildcards.head:q} > {log:q} 2>&1"
@@ -251,7 +251,7 @@ rule misclass:
     input:
         predictions=eval_file("{head}", "{test}", "predictions.parquet"),
         manifest=manifest_path("{test}"),
-        code=code("misclass"),
+        code=code("analysis.misclass"),
     output:
         **reported(
             analysis_dir("misclass", "{head}", "{test}"),
@@ -278,7 +278,7 @@ rule misclass:
         options=analysis_options("misclass"),
         seed=config["seed"],
     shell:
-        "python -m scripts.misclass --predictions {input.predictions:q}"
+        "python -m scripts.analysis.misclass --predictions {input.predictions:q}"
         " --manifest {input.manifest:q} {params.outputs} --options {params.options} --seed {params.seed}"
         " --head-name {wildcards.head:q} --test-name {wildcards.test:q} --threads {threads} > {log:q} 2>&1"
 
@@ -294,7 +294,7 @@ rule misclass_compare:
     input:
         features1=analysis_dir("misclass", "{head}", "test1", "features.csv"),
         features2=analysis_dir("misclass", "{head}", "test2", "features.csv"),
-        code=code("misclass"),
+        code=code("analysis.misclass_compare"),
     output:
         **reported(
             analysis_dir("misclass_compare", "{head}"),
@@ -316,13 +316,13 @@ rule misclass_compare:
         runtime=10,
     params:
         outputs=lambda wc, output: output_args(output),
-        options=analysis_options("misclass"),
+        options=analysis_options("misclass_compare"),
     shell:
-        "python -m scripts.misclass compare --features1 {input.features1:q} --features2 {input.features2:q}"
+        "python -m scripts.analysis.misclass_compare --features1 {input.features1:q} --features2 {input.features2:q}"
         " {params.outputs} --options {params.options} --head-name {wildcards.head:q} > {log:q} 2>&1"
 
 
-if analysis_on("misclass"):
+if analysis_on("misclass") and analysis_on("misclass_compare"):
     ALL_TARGETS.extend(targets(rules.misclass_compare, head=HEADS))
     for_report("misclass_compare", rules.misclass_compare.output.summary, head=HEADS)
 
@@ -335,7 +335,7 @@ if EMBED_HEAD is not None and analysis_on("embedding"):
             test2=manifest_path("test2"),
             predictions1=eval_file(EMBED_HEAD, "test1", "predictions.parquet"),
             predictions2=eval_file(EMBED_HEAD, "test2", "predictions.parquet"),
-            code=code("embedding"),
+            code=code("analysis.embedding"),
         output:
             **reported(
                 analysis_dir("embedding"),
@@ -362,7 +362,7 @@ if EMBED_HEAD is not None and analysis_on("embedding"):
             seed=config["seed"],
             head=EMBED_HEAD,
         shell:
-            "python -m scripts.embedding --test1 {input.test1:q} --test2 {input.test2:q}"
+            "python -m scripts.analysis.embedding --test1 {input.test1:q} --test2 {input.test2:q}"
             " --predictions1 {input.predictions1:q} --predictions2 {input.predictions2:q} {params.outputs}"
             " --options {params.options} --seed {params.seed} --head-name {params.head:q} --threads {threads}"
             " > {log:q} 2>&1"
@@ -377,7 +377,7 @@ if EMBED_HEAD is not None and analysis_on("embedding"):
 rule train_reference:
     input:
         train=manifest_path("train"),
-        code=code("difficulty"),
+        code=code("analysis.train_reference"),
     output:
         analysis_dir("train_reference.npz"),
     log:
@@ -392,7 +392,7 @@ rule train_reference:
     params:
         num_classes=config["num_classes"],
     shell:
-        "python -m scripts.difficulty reference --train {input.train:q} --num-classes {params.num_classes}"
+        "python -m scripts.analysis.train_reference --train {input.train:q} --num-classes {params.num_classes}"
         " --out {output:q} > {log:q} 2>&1"
 
 
@@ -403,7 +403,7 @@ rule difficulty:
         test2=manifest_path("test2"),
         predictions1=eval_file("{head}", "test1", "predictions.parquet"),
         predictions2=eval_file("{head}", "test2", "predictions.parquet"),
-        code=code("difficulty"),
+        code=code("analysis.difficulty"),
     output:
         **reported(
             analysis_dir("difficulty", "{head}"),
@@ -429,7 +429,7 @@ rule difficulty:
         options=analysis_options("difficulty"),
         seed=config["seed"],
     shell:
-        "python -m scripts.difficulty share --reference {input.reference:q}"
+        "python -m scripts.analysis.difficulty --reference {input.reference:q}"
         " --test1 {input.test1:q} --test2 {input.test2:q} --predictions1 {input.predictions1:q}"
         " --predictions2 {input.predictions2:q} {params.outputs} --options {params.options}"
         " --seed {params.seed} --head-name {wildcards.head:q} --threads {threads} > {log:q} 2>&1"
@@ -447,7 +447,7 @@ rule label_noise:
         predictions1=eval_file("{head}", "test1", "predictions.parquet"),
         predictions2=eval_file("{head}", "test2", "predictions.parquet"),
         real=LABEL_NOISE_REAL,  # ReaL check of test set 1 (real_labels.smk), when configured (common.smk)
-        code=code("label_noise"),
+        code=code("analysis.label_noise"),
     output:
         **reported(
             analysis_dir("label_noise", "{head}"),
@@ -473,7 +473,7 @@ rule label_noise:
         seed=config["seed"],
         real=lambda wc, input: " ".join(f"--real-rows {shlex.quote(p)}" for p in input.real),
     shell:
-        "python -m scripts.label_noise --predictions1 {input.predictions1:q} --predictions2 {input.predictions2:q}"
+        "python -m scripts.analysis.label_noise --predictions1 {input.predictions1:q} --predictions2 {input.predictions2:q}"
         " {params.outputs} --options {params.options} --seed {params.seed}"
         " --head-name {wildcards.head:q} {params.real} > {log:q} 2>&1"
 
@@ -493,7 +493,7 @@ if REFERENCE_LINE["test1_table"] and REFERENCE_LINE["test2_table"] and HEADS and
             test2_table=REFERENCE_LINE["test2_table"],
             metrics1=expand(eval_file("{head}", "test1", "metrics.json"), head=HEADS),
             metrics2=expand(eval_file("{head}", "test2", "metrics.json"), head=HEADS),
-            code=code("reference_line"),
+            code=code("analysis.reference_line"),
         output:
             **reported(
                 analysis_dir("reference_line"),
@@ -518,7 +518,7 @@ if REFERENCE_LINE["test1_table"] and REFERENCE_LINE["test2_table"] and HEADS and
                 for h, a, b in zip(HEADS, input.metrics1, input.metrics2)
             ),
         shell:
-            "python -m scripts.reference_line --test1-table {input.test1_table:q} --test2-table {input.test2_table:q}"
+            "python -m scripts.analysis.reference_line --test1-table {input.test1_table:q} --test2-table {input.test2_table:q}"
             " --min-test1-top1 {params.min_top1} {params.heads} {params.outputs} > {log:q} 2>&1"
 
     ALL_TARGETS.extend(rules.reference_line.output)

@@ -143,7 +143,7 @@ LABEL_NOISE_REAL = (
 
 
 # ---------------------------------------------------------------- what the report reads
-# Each stage registers the files the report reads, by name (the names: scripts/report_collect.py);
+# Each stage registers the files the report reads, by name (the names: scripts/lib/report/collect.py);
 # report.smk passes exactly these, as `--input NAME=PATH`. What no stage registers (an analysis
 # switched off) the report omits.
 REPORT_INPUTS = {}
@@ -243,13 +243,13 @@ def as_json(value):
     return shlex.quote(json.dumps(value, sort_keys=True))
 
 
-_spec = importlib.util.spec_from_file_location("fingerprint", f"{workflow.basedir}/scripts/fingerprint.py")
+_spec = importlib.util.spec_from_file_location("fingerprint", f"{workflow.basedir}/scripts/lib/fingerprint.py")
 _fingerprint = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_fingerprint)
 
 
 def source_stamp(path):
-    """Size and sampled SHA-256 of an input CSV: the fingerprint convert stores (scripts/fingerprint.py).
+    """Size and sampled SHA-256 of an input CSV: the fingerprint convert stores (scripts/lib/fingerprint.py).
 
     A param of plan_convert, so that an edit that keeps the file's mtime (cp -p, rsync -t, some
     editors) still reruns the conversion; ~6 MB read per split and run, whatever the file size.

@@ -6,7 +6,7 @@ if config["demo"]["enabled"]:
 
     rule generate_demo:
         input:
-            code=code("generate_demo"),
+            code=code("data.generate_demo"),
         output:
             train=config["data"]["train"],
             test1=config["data"]["test1"],
@@ -24,13 +24,13 @@ if config["demo"]["enabled"]:
                 if key not in ("enabled", "out_dir") and value is not None
             ),
         shell:
-            "python -m scripts.generate_demo --out-dir {params.out_dir:q} {params.spec} > {log:q} 2>&1"
+            "python -m scripts.data.generate_demo --out-dir {params.out_dir:q} {params.spec} > {log:q} 2>&1"
 
 
 rule plan_convert:
     input:
         csv=lambda wc: config["data"][wc.split],
-        code=code("convert"),
+        code=code("data.convert"),
     output:
         "results/parquet/{split}.plan.json",
     log:
@@ -44,7 +44,7 @@ rule plan_convert:
         # Content, not only mtime: a CSV edited with its mtime kept still reruns the conversion.
         source=lambda wc: "generated" if config["demo"]["enabled"] else source_stamp(config["data"][wc.split]),
     shell:
-        "python -m scripts.convert plan --csv {input.csv:q} --out {output:q} --parts {params.parts}"
+        "python -m scripts.data.convert plan --csv {input.csv:q} --out {output:q} --parts {params.parts}"
         " --columns {params.columns} --dim {params.dim} > {log:q} 2>&1"
 
 
@@ -52,7 +52,7 @@ rule convert_part:
     input:
         csv=lambda wc: config["data"][wc.split],
         plan="results/parquet/{split}.plan.json",
-        code=code("convert"),
+        code=code("data.convert"),
     output:
         "results/parquet/{split}/part-{part}.parquet",
     log:
@@ -72,7 +72,7 @@ rule convert_part:
         compression=config["convert"]["compression"],
         chunk_mb=config["convert"]["chunk_mb"],
     shell:
-        "POLARS_MAX_THREADS={threads} python -m scripts.convert part --plan {input.plan:q} --part {wildcards.part}"
+        "POLARS_MAX_THREADS={threads} python -m scripts.data.convert part --plan {input.plan:q} --part {wildcards.part}"
         " --out {output:q} --num-classes {params.num_classes} --row-group-rows {params.row_group_rows}"
         " --compression {params.compression} --chunk-mb {params.chunk_mb}"
         " > {log:q} 2>&1"
@@ -82,7 +82,7 @@ rule manifest:
     input:
         plan="results/parquet/{split}.plan.json",
         parts=lambda wc: expand("results/parquet/{{split}}/part-{part}.parquet", part=part_ids(wc.split)),
-        code=code("convert"),
+        code=code("data.convert"),
     output:
         manifest_path("{split}"),
     log:
@@ -94,13 +94,13 @@ rule manifest:
         mem_mb=1000,
         runtime=lambda wc, input: 5 + int(input.size_mb / 100 / 60),
     shell:
-        "python -m scripts.convert manifest --plan {input.plan:q} --out {output:q} {input.parts:q} > {log:q} 2>&1"
+        "python -m scripts.data.convert manifest --plan {input.plan:q} --out {output:q} {input.parts:q} > {log:q} 2>&1"
 
 
 rule validate_split:
     input:
         manifest=manifest_path("{split}"),
-        code=code("validate"),
+        code=code("data.validate"),
     output:
         qc_path("{split}"),
     log:
@@ -119,7 +119,7 @@ rule validate_split:
         on_violation=config["validate"]["on_violation"],
         layout=config["validate"]["layout"],
     shell:
-        "python -m scripts.validate --manifest {input.manifest:q} --split {wildcards.split} --out {output:q}"
+        "python -m scripts.data.validate --manifest {input.manifest:q} --split {wildcards.split} --out {output:q}"
         " --expected {params.expected} --num-classes {params.num_classes}"
         " --on-violation {params.on_violation:q} --layout {params.layout:q} > {log:q} 2>&1"
 
@@ -130,7 +130,7 @@ rule qc_cross:
         train=manifest_path("train"),
         test1=manifest_path("test1"),
         test2=manifest_path("test2"),
-        code=code("qc_cross"),
+        code=code("data.qc_cross"),
     output:
         qc_path("cross"),
     log:
@@ -146,7 +146,7 @@ rule qc_cross:
     params:
         on_violation=config["validate"]["on_violation"],
     shell:
-        "python -m scripts.qc_cross --train {input.train:q} --test1 {input.test1:q} --test2 {input.test2:q}"
+        "python -m scripts.data.qc_cross --train {input.train:q} --test1 {input.test1:q} --test2 {input.test2:q}"
         " --out {output:q} --on-violation {params.on_violation:q} > {log:q} 2>&1"
 
 

@@ -10,7 +10,7 @@ rule evaluate:
         qc=["results/qc/{test}.json", "results/qc/cross.json"],  # per-split and cross-split QC first
         names=CLASS_NAMES,
         real=lambda wc: [REAL_FILE] if REAL_FILE and wc.test == REAL_TEST else [],  # its own test set only
-        code=code("evaluate", "stats", "analysis_common", "heads", "device", "real_scoring", "evidence"),
+        code=code("evaluate.evaluate", "lib.stats.inference", "lib.analysis.common", "lib.heads", "lib.device", "lib.real_scoring", "lib.analysis.evidence"),
     output:
         predictions="results/eval/{head}/{test}/predictions.parquet",
         metrics="results/eval/{head}/{test}/metrics.json",
@@ -47,7 +47,7 @@ rule evaluate:
         backbone_saw_train=BACKBONE_SAW_TRAIN,
         real=lambda wc, input: " ".join(f"--real-labels {shlex.quote(p)}" for p in input.real),
     shell:
-        "python -m scripts.evaluate --model {input.model:q} --manifest {input.manifest:q} {params.outputs}"
+        "python -m scripts.evaluate.evaluate --model {input.model:q} --manifest {input.manifest:q} {params.outputs}"
         " --num-classes {params.num_classes} --options {params.options} --seed {params.seed}"
         " --backbone-saw-train {params.backbone_saw_train} {params.real}"
         " --head-name {wildcards.head:q} --test-name {wildcards.test:q} --threads {threads} > {log:q} 2>&1"

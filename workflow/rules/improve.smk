@@ -48,7 +48,7 @@ rule improve_train:
         manifest=manifest_path("train"),
         qc=qc_path("train"),
         inherit=[head_file(IMPROVE_BASELINE, "selection.json")] if INHERIT else [],
-        code=code("train_head"),
+        code=code("train.train_head"),
     output:
         model=improve_file("{variant}/model.pt"),
         history=improve_file("{variant}/history.csv"),
@@ -79,7 +79,7 @@ rule improve_train:
         outputs=lambda wc, output: output_args(output),
         inherit=lambda wc, input: " ".join(f"--inherit-from {shlex.quote(p)}" for p in input.inherit),
     shell:
-        "python -m scripts.train_head --manifest {input.manifest:q} {params.outputs}"
+        "python -m scripts.train.train_head --manifest {input.manifest:q} {params.outputs}"
         " --name {wildcards.variant:q} --options {params.head} --train-options {params.train}"
         " --num-classes {params.num_classes} --seed {params.seed} --threads {threads}"
         " {params.inherit} > {log:q} 2>&1"
@@ -93,7 +93,7 @@ rule improve_compare:
         test2=manifest_path("test2"),
         qc=[qc_path("test1"), qc_path("test2"), qc_path("cross")],
         reference=IMPROVE_REFERENCE,
-        code=code("improve"),
+        code=code("improve.improve_compare"),
     output:
         summary=IMPROVE_FILES[0],
         table=IMPROVE_FILES[1],
@@ -132,7 +132,7 @@ rule improve_compare:
         outputs=lambda wc, output: output_args(output),
         reference=lambda wc, input: " ".join(f"--reference-line {shlex.quote(p)}" for p in input.reference),
     shell:
-        "python -m scripts.improve --baseline {input.baseline:q} --baseline-name {params.baseline:q}"
+        "python -m scripts.improve.improve_compare --baseline {input.baseline:q} --baseline-name {params.baseline:q}"
         " --variants {params.variants} --test1 {input.test1:q} --test2 {input.test2:q}"
         " {params.outputs} --bootstrap {params.bootstrap} --alpha {params.alpha}"
         " --seed {params.seed} {params.reference} --threads {threads} > {log:q} 2>&1"

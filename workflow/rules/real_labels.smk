@@ -10,7 +10,7 @@ if REAL_FILE and HEADS:
             predictions=f"results/eval/{{head}}/{REAL_TEST}/predictions.parquet",
             real=REAL_FILE,
             names=CLASS_NAMES,
-            code=code("real_labels", "analysis_common", "evidence", "stats"),
+            code=code("analysis.real_labels", "lib.analysis.common", "lib.analysis.evidence", "lib.stats.inference"),
         output:
             **reported(
                 analysis_dir("real_labels", "{head}"),
@@ -44,7 +44,7 @@ if REAL_FILE and HEADS:
             test=REAL_TEST,
             seed=config["seed"],
         shell:
-            "python -m scripts.real_labels --predictions {input.predictions:q} --real {input.real:q}"
+            "python -m scripts.analysis.real_labels --predictions {input.predictions:q} --real {input.real:q}"
             " {params.outputs} --num-classes {params.num_classes} --threshold {params.threshold}"
             " --source {params.source:q} {params.names} --options {params.options}"
             " --head-name {wildcards.head:q} --test-name {params.test:q} --seed {params.seed} > {log:q} 2>&1"

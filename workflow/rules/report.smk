@@ -7,8 +7,8 @@
 # benchmarked rules declare (BENCHMARKS, common.smk): passed as parameters, not inputs (no rule
 # lists them as outputs), and a missing one is skipped.
 
-REPORT_TEMPLATE = f"{workflow.basedir}/scripts/report_template.html"
-REPORT_MD_TEMPLATE = f"{workflow.basedir}/scripts/report_template.md"
+REPORT_TEMPLATE = f"{workflow.basedir}/scripts/report/templates/report.html"
+REPORT_MD_TEMPLATE = f"{workflow.basedir}/scripts/report/templates/report.md"
 
 
 _undeclared = sorted(r.name for r in workflow.rules if r.benchmark and r.name not in BENCHMARKED)
@@ -21,7 +21,7 @@ rule report:
         **REPORT_INPUTS,
         template=REPORT_TEMPLATE,
         md_template=REPORT_MD_TEMPLATE,
-        code=code("report"),
+        code=code("report.report"),
     output:
         html=report("results/report/index.html", caption="../report/final_report.rst", category="0. Final report"),
         markdown="results/report/report.md",
@@ -40,7 +40,7 @@ rule report:
             f"--input {shlex.quote(f'{name}={path}')}" for name, path in input.items() if name in REPORT_INPUTS
         ),
     shell:
-        "python -m scripts.report --config {params.config} --template {input.template:q}"
+        "python -m scripts.report.report --config {params.config} --template {input.template:q}"
         " --md-template {input.md_template:q}"
         " {params.benchmarks} --html {output.html:q} --markdown {output.markdown:q}"
         " --answer {output.answer:q} {params.inputs} > {log:q} 2>&1"

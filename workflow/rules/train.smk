@@ -12,7 +12,7 @@ rule train_head:
     input:
         manifest=manifest_path("train"),
         qc=qc_path("train"),  # QC must pass (or warn) before training; it also checks checksums
-        code=code("train_head"),
+        code=code("train.train_head"),
     output:
         model=head_file("{head}", "model.pt"),
         history=report(
@@ -41,7 +41,7 @@ rule train_head:
         seed=config["seed"],
         outputs=lambda wc, output: output_args(output),
     shell:
-        "python -m scripts.train_head --manifest {input.manifest:q} {params.outputs}"
+        "python -m scripts.train.train_head --manifest {input.manifest:q} {params.outputs}"
         " --name {wildcards.head:q} --options {params.head} --train-options {params.train}"
         " --num-classes {params.num_classes} --seed {params.seed} --threads {threads} > {log:q} 2>&1"
 
@@ -50,7 +50,7 @@ rule train_baseline:
     input:
         manifest=manifest_path("train"),
         qc=qc_path("train"),  # QC must pass (or warn) before training; it also checks checksums
-        code=code("baselines"),
+        code=code("train.train_baseline"),
     output:
         model=head_file("{baseline}", "model.pt"),
         history=report(
@@ -80,7 +80,7 @@ rule train_baseline:
         seed=config["seed"],
         outputs=lambda wc, output: output_args(output),
     shell:
-        "python -m scripts.baselines --manifest {input.manifest:q} {params.outputs}"
+        "python -m scripts.train.train_baseline --manifest {input.manifest:q} {params.outputs}"
         " --name {wildcards.baseline:q} --options {params.baseline} --train-options {params.train}"
         " --num-classes {params.num_classes} --seed {params.seed} --threads {threads} > {log:q} 2>&1"
 

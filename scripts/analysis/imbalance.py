@@ -1,0 +1,216 @@
+"""Does training-set class imbalance explain per-class accuracy or the drop? (one head)
+
+Reads the class-count table (train rows per class, from the label column only) and the two
+metrics.json files of evaluate. Writes the outputs table, summary, figure.
+
+On ImageNet ~89% of classes have exactly the maximum of 1,300 training rows, so a rank
+correlation of rows vs drop is in effect a comparison of two groups with a 900-way tie. When
+one count holds at least `max_tie_share` of the classes, the analysis says so ("trend not
+estimable") and its reading rests on the honest comparison: classes with the full number of
+rows vs those with fewer, a permutation test of the difference in mean per-class drop (classes
+as the unit, seeded), plus Spearman within the reduced classes when there are enough of them.
+Otherwise Spearman ρ over all classes. A non-significant result is "no evidence", not "does not
+explain": with ~110 reduced classes and 10 test-2 images each, a small effect can go unseen.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from scripts.lib.analysis import evidence, per_class
+from scripts.lib.analysis.common import (
+    fmt_p,
+    load_per_class,
+    mpl_text,
+    pyplot,
+    read_class_counts,
+    save_figure,
+    write_summary,
+    write_table,
+)
+from scripts.lib.analysis.step import analysis_cli, begin
+from scripts.lib.stats import inference
+
+OUTPUTS = {"table": ".csv", "summary": ".json", "figure": ".png"}
+TARGETS = (("acc_test1", "accuracy on test1"), ("acc_test2", "accuracy on test2"), ("drop", "drop (test1 − test2)"))
+
+
+def plot_scatter(frame: pd.DataFrame, results: dict, head: str, path: Path) -> str:
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    rng = np.random.default_rng(0)
+    for ax, (col, label) in zip(axes, TARGETS):
+        y = frame[col].to_numpy(float)
+        ax.scatter(frame["train_rows"] + rng.uniform(-0.3, 0.3, len(frame)), y + rng.uniform(-0.004, 0.004, len(y)),
+                   s=8, alpha=0.6)
+        r = results[col]
+        ax.set_title(f"Spearman ρ = {r['rho']:+.3f}, {fmt_p(r['p'])}" if r["rho"] is not None and np.isfinite(r["rho"])
+                     else "Spearman ρ undefined (no spread)", fontsize=9)
+        ax.set_xlabel("training rows of the class")
+        ax.set_ylabel(label)
+    fig.suptitle(mpl_text(f"{head}: class size in training vs per-class accuracy"))
+    return save_figure(fig, path)
+
+
+def imbalance(*, class_counts: str | Path, metrics1: str | Path, metrics2: str | Path, outputs: Mapping[str, str | Path],
+              options: dict | None = None, head_name: str, seed: int = 0) -> dict[str, Any]:
+    started, opts, files = begin("imbalance", options, outputs, OUTPUTS)
+    alpha = float(opts["alpha"])
+    head = head_name
+    counts = read_class_counts(class_counts)
+    m1, m2 = load_per_class(metrics1), load_per_class(metrics2)
+    frame = per_class.drop_table(counts, m1, m2).dropna(subset=["acc_test1", "acc_test2"])
+    results = {col: inference.spearman(frame["train_rows"], frame[col]) for col, _ in TARGETS}
+    full = frame["train_rows"] == frame["train_rows"].max()
+    modal_share = float(frame["train_rows"].value_counts().iloc[0] / len(frame)) if len(frame) else 0.0
+    trend_estimable = modal_share < float(opts["max_tie_share"]) and frame["train_rows"].nunique() >= 3
+    groups = {"n_full_classes": int(full.sum()), "n_reduced_classes": int((~full).sum()),
+              "full_rows": int(frame["train_rows"].max()), "modal_count_share": modal_share}
+    min_group = int(opts["min_group"])
+    for col, _ in TARGETS:
+        groups[f"{col}_full"] = float(frame.loc[full, col].mean())
+        groups[f"{col}_reduced"] = float(frame.loc[~full, col].mean()) if (~full).any() else None
+        groups[f"{col}_group_p"] = (
+            _group_permutation_p(frame.loc[~full, col].to_numpy(float), frame.loc[full, col].to_numpy(float),
+                                 int(opts["permutations"]), seed)
+            if full.sum() >= 2 and (~full).sum() >= 2 else None)
+    reduced = frame[~full]
+    within = inference.spearman(reduced["train_rows"], reduced["drop"]) if len(reduced) >= min_group else None
+    write_table(frame.sort_values("train_rows", kind="stable"), files["table"])
+    figure = plot_scatter(frame, results, head, files["figure"])
+    primary = _primary(results["drop"], groups, trend_estimable, alpha, min_group)
+    numbers = {"alpha": alpha, "n_classes": len(frame),
+               "train_rows_min": int(frame["train_rows"].min()), "train_rows_max": int(frame["train_rows"].max()),
+               "train_rows_ratio": float(frame["train_rows"].max() / max(frame["train_rows"].min(), 1)),
+               "trend_estimable": bool(trend_estimable),
+               **{f"spearman_{col}": results[col] for col, _ in TARGETS}, **groups,
+               "spearman_drop_within_reduced": within,
+               "primary_test": primary["test"], "primary_p": primary["p"], "primary_effect": primary["effect"],
+               "evidence": primary["evidence"],
+               "units": {"group_p": "classes (permutation of the full/reduced labels)", "spearman": "classes"},
+               "verdict_rests_on": ["primary_test", "primary_p", "primary_effect"]}
+    verdict = _verdict(head, numbers, results, primary, alpha)
+    block = imbalance_evidence(frame, full, primary, min_group, seed)
+    return write_summary(files["summary"], verdict=verdict, figures=[figure], table=files["table"],
+                         numbers=numbers, started=started, seed=seed, inputs=[class_counts, metrics1, metrics2],
+                         extra={"head": head, "evidence": block})
+
+
+def imbalance_share(drop: np.ndarray, reduced: np.ndarray) -> float:
+    """Points of the macro gap that go if the classes with fewer training rows dropped like the
+    full classes: (share of reduced classes) × (their mean drop − the full classes' mean drop)."""
+    if reduced.sum() == 0 or (~reduced).sum() == 0:
+        return float("nan")
+    return 100 * float(reduced.mean() * (drop[reduced].mean() - drop[~reduced].mean()))
+
+
+def imbalance_evidence(frame: pd.DataFrame, full: pd.Series, primary: dict, min_group: int, seed: int,
+                       n_boot: int = 2000) -> dict[str, Any]:
+    """Counterfactual share: every class trained on the full number of rows. Interval: classes
+    resampled. Not estimable when one group has fewer than `min_group` classes."""
+    reduced = (~full).to_numpy()
+    if reduced.sum() < min_group or (~reduced).sum() < min_group:
+        return evidence.not_estimable(
+            "imbalance", f"Not estimable: {int(reduced.sum())} classes have fewer training rows than the "
+            f"others and {int((~reduced).sum())} the full number; a comparison needs {min_group} in each.")
+    drop = frame["drop"].to_numpy(float)
+    points = imbalance_share(drop, reduced)
+    rng = np.random.default_rng([seed, 33])
+    draws = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(drop), len(drop))
+        draws.append(imbalance_share(drop[idx], reduced[idx]))
+    draws = np.asarray(draws)
+    ci = inference.bc_interval(draws[np.isfinite(draws)], points)
+    gap = 100 * float(np.mean(drop))
+    sentence = (f"If the {int(reduced.sum())} classes with fewer training rows dropped like the full classes, the "
+                f"gap would shrink by {points:.1f} points (95% interval {ci[0]:.1f} to {ci[1]:.1f}, classes "
+                f"resampled; {primary['test']} {fmt_p(primary['p'])})"
+                + ("." if primary["evidence"] != "none" else ": no evidence that class imbalance explains the gap."))
+    return evidence.block("imbalance", points, ci, gap_points=gap, sentence=sentence, unit="classes resampled",
+                          max_level="strong" if primary["evidence"] != "none" else "none")
+
+
+def _group_permutation_p(reduced: np.ndarray, full: np.ndarray, n_resamples: int, seed: int) -> float:
+    """Two-sided permutation p of the difference in means (reduced − full), classes as the unit."""
+    res = sps.permutation_test((reduced, full), lambda a, b, axis: a.mean(axis=axis) - b.mean(axis=axis),
+                               vectorized=True, n_resamples=n_resamples, rng=np.random.default_rng([seed, 10]))
+    return float(res.pvalue)
+
+
+def _primary(spearman_drop: dict, groups: dict, trend_estimable: bool, alpha: float, min_group: int) -> dict:
+    """The test the verdict rests on, its p, its effect (positive: fewer rows, larger drop) and
+    the evidence level for the report (moderate when significant in the direction that would
+    explain the gap, else none)."""
+    if trend_estimable:
+        rho, p = spearman_drop["rho"], spearman_drop["p"]
+        effect = -rho if rho is not None and np.isfinite(rho) else None
+        test = "Spearman ρ of training rows vs per-class drop"
+    elif groups["n_reduced_classes"] >= min_group and groups["n_full_classes"] >= min_group:
+        p = groups["drop_group_p"]
+        effect = groups["drop_reduced"] - groups["drop_full"]
+        test = "mean drop, classes with fewer rows vs the full number (permutation)"
+    else:
+        # No test: the report must read this as "unclear", not as evidence against imbalance.
+        return {"test": "not estimable: too few classes in one group", "p": None, "effect": None, "evidence": None}
+    supports = p is not None and np.isfinite(p) and p < alpha and effect is not None and effect > 0
+    return {"test": test, "p": p, "effect": effect, "evidence": "moderate" if supports else "none"}
+
+
+def _verdict(head: str, n: dict, results: dict, primary: dict, alpha: float) -> str:
+    def describe(col: str) -> str:
+        r = results[col]
+        if r["rho"] is None or not np.isfinite(r["rho"]):
+            return "undefined"
+        return f"ρ = {r['rho']:+.2f} ({fmt_p(r['p'])})"
+
+    rows = f"Training rows per class range {n['train_rows_min']}–{n['train_rows_max']}"
+    if primary["p"] is None:
+        return (f"{rows}; {primary['test']}, so whether class imbalance relates to {head}'s drop cannot be "
+                "judged from these classes.")
+    if n["trend_estimable"]:
+        first = (f"{rows}; Spearman vs accuracy on test1 {describe('acc_test1')}, on test2 {describe('acc_test2')}, "
+                 f"vs the drop {describe('drop')}")
+    else:
+        first = (f"{rows}, but {n['modal_count_share']:.0%} of classes have the same count, so a trend is not "
+                 f"estimable; classes with fewer rows ({n['n_reduced_classes']}) drop by "
+                 f"{n['drop_reduced']:+.1%} on average vs {n['drop_full']:+.1%} for the {n['n_full_classes']} "
+                 f"full classes (permutation {fmt_p(primary['p'])})")
+    if primary["evidence"] != "none":
+        reading = "so classes with fewer training rows drop more: imbalance may help explain why test set 2 is harder"
+    elif _opposite(primary, alpha):
+        # A small p in the other direction must not read as a non-result next to "no evidence".
+        reading = ("so classes with fewer training rows drop less, the opposite of what imbalance would cause: "
+                   "no evidence that class imbalance explains why test set 2 is harder")
+    else:
+        reading = f"so no evidence (at α = {alpha:g}) that class imbalance explains why test set 2 is harder"
+    return f"{first}; {reading} for {head}."
+
+
+def _opposite(primary: dict, alpha: float) -> bool:
+    """A significant difference in the direction imbalance cannot explain (fewer rows, smaller drop)."""
+    p, effect = primary["p"], primary["effect"]
+    return p is not None and np.isfinite(p) and p < alpha and effect is not None and effect < 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    analysis_cli(
+        imbalance,
+        description="Does train-set class imbalance account for part of the gap?",
+        declared=OUTPUTS,
+        inputs={
+            "class-counts": "class_counts.csv",
+            "metrics1": "test-1 metrics.json",
+            "metrics2": "test-2 metrics.json",
+        },
+        argv=argv,
+    )
+
+
+if __name__ == "__main__":
+    main()
