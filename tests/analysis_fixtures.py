@@ -92,7 +92,7 @@ def planted(tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def planted_eval(planted, tmp_path_factory) -> dict:
     """`planted` evaluated on both test sets: {test: metrics.json path}."""
-    from scripts.evaluate.evaluate.evaluate import evaluate
+    from scripts.evaluate.evaluate import evaluate
 
     out = tmp_path_factory.mktemp("eval")
     paths = {}

@@ -32,9 +32,9 @@ from scipy import optimize
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts.analysis import difficulty, gap, imbalance, label_noise, overfit, shift
+from scripts.analysis import difficulty, gap, imbalance, label_noise, mean_shift, overfit, train_reference
 from scripts.data.generate_demo import DemoSpec, FeatureModel
-from scripts.evaluate.evaluate import evaluate
+from scripts.evaluate import evaluate
 from scripts.lib.analysis.common import class_counts
 from scripts.lib.featio.jsonio import write_json
 from scripts.lib.heads import make_checkpoint, save_head
@@ -70,7 +70,7 @@ OPTIONS = {"evaluate": {"bootstrap": 50, "device": "cpu"},
            "mean_shift": {"bootstrap": 100}}
 PLOTS = [(evaluate, "plot_confused_pairs"), (gap, "plot_distribution"), (gap, "plot_top"),
          (imbalance, "plot_scatter"), (difficulty, "plot_typicality"), (label_noise, "plot_confidence"),
-         (shift, "plot_adaptation")]
+         (mean_shift, "plot_adaptation")]
 
 
 def _draw(model: FeatureModel, split: str, per_class: int, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -139,16 +139,16 @@ def run(name: str, seed: int, out: Path) -> dict:
                             seed=seed)
         reference = analysis / "difficulty" / "train_reference.npz"
         reference.parent.mkdir(parents=True, exist_ok=True)
-        difficulty.train_reference(manifests["train"], c, reference)
+        train_reference.train_reference(manifests["train"], c, reference)
         difficulty.difficulty(reference=reference, test1=manifests["test1"], test2=manifests["test2"],
                               predictions1=predictions["test1"], predictions2=predictions["test2"],
-                              outputs=outputs("difficulty share", "difficulty"), options=OPTIONS["difficulty"],
+                              outputs=outputs("difficulty", "difficulty"), options=OPTIONS["difficulty"],
                               head_name="head", seed=seed)
         label_noise.label_noise(predictions1=predictions["test1"], predictions2=predictions["test2"],
                                 outputs=outputs("label_noise", "label_noise"), options=OPTIONS["label_noise"],
                                 head_name="head", seed=seed)
-        shift.adapt(head_path=head_path, test1=manifests["test1"], test2=manifests["test2"],
-                    outputs=outputs("shift adapt", "shift", "adapt"), options=OPTIONS["mean_shift"], seed=seed,
+        mean_shift.mean_shift(model=head_path, test1=manifests["test1"], test2=manifests["test2"],
+                    outputs=outputs("mean_shift", "shift", "adapt"), options=OPTIONS["mean_shift"], seed=seed,
                     head_name="head")
     # overfit: its own evidence function on the head's train and holdout accuracies (see above).
     train_gap = _accuracy(checkpoint, *splits["train"]) - _accuracy(checkpoint, xh, yh)

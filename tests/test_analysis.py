@@ -243,13 +243,13 @@ def test_misclass_is_not_fooled_by_class_features():
 
 
 def test_misclass_compare(planted, planted_eval, tmp_path):
-    from scripts.analysis.misclass import compare
+    from scripts.analysis.misclass_compare import misclass_compare
 
     for test in ("test1", "test2"):
         misclass(predictions=planted_eval[test] / "predictions.parquet", manifest=planted[test],
                  outputs=outputs_in(tmp_path / test, "misclass"), head_name="linear", test_name=test)
-    summary = compare(features1=tmp_path / "test1" / "features.csv", features2=tmp_path / "test2" / "features.csv",
-                      outputs=outputs_in(tmp_path / "cmp", "misclass compare"), head_name="linear")
+    summary = misclass_compare(features1=tmp_path / "test1" / "features.csv", features2=tmp_path / "test2" / "features.csv",
+                      outputs=outputs_in(tmp_path / "cmp", "misclass_compare"), head_name="linear")
     _summary_contract(summary, tmp_path / "cmp")
     table = pd.read_csv(tmp_path / "cmp" / "compare.csv")
     t1 = pd.read_csv(tmp_path / "test1" / "features.csv")
@@ -288,6 +288,6 @@ def test_misclass_perfect_head_does_not_fail(planted, planted_eval, tmp_path):
                              pa.array(np.ones(table.num_rows, bool)))
     pq.write_table(table, tmp_path / "predictions.parquet")
     summary = misclass(predictions=tmp_path / "predictions.parquet", manifest=planted["test2"],
-                       outputs=outputs_in(tmp_path / "o", "misclass"))
+                       outputs=outputs_in(tmp_path / "o", "misclass"), head_name="linear", test_name="test2")
     assert "too few" in summary["verdict"] and summary["numbers"]["n_significant"] == 0
     assert (tmp_path / "o" / "clusters.png").is_file()

@@ -7,8 +7,9 @@ import numpy as np
 from analysis_fixtures import planted, planted_eval  # noqa: F401 - fixtures
 from step_layout import outputs_in
 
-from scripts.analysis.difficulty import difficulty, train_reference
+from scripts.analysis.difficulty import difficulty
 from scripts.analysis.label_noise import label_noise
+from scripts.analysis.train_reference import train_reference
 from scripts.lib.featio.reader import read_split
 
 
@@ -26,7 +27,7 @@ def test_difficulty_and_label_noise_write_their_evidence(planted, planted_eval, 
     train_reference(planted["train"], planted["spec"].classes, tmp_path / "ref.npz")
     p1, p2 = planted_eval["test1"] / "predictions.parquet", planted_eval["test2"] / "predictions.parquet"
     d = difficulty(reference=tmp_path / "ref.npz", test1=planted["test1"], test2=planted["test2"], predictions1=p1,
-                   predictions2=p2, outputs=outputs_in(tmp_path / "d", "difficulty share"), options={"bootstrap": 50},
+                   predictions2=p2, outputs=outputs_in(tmp_path / "d", "difficulty"), options={"bootstrap": 50},
                    head_name="linear")
     n = label_noise(predictions1=p1, predictions2=p2, outputs=outputs_in(tmp_path / "n", "label_noise"),
                     options={"bootstrap": 50}, head_name="linear")

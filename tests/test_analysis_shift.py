@@ -10,7 +10,8 @@ from analysis_fixtures import SPEC, build_dataset, planted, sample_split  # noqa
 from scipy import stats as sps
 from step_layout import outputs_in
 
-from scripts.analysis.shift import adapt, feature_tests, shift_features
+from scripts.analysis.mean_shift import mean_shift
+from scripts.analysis.shift import feature_tests, shift_features
 from scripts.data.generate_demo import DemoSpec, FeatureModel
 from scripts.lib.featio.errors import FeatgapError
 from scripts.lib.featio.reader import read_split
@@ -19,7 +20,7 @@ from scripts.lib.featio.reader import read_split
 @pytest.fixture(scope="module")
 def shift_summary(planted, tmp_path_factory):
     out = tmp_path_factory.mktemp("shift")
-    summary = shift_features(test1=planted["test1"], test2=planted["test2"], outputs=outputs_in(out, "shift features"),
+    summary = shift_features(test1=planted["test1"], test2=planted["test2"], outputs=outputs_in(out, "shift"),
                              options={"domain": {"bootstrap": 100, "folds": 3}}, seed=0)
     return out, summary
 
@@ -81,7 +82,7 @@ def test_nothing_planted_nothing_found(tmp_path):
         any_found += int((feature_tests(x1, x2)["q"] < 0.05).any())
     assert any_found <= 3  # family-wise rate of BH under the global null is ≤ 5%: expect ~1.5 of 30
     data = build_dataset(tmp_path, shift_features=0, test2_noise=1.0, hard_noise=1.0, seed=5)
-    summary = shift_features(test1=data["test1"], test2=data["test2"], outputs=outputs_in(tmp_path / "out", "shift features"),
+    summary = shift_features(test1=data["test1"], test2=data["test2"], outputs=outputs_in(tmp_path / "out", "shift"),
                              options={"domain": {"bootstrap": 50, "folds": 3}})
     assert summary["numbers"]["n_significant"] == 0
     assert summary["numbers"]["domain_auc_ci95"][0] < 0.5 < summary["numbers"]["domain_auc_ci95"][1]
@@ -89,9 +90,8 @@ def test_nothing_planted_nothing_found(tmp_path):
 
 
 def test_adaptation_check(planted, tmp_path):
-    summary = adapt(head_path=planted["head"], test1=planted["test1"], test2=planted["test2"],
-                    outputs=outputs_in(tmp_path, "shift adapt"),
-                    options={"bootstrap": 50})
+    summary = mean_shift(model=planted["head"], test1=planted["test1"], test2=planted["test2"],
+                         outputs=outputs_in(tmp_path, "mean_shift"), options={"bootstrap": 50}, head_name="linear")
     table = pd.read_csv(tmp_path / "adaptation.csv")
     assert set(table["standardisation"]) == {"train", "own_mean", "own_mean_std", "test1_mean"}
     # One judgement: the mean_shift evidence block, a counterfactual share with a classes-resampled interval.
@@ -119,5 +119,5 @@ def test_adaptation_check(planted, tmp_path):
 
 def test_unknown_option_rejected(planted, tmp_path):
     with pytest.raises(FeatgapError, match="unknown key"):
-        shift_features(test1=planted["test1"], test2=planted["test2"], outputs=outputs_in(tmp_path, "shift features"),
+        shift_features(test1=planted["test1"], test2=planted["test2"], outputs=outputs_in(tmp_path, "shift"),
                        options={"alpa": 0.1})

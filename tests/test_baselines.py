@@ -27,7 +27,7 @@ def small(tmp_path_factory):
 @pytest.mark.parametrize("baseline", [{"type": "sgd", "alpha": [1e-4, 1e-2], "epochs": 2, "chunk_rows": 100},
                                       {"type": "logreg", "C": [0.1, 1.0], "subsample": 200}])
 def test_baseline_contract(small, tmp_path, baseline):
-    train_baseline(small["manifest"], outputs_in(tmp_path, "baselines"),
+    train_baseline(small["manifest"], outputs_in(tmp_path, "train_baseline"),
                    name=baseline["type"], baseline=baseline, train=SETTINGS,
                          num_classes=8, seed=0)
     ckpt = torch.load(tmp_path / "model.pt", weights_only=True)
@@ -41,7 +41,7 @@ def test_baseline_contract(small, tmp_path, baseline):
     rows = list(csv.DictReader((tmp_path / "history.csv").open()))
     assert rows and rows[0]["holdout_acc"] != ""
     # Same seed, same bytes.
-    train_baseline(small["manifest"], outputs_in(tmp_path / "again", "baselines"),
+    train_baseline(small["manifest"], outputs_in(tmp_path / "again", "train_baseline"),
                    name=baseline["type"], baseline=baseline, train=SETTINGS,
                    num_classes=8, seed=0)
     assert (tmp_path / "model.pt").read_bytes() == (tmp_path / "again/model.pt").read_bytes()
@@ -74,9 +74,9 @@ def test_linear_state_binary_and_missing_classes():
 
 def test_baseline_config_errors(small, tmp_path):
     with pytest.raises(FeatgapError, match="type must be sgd or logreg"):
-        train_baseline(small["manifest"], outputs_in(tmp_path, "baselines"),
+        train_baseline(small["manifest"], outputs_in(tmp_path, "train_baseline"),
                        name="b", baseline={"type": "svm"}, train=SETTINGS, num_classes=8)
     with pytest.raises(FeatgapError, match="unknown key"):
-        train_baseline(small["manifest"], outputs_in(tmp_path, "baselines"),
+        train_baseline(small["manifest"], outputs_in(tmp_path, "train_baseline"),
                        name="b", baseline={"type": "sgd", "lr": 1}, train=SETTINGS,
                        num_classes=8)

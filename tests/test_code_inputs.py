@@ -15,45 +15,73 @@ code_inputs = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(code_inputs)
 
 
+STAGES = ("data", "train", "evaluate", "analysis", "improve", "report")
+
+
+def module_name(path: Path) -> str:
+    return ".".join(path.relative_to(SCRIPTS).with_suffix("").parts)
+
+
 def steps() -> list[str]:
     """Modules with a command line (`if __name__ == "__main__"`): what a rule runs."""
-    return sorted(p.stem for p in SCRIPTS.glob("*.py") if '__name__ == "__main__"' in p.read_text())
+    return sorted(module_name(p) for p in SCRIPTS.rglob("*.py") if '__name__ == "__main__"' in p.read_text())
+
+
+def test_a_step_is_told_from_a_library_by_where_it_sits():
+    """scripts/<stage>/ holds the steps of that stage (each with a command line), scripts/lib/ the
+    libraries (none has one); nothing else sits in scripts/ but its __init__.py."""
+    assert sorted(p.name for p in SCRIPTS.iterdir() if p.name != "__pycache__") == sorted(
+        ["__init__.py", "lib", *STAGES])
+    for stage in STAGES:
+        for path in (SCRIPTS / stage).glob("*.py"):
+            if path.name != "__init__.py":
+                assert module_name(path) in steps(), f"{path} sits in a stage folder but has no command line"
+    for path in (SCRIPTS / "lib").rglob("*.py"):
+        assert module_name(path) not in steps(), f"{path} is a library with a command line"
 
 
 def test_closure_follows_imports_recursively(tmp_path):
     pkg = tmp_path / "scripts"
-    pkg.mkdir()
-    (pkg / "step.py").write_text("from scripts import helper\nimport scripts.other as o\n")
-    (pkg / "helper.py").write_text("def f():\n    from scripts.deep import g\n    return g\n")
-    (pkg / "deep.py").write_text("import numpy\nfrom scripts.featio_missing import x  # not a file: ignored\n")
-    (pkg / "other.py").write_text("")
-    (pkg / "unused.py").write_text("from scripts import helper\n")
-    assert code_inputs.closure(str(pkg), "step") == ("deep", "helper", "other", "step")
-    assert code_inputs.code_inputs(pkg, "step", "unused") == [str(pkg / f"{m}.py") for m in
-                                                              ("deep", "helper", "other", "step", "unused")]
+    (pkg / "stage").mkdir(parents=True)
+    (pkg / "lib" / "sub").mkdir(parents=True)
+    for init in ("__init__.py", "stage/__init__.py", "lib/__init__.py", "lib/sub/__init__.py"):
+        (pkg / init).write_text("")
+    (pkg / "stage" / "step.py").write_text("from scripts.lib import helper\nimport scripts.lib.other as o\n")
+    (pkg / "lib" / "helper.py").write_text("def f():\n    from scripts.lib.sub.deep import g\n    return g\n")
+    (pkg / "lib" / "sub" / "deep.py").write_text("import numpy\nfrom scripts.featio_missing import x  # not a file\n")
+    (pkg / "lib" / "other.py").write_text("")
+    (pkg / "stage" / "unused.py").write_text("from scripts.lib.helper import f\n")
+    assert code_inputs.closure(str(pkg), "stage.step") == (
+        "lib", "lib.helper", "lib.other", "lib.sub", "lib.sub.deep", "stage", "stage.step")
+    assert code_inputs.code_inputs(pkg, "stage.step") == [
+        str(pkg / f) for f in ("lib/__init__.py", "lib/helper.py", "lib/other.py", "lib/sub/__init__.py",
+                               "lib/sub/deep.py", "stage/__init__.py", "stage/step.py")]
     # An edit of deep.py reruns step and unused (through helper); of other.py only step.
-    assert code_inputs.importers(pkg, "deep", ["step", "unused"]) == ["step", "unused"]
-    assert code_inputs.importers(pkg, "other", ["step", "unused"]) == ["step"]
+    assert code_inputs.importers(pkg, "lib.sub.deep", ["stage.step", "stage.unused"]) == ["stage.step", "stage.unused"]
+    assert code_inputs.importers(pkg, "lib.other", ["stage.step", "stage.unused"]) == ["stage.step"]
 
 
-def test_real_steps_get_their_helpers_and_nothing_else():
+def test_real_steps_get_their_libraries_and_nothing_else():
     folder = str(SCRIPTS)
-    assert {"gap", "stats", "stats_classes", "per_class", "evidence", "analysis_common", "featio"} <= set(
-        code_inputs.closure(folder, "gap"))
-    # baselines shares the training library (train_grid was missing from its hand-written list once)
-    assert {"train_config", "train_data", "heads"} <= set(code_inputs.closure(folder, "baselines"))
-    assert "train_head" not in code_inputs.closure(folder, "baselines")
-    for step, unrelated in [("validate", "stats"), ("class_counts", "stats"), ("convert", "heads"),
-                            ("imbalance", "stats_classes"), ("embedding", "shift")]:
+    assert {"analysis.gap", "lib.stats.inference", "lib.stats.clustered", "lib.analysis.per_class",
+            "lib.analysis.evidence", "lib.analysis.common", "lib.featio.jsonio"} <= set(
+        code_inputs.closure(folder, "analysis.gap"))
+    # train_baseline shares the training library (grid was missing from its hand-written list once)
+    assert {"lib.training.config", "lib.training.data", "lib.heads"} <= set(
+        code_inputs.closure(folder, "train.train_baseline"))
+    assert "train.train_head" not in code_inputs.closure(folder, "train.train_baseline")
+    for step, unrelated in [("data.validate", "lib.stats.inference"), ("analysis.class_counts", "lib.stats.inference"),
+                            ("data.convert", "lib.heads"), ("analysis.imbalance", "lib.stats.clustered"),
+                            ("analysis.embedding", "analysis.shift")]:
         assert unrelated not in code_inputs.closure(folder, step), (step, unrelated)
-    # stats_classes: exactly the steps that use per-class tests rerun when it changes.
-    assert set(code_inputs.importers(folder, "stats_classes", steps())) == {"gap", "misclass"}
+    # clustered: exactly the steps that use per-class tests rerun when it changes.
+    assert set(code_inputs.importers(folder, "lib.stats.clustered", steps())) == {"analysis.gap", "analysis.misclass"}
 
 
 def test_no_step_imports_another_step():
     all_steps = set(steps())
     found = {(step, other) for step in all_steps
-             for other in code_inputs.direct_imports(SCRIPTS / f"{step}.py") & all_steps}
+             for other in code_inputs.direct_imports(SCRIPTS, step) & all_steps}
     # No allowlist: code shared by two steps lives in a library (e.g. scripts/lib/real_scoring.py).
     assert not found, sorted(found)
 
@@ -63,12 +91,12 @@ def test_every_rule_lists_the_code_of_the_step_it_runs():
     for smk in sorted((ROOT / "workflow" / "rules").glob("*.smk")):
         for block in re.split(r"(?m)^\s*rule ", smk.read_text())[1:]:
             name = block.split(":", 1)[0]
-            run = set(re.findall(r"python -m scripts\.(\w+)", block))
+            run = set(re.findall(r"python -m scripts\.([\w.]+)", block))
             listed = re.search(r"code=code\(([^)]*)\)", block)
             if not run:
                 continue
             assert listed, f"{smk.name}: rule {name} runs {sorted(run)} without code inputs"
-            covered = {m for step in re.findall(r'"(\w+)"', listed.group(1))
+            covered = {m for step in re.findall(r'"([\w.]+)"', listed.group(1))
                        for m in code_inputs.closure(str(SCRIPTS), step)}
             assert run <= covered, f"{smk.name}: rule {name} runs {sorted(run - covered)} not in its code inputs"
 

@@ -13,7 +13,7 @@ from analysis_fixtures import planted, planted_eval  # noqa: F401 - fixtures
 from sklearn import metrics as skm
 from step_layout import output_argv, outputs_in
 
-from scripts.evaluate.evaluate.evaluate import evaluate, main
+from scripts.evaluate.evaluate import evaluate, main
 from scripts.lib import heads
 from scripts.lib.analysis.common import load_class_names
 from scripts.lib.featio.cli import run_cli

@@ -12,7 +12,7 @@ from step_layout import outputs_in
 
 from scripts.analysis import reference_line as rl
 from scripts.data.generate_demo import DemoSpec, FeatureModel
-from scripts.improve.improve_compare.improve_compare import (
+from scripts.improve.improve_compare import (
     flag,
     improve,
     mcnemar_exact,
@@ -95,7 +95,8 @@ def test_test_time_restandardisation_is_found_to_help(setup, tmp_path):
                 "noise": {"kind": "retrain", "models": [str(root / "noise/model.pt")], "set": {"feature_noise": 0.5}},
                 "ensemble": {"kind": "ensemble", "models": [str(root / "base/model.pt"), str(root / "noise/model.pt")]},
                 "restandardize": {"kind": "restandardize"}}
-    summary = improve(root / "base/model.pt", variants, setup["test1"], setup["test2"], outputs_in(tmp_path / "out", "improve"),
+    summary = improve(root / "base/model.pt", variants, setup["test1"], setup["test2"],
+                      outputs_in(tmp_path / "out", "improve_compare"),
                       baseline_name="base", bootstrap=300, seed=0)
     rows = {r["name"]: r for r in summary["variants"]}
     assert rows["same_head"]["delta_test2"]["points"] == 0 and rows["same_head"]["delta_test2"]["mcnemar_p"] == 1
@@ -142,7 +143,7 @@ def test_effective_robustness_of_every_variant_from_the_reference_line(setup, tm
     shutil.copy(root / "base/model.pt", tmp_path / "copy.pt")
     summary = improve(root / "base/model.pt", {"same_head": {"kind": "retrain", "models": [str(tmp_path / "copy.pt")]},
                                                "restandardize": {"kind": "restandardize"}},
-                      setup["test1"], setup["test2"], outputs_in(tmp_path / "out", "improve"), baseline_name="base",
+                      setup["test1"], setup["test2"], outputs_in(tmp_path / "out", "improve_compare"), baseline_name="base",
                       bootstrap=100,
                       reference_line=tmp_path / "line.json")
     ref = summary["reference_line"]
@@ -164,7 +165,7 @@ def test_nothing_beyond_noise_is_said_plainly(setup, tmp_path):
     root = setup["root"]
     shutil.copy(root / "base/model.pt", tmp_path / "copy.pt")
     summary = improve(root / "base/model.pt", {"same_head": {"kind": "retrain", "models": [str(tmp_path / "copy.pt")]}},
-                      setup["test1"], setup["test2"], outputs_in(tmp_path / "out", "improve"), baseline_name="base",
+                      setup["test1"], setup["test2"], outputs_in(tmp_path / "out", "improve_compare"), baseline_name="base",
                       bootstrap=100)
     assert summary["verdict"].startswith("No variant improves test set 2 over the primary head (base) beyond noise")
 

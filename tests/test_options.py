@@ -15,7 +15,7 @@ from test_analysis import _fake_training_outputs
 from scripts.analysis.overfit import overfit
 from scripts.lib import options
 from scripts.lib.featio.errors import FeatgapError
-from scripts.report.report.report import report_options
+from scripts.report.report import report_options
 
 ROOT = Path(__file__).resolve().parents[1]
 # Every config section a step reads through merge_options.

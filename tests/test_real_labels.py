@@ -29,7 +29,7 @@ from step_layout import output_argv, outputs_in
 
 from scripts.analysis.label_noise import label_noise
 from scripts.analysis.real_labels import load_real, main, match_paths, real_check, rescore, score
-from scripts.evaluate.evaluate.evaluate import evaluate
+from scripts.evaluate.evaluate import evaluate
 from scripts.lib.featio.cli import run_cli
 from scripts.lib.featio.errors import FeatgapError
 from scripts.lib.featio.jsonio import write_json
@@ -131,9 +131,9 @@ def test_label_noise_is_bounded_by_real(val, tmp_path):
     pd.DataFrame({"row": np.arange(6), "path": [f"v2/{i}.jpeg" for i in range(6)], "label": label2, "pred": pred2,
                   "confidence": [.9, .95, .99, .5, .85, .3], "correct": np.equal(label2, pred2)}).to_parquet(p2)
     plain = label_noise(predictions1=val["pred"], predictions2=p2, outputs=outputs_in(tmp_path / "plain", "label_noise"),
-                        options={"bootstrap": 50})
+                        options={"bootstrap": 50}, head_name="linear")
     bounded = label_noise(predictions1=val["pred"], predictions2=p2, outputs=outputs_in(tmp_path / "bounded", "label_noise"),
-                          options={"bootstrap": 50}, real_rows=tmp_path / "check" / "rows.parquet")
+                          options={"bootstrap": 50}, head_name="linear", real_rows=tmp_path / "check" / "rows.parquet")
     # Calibration share: test-2 excess 100·(3 − 0.31)/6 minus test-1 excess 100·(3 − 0.42)/12.
     share = 100 * (3 - 0.31) / 6 - 100 * (3 - 0.42) / 12
     assert plain["evidence"]["share_of_gap"]["points"] == pytest.approx(share)

@@ -11,16 +11,16 @@ import pytest
 from analysis_fixtures import planted, planted_eval  # noqa: F401 - fixtures
 from step_layout import outputs_in
 
-from scripts.improve.improve_compare.improve_compare import flag as improve_flag
+from scripts.improve.improve_compare import flag as improve_flag
 from scripts.lib.analysis import evidence
 from scripts.lib.featio.errors import FeatgapError
 from scripts.lib.featio.jsonio import write_json
 from scripts.lib.report.answer import hypotheses
 from scripts.lib.report.collect import collect, input_name, read_benchmarks
-from scripts.report.report import report
+from scripts.report import report
 
 ROOT = Path(__file__).resolve().parents[1]
-TEMPLATE = ROOT / "scripts" / "report_template.html"
+TEMPLATE = ROOT / "scripts" / "report" / "templates" / "report.html"
 # A valid 1×1 PNG: the browser test needs images that really decode.
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
@@ -74,7 +74,7 @@ def artifacts(tmp_path, monkeypatch):
     files["shift"] = (_summary(root, "shift", "Features shift.", {
         "domain_auc": 0.71, "domain_auc_ci95": [0.68, 0.74], "n_significant": 30, "n_features": 64,
         "top_features": [{"feature": 3, "cohens_d": 0.4, "q": 1e-9}]}, figures=3))
-    files["adapt:linear"] = (_summary(root, "shift/adapt/linear", "Re-standardising closes 30%.", {
+    files["adapt:linear"] = (_summary(root, "mean_shift/linear", "Re-standardising closes 30%.", {
         "gap_closed_share_own_mean_std": 0.3, "gap_train_standardisation": 0.1, "gap_own_mean_std_test2_only": 0.07},
         evidence=evidence.block("mean_shift", 3.0, [1.0, 5.0], gap_points=10.0, sentence=f"Shift {EVIL}.",
                                 unit="classes resampled")))
@@ -204,7 +204,7 @@ def test_headline_ranks_the_causes_from_their_own_blocks(artifacts, tmp_path):
 def test_the_report_never_rejudges_an_analysis(artifacts, tmp_path):
     """Numbers that the old report would have read as strong (AUC 0.99, closes 90%) do not change
     the analysis's own level: only its evidence block counts."""
-    path = Path("results/analysis/shift/adapt/linear/summary.json")
+    path = Path("results/analysis/mean_shift/linear/summary.json")
     summary = json.loads(path.read_text())
     summary["numbers"]["gap_closed_share_own_mean_std"] = 0.9
     summary["evidence"] = evidence.block("mean_shift", -0.1, [-1.0, 0.8], gap_points=10.0, sentence="None.",
@@ -317,7 +317,7 @@ def test_cli_writes_both_files(artifacts, tmp_path, capsys):
 
 def test_report_on_real_analysis_outputs(planted, planted_eval, tmp_path, monkeypatch):  # noqa: F811 - fixtures
     """evaluate → gap / imbalance / shift / misclass as the rules run them; the report reads them all."""
-    from scripts.analysis import gap, imbalance, misclass, shift
+    from scripts.analysis import gap, imbalance, mean_shift, misclass, shift
     from scripts.lib.analysis.common import class_counts
 
     monkeypatch.chdir(tmp_path)
@@ -330,10 +330,10 @@ def test_report_on_real_analysis_outputs(planted, planted_eval, tmp_path, monkey
             outputs=outputs_in("results/analysis/gap/linear", "gap"), head_name="linear")
     imbalance.imbalance(class_counts="results/analysis/class_counts.csv", metrics1=m1, metrics2=m2,
                         outputs=outputs_in("results/analysis/imbalance/linear", "imbalance"), head_name="linear")
-    shift.shift_features(test1=planted["test1"], test2=planted["test2"], outputs=outputs_in("results/analysis/shift", "shift features"),
+    shift.shift_features(test1=planted["test1"], test2=planted["test2"], outputs=outputs_in("results/analysis/shift", "shift"),
                          options={"domain": {"bootstrap": 50, "folds": 3}})
-    shift.adapt(head_path=planted["head"], test1=planted["test1"], test2=planted["test2"],
-                outputs=outputs_in("results/analysis/shift/adapt/linear", "shift adapt"), options={"bootstrap": 50}, head_name="linear")
+    mean_shift.mean_shift(model=planted["head"], test1=planted["test1"], test2=planted["test2"],
+                outputs=outputs_in("results/analysis/mean_shift/linear", "mean_shift"), options={"bootstrap": 50}, head_name="linear")
     misclass.misclass(predictions=planted_eval["test2"] / "predictions.parquet", manifest=planted["test2"],
                       outputs=outputs_in("results/analysis/misclass/linear/test2", "misclass"), head_name="linear", test_name="test2")
     eval_dir = Path("results/eval/linear")
@@ -342,7 +342,7 @@ def test_report_on_real_analysis_outputs(planted, planted_eval, tmp_path, monkey
         (eval_dir / test / "metrics.json").write_text((planted_eval[test] / "metrics.json").read_text())
     files = {"gap:linear": "results/analysis/gap/linear/summary.json", "shift": "results/analysis/shift/summary.json",
              "imbalance:linear": "results/analysis/imbalance/linear/summary.json",
-             "adapt:linear": "results/analysis/shift/adapt/linear/summary.json",
+             "adapt:linear": "results/analysis/mean_shift/linear/summary.json",
              "misclass:linear/test2": "results/analysis/misclass/linear/test2/summary.json",
              **{f"metrics:linear/{t}": str(eval_dir / t / "metrics.json") for t in ("test1", "test2")}}
     ctx = report.build_report(inputs=files, config={"heads": {"linear": {}}, "seed": 0}, template=TEMPLATE,
@@ -352,7 +352,7 @@ def test_report_on_real_analysis_outputs(planted, planted_eval, tmp_path, monkey
     by_cause = {e.cause: e for e in ctx["headline"].ranking}
     assert set(by_cause) == {"mean_shift", "class_concentrated", "imbalance"}
     for kind, cause in (("gap/linear", "class_concentrated"), ("imbalance/linear", "imbalance"),
-                        ("shift/adapt/linear", "mean_shift")):
+                        ("mean_shift/linear", "mean_shift")):
         own = json.loads(Path(f"results/analysis/{kind}/summary.json").read_text())["evidence"]
         assert own["cause"] == cause and by_cause[cause].level == own["level"]
         assert by_cause[cause].points == own["share_of_gap"]["points"]

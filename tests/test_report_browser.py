@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from test_report import TEMPLATE, artifacts  # noqa: F401 - fixture
 
-from scripts.report.report import report
+from scripts.report import report
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

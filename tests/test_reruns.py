@@ -121,10 +121,10 @@ def test_an_analysis_switched_off_leaves_the_report_inputs(finished):
     assert jobs(finished, config) == {"report": 1}
 
 
-@pytest.mark.parametrize("name, edit", [("report_template.html", ("</body>", "<!-- edited --></body>")),
-                                        ("report_template.md", ("## Models", "## Models {# edited #}"))])
+@pytest.mark.parametrize("name, edit", [("report.html", ("</body>", "<!-- edited --></body>")),
+                                        ("report.md", ("## Models", "## Models {# edited #}"))])
 def test_editing_only_a_report_template_reruns_only_the_report(finished, name, edit):
-    template = finished / "scripts" / name
+    template = finished / "scripts" / "report" / "templates" / name
     original = template.read_text()
     try:
         template.write_text(original.replace(*edit))

@@ -51,14 +51,14 @@ def test_step_writes_exactly_the_paths_it_is_given(tmp_path):
 
 def test_cli_outputs_reach_the_step(tmp_path, capsys):
     inputs = _imbalance_inputs(tmp_path / "in")
-    argv = [f"--{key.replace('_', '-')}={path}" for key, path in inputs.items()]
+    argv = [f"--{key.replace('_', '-')}={path}" for key, path in inputs.items()] + ["--head-name=linear"]
     argv += ["--output", f"table={tmp_path}/a/x.csv", "--output", f"summary={tmp_path}/b/y.json",
              "--output", f"figure={tmp_path}/c/z.png", "--options", '{"permutations": 99}']
     run_cli(imbalance_main, argv)
     assert _files(tmp_path) == {"in/counts.csv", "in/test1.json", "in/test2.json", "a/x.csv", "b/y.json", "c/z.png"}
     # A missing output is one line naming it, before any work (nothing written).
     with pytest.raises(SystemExit) as exit_:
-        run_cli(imbalance_main, [*argv[:3], "--output", f"table={tmp_path}/d/x.csv"])
+        run_cli(imbalance_main, [*argv[:4], "--output", f"table={tmp_path}/d/x.csv"])
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 1 and "\n" not in err and "missing summary, figure" in err
     assert not (tmp_path / "d").exists()

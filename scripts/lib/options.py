@@ -17,7 +17,7 @@ import yaml
 from scripts.lib.featio.errors import FeatgapError
 
 # Found beside the scripts (as the workflow's --directory may be elsewhere), in cluster jobs too.
-SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 # Keys only the workflow reads (whether a rule runs at all): never passed to nor expected by a step.
 WORKFLOW_ONLY = frozenset({"enabled"})
 

@@ -9,7 +9,7 @@
 The step in three parts: scripts.lib.report.collect reads the rule's inputs (and the benchmark
 files), scripts.lib.report.document builds one document model from them (its sections:
 scripts.lib.report.sections; plain-text values and figures: scripts.lib.report.format), scripts.lib.report.render
-renders it with two Jinja2 templates (report_template.html, autoescaped; report_template.md,
+renders it with two Jinja2 templates (templates/report.html, autoescaped; templates/report.md,
 through the Markdown `md` filter). The answer itself is scripts.lib.report.answer.
 
 CLI: python -m scripts.report.report --config JSON --template T [--md-template T] [--benchmarks TSV ...]
@@ -37,7 +37,7 @@ from scripts.lib.step_outputs import parse_outputs
 
 __all__ = ["build_report", "main", "render_html", "render_markdown", "report_options"]
 
-MD_TEMPLATE = Path(__file__).with_name("report_template.md")
+MD_TEMPLATE = Path(__file__).with_name("templates") / "report.md"
 
 
 def report_options(config: dict[str, Any]) -> dict[str, Any]:

@@ -107,7 +107,7 @@ rule shift:
         options=analysis_options("shift"),
         seed=config["seed"],
     shell:
-        "python -m scripts.analysis.shift features --test1 {input.test1:q} --test2 {input.test2:q}"
+        "python -m scripts.analysis.shift --test1 {input.test1:q} --test2 {input.test2:q}"
         " {params.outputs} --options {params.options} --seed {params.seed} --threads {threads} > {log:q} 2>&1"
 
 

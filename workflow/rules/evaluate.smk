@@ -10,7 +10,15 @@ rule evaluate:
         qc=["results/qc/{test}.json", "results/qc/cross.json"],  # per-split and cross-split QC first
         names=CLASS_NAMES,
         real=lambda wc: [REAL_FILE] if REAL_FILE and wc.test == REAL_TEST else [],  # its own test set only
-        code=code("evaluate.evaluate", "lib.stats.inference", "lib.analysis.common", "lib.heads", "lib.device", "lib.real_scoring", "lib.analysis.evidence"),
+        code=code(
+            "evaluate.evaluate",
+            "lib.stats.inference",
+            "lib.analysis.common",
+            "lib.heads",
+            "lib.device",
+            "lib.real_scoring",
+            "lib.analysis.evidence",
+        ),
     output:
         predictions="results/eval/{head}/{test}/predictions.parquet",
         metrics="results/eval/{head}/{test}/metrics.json",

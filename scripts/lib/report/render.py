@@ -1,7 +1,7 @@
 """Rendering the report's one document (scripts.lib.report.document) with its two Jinja2 templates.
 
-    scripts/report_template.html   autoescaped (HTML); nothing in it is marked safe
-    scripts/report_template.md     Markdown; every value goes through the `md` filter (HTML-escaped,
+    scripts/report/templates/report.html   autoescaped (HTML); nothing in it is marked safe
+    scripts/report/templates/report.md     Markdown; every value goes through the `md` filter (HTML-escaped,
                                    pipes escaped, newlines flattened), figure links through `md_url`
                                    (percent-encoded), the config through `fenced` (verbatim in a
                                    fenced code block that it cannot close)
