@@ -4,7 +4,7 @@ One scenario = the demo generator (scripts.data.generate_demo.FeatureModel) with
 small sizes (classes × 50 test-1 and 10 test-2 images, as the real design), written as the
 workflow's shards; a head; then the workflow's steps on those files, each the function its rule
 calls: evaluate (predictions, metrics), class counts, gap (class_concentrated and the gap block),
-imbalance, train_reference + difficulty, label_noise, shift adapt (mean_shift), and the report's
+imbalance, train_reference + difficulty, label_noise, mean_shift, and the report's
 ranking (scripts.lib.report.answer) read from the summaries they wrote.
 
 What is not the workflow's, and why:

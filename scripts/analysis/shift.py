@@ -30,7 +30,7 @@ from scripts.lib.stats import inference
 from scripts.lib.step_outputs import add_output_args, output_paths, parse_outputs
 from scripts.lib.threads import add_threads_arg, limit_threads
 
-FEATURES_OUTPUTS = {"table": ".csv", "summary": ".json", "volcano_figure": ".png", "top_features_figure": ".png",
+OUTPUTS = {"table": ".csv", "summary": ".json", "volcano_figure": ".png", "top_features_figure": ".png",
                    "roc_figure": ".png"}
 
 
@@ -165,7 +165,7 @@ def shift_features(*, test1: str | Path, test2: str | Path, outputs: Mapping[str
     started = time.perf_counter()
     opts = merge_options(options, "analysis.shift")
     alpha = float(opts["alpha"])
-    files = output_paths(outputs, FEATURES_OUTPUTS, "shift features")
+    files = output_paths(outputs, OUTPUTS, "shift features")
     s1 = read_split(test1, features=True, columns=("label",))
     s2 = read_split(test2, features=True, columns=("label",))
     x1, x2 = s1.features, s2.features
@@ -228,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Feature shift between the test sets: per-feature tests, domain classifier.")
     parser.add_argument("--test1", required=True, help="test1 manifest")
     parser.add_argument("--test2", required=True, help="test2 manifest")
-    add_output_args(parser, FEATURES_OUTPUTS)
+    add_output_args(parser, OUTPUTS)
     parser.add_argument("--options", default="{}")
     parser.add_argument("--seed", type=int, default=0)
     add_threads_arg(parser)
