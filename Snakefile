@@ -13,6 +13,7 @@ include: "workflow/rules/common.smk"
 
 
 wildcard_constraints:
+    head=HEAD_PATTERN,
     split="train|test1|test2",
     test="test1|test2",
     part=r"\d{5}",

@@ -181,19 +181,17 @@ rule newcause:
     input:
         predictions1=eval_file("{head}", "test1", "predictions.parquet"),
         predictions2=eval_file("{head}", "test2", "predictions.parquet"),
-        code=code("newcause"),
+        code=code("analysis.newcause"),
     output:
         **reported(analysis_dir("newcause", "{head}"), "newcause", "10. New cause", "{head}",
                    table="table.csv", summary="summary.json", figure="figure.png"),
     log:
         "logs/analysis/newcause.{head}.log",
-    wildcard_constraints:
-        head=HEAD_PATTERN,
     params:
-        outputs=lambda wc, output: output_args(output),
+        outputs=output_args,
         options=analysis_options("newcause"),
     shell:
-        "python -m scripts.newcause --predictions1 {input.predictions1:q} --predictions2 {input.predictions2:q}"
+        "python -m scripts.analysis.newcause --predictions1 {input.predictions1:q} --predictions2 {input.predictions2:q}"
         " {params.outputs} --options {params.options} > {log:q} 2>&1"
 
 
@@ -216,8 +214,9 @@ def test_a_new_analysis_is_a_rule_block_a_step_and_a_schema_section(tmp_path):
             shutil.copy2(ROOT / name, copy / name)
     with (copy / "workflow/rules/analysis.smk").open("a") as handle:
         handle.write(NEW_RULE)
-    (copy / "scripts/newcause.py").write_text('"""A new analysis."""\nfrom scripts.lib.options import merge_options\n\n'
-                                              'OUTPUTS = {"table": ".csv", "summary": ".json", "figure": ".png"}\n')
+    (copy / "scripts/analysis/newcause.py").write_text(
+        '"""A new analysis."""\nfrom scripts.lib.analysis.step import analysis_cli, begin\n\n'
+        'OUTPUTS = {"table": ".csv", "summary": ".json", "figure": ".png"}\n')
     schema = (copy / "workflow/schemas/config.schema.yaml").read_text()
     anchor = "      gap:\n"
     assert anchor in schema
@@ -229,4 +228,4 @@ def test_a_new_analysis_is_a_rule_block_a_step_and_a_schema_section(tmp_path):
     for head in ("linear", "mlp", "sgd", "logreg"):
         assert f"--input newcause:{head}=results/analysis/newcause/{head}/summary.json" in printed
     assert '--options {"threshold": 0.5}' in printed  # its schema default, without `enabled`
-    assert "scripts/newcause.py" in printed and "scripts/lib/options.py" in printed  # code inputs from its imports
+    assert "scripts/analysis/newcause.py" in printed and "scripts/lib/analysis/step.py" in printed  # code inputs from its imports

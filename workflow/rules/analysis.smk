@@ -51,15 +51,13 @@ rule gap:
         ),
     log:
         "logs/analysis/gap.{head}.log",
-    wildcard_constraints:
-        head=HEAD_PATTERN,
     conda:
         "../../envs/featgap.yaml"
     resources:
         mem_mb=1000,
         runtime=10,
     params:
-        outputs=lambda wc, output: output_args(output),
+        outputs=output_args,
         options=analysis_options("gap"),
         seed=config["seed"],
     shell:
@@ -103,7 +101,7 @@ rule shift:
         mem_mb=2500,
         runtime=30,
     params:
-        outputs=lambda wc, output: output_args(output),
+        outputs=output_args,
         options=analysis_options("shift"),
         seed=config["seed"],
     shell:
@@ -137,8 +135,6 @@ rule mean_shift:
         "logs/analysis/mean_shift.{head}.log",
     benchmark:
         "benchmarks/analysis/mean_shift.{head}.tsv"
-    wildcard_constraints:
-        head=HEAD_PATTERN,
     conda:
         "../../envs/featgap.yaml"
     threads: 2
@@ -147,7 +143,7 @@ rule mean_shift:
         mem_mb=2500,
         runtime=20,
     params:
-        outputs=lambda wc, output: output_args(output),
+        outputs=output_args,
         options=analysis_options("mean_shift"),
         seed=config["seed"],
     shell:
@@ -180,15 +176,13 @@ rule imbalance:
         ),
     log:
         "logs/analysis/imbalance.{head}.log",
-    wildcard_constraints:
-        head=HEAD_PATTERN,
     conda:
         "../../envs/featgap.yaml"
     resources:
         mem_mb=1000,
         runtime=10,
     params:
-        outputs=lambda wc, output: output_args(output),
+        outputs=output_args,
         options=analysis_options("imbalance"),
         seed=config["seed"],
     shell:
@@ -224,15 +218,13 @@ rule overfit:
         ),
     log:
         "logs/analysis/overfit.{head}.log",
-    wildcard_constraints:
-        head=HEAD_PATTERN,
     conda:
         "../../envs/featgap.yaml"
     resources:
         mem_mb=1000,
         runtime=10,
     params:
-        outputs=lambda wc, output: output_args(output),
+        outputs=output_args,
         options=analysis_options("overfit"),
         backbone_saw_train=BACKBONE_SAW_TRAIN,
     shell:
@@ -264,9 +256,6 @@ rule misclass:
         ),
     log:
         "logs/analysis/misclass.{head}.{test}.log",
-    wildcard_constraints:
-        head=HEAD_PATTERN,
-        test="|".join(TESTS),
     conda:
         "../../envs/featgap.yaml"
     threads: 2
@@ -274,7 +263,7 @@ rule misclass:
         mem_mb=3000,
         runtime=15,
     params:
-        outputs=lambda wc, output: output_args(output),
+        outputs=output_args,
         options=analysis_options("misclass"),
         seed=config["seed"],
     shell:
@@ -307,15 +296,13 @@ rule misclass_compare:
         ),
     log:
         "logs/analysis/misclass_compare.{head}.log",
-    wildcard_constraints:
-        head=HEAD_PATTERN,
     conda:
         "../../envs/featgap.yaml"
     resources:
         mem_mb=1000,
         runtime=10,
     params:
-        outputs=lambda wc, output: output_args(output),
+        outputs=output_args,
         options=analysis_options("misclass_compare"),
     shell:
         "python -m scripts.analysis.misclass_compare --features1 {input.features1:q} --features2 {input.features2:q}"
@@ -357,7 +344,7 @@ if EMBED_HEAD is not None and analysis_on("embedding"):
             mem_mb=3000,
             runtime=30,
         params:
-            outputs=lambda wc, output: output_args(output),
+            outputs=output_args,
             options=analysis_options("embedding"),
             seed=config["seed"],
             head=EMBED_HEAD,
@@ -416,8 +403,6 @@ rule difficulty:
         ),
     log:
         "logs/analysis/difficulty.{head}.log",
-    wildcard_constraints:
-        head=HEAD_PATTERN,
     conda:
         "../../envs/featgap.yaml"
     threads: 2
@@ -425,7 +410,7 @@ rule difficulty:
         mem_mb=2500,
         runtime=20,
     params:
-        outputs=lambda wc, output: output_args(output),
+        outputs=output_args,
         options=analysis_options("difficulty"),
         seed=config["seed"],
     shell:
@@ -460,15 +445,13 @@ rule label_noise:
         ),
     log:
         "logs/analysis/label_noise.{head}.log",
-    wildcard_constraints:
-        head=HEAD_PATTERN,
     conda:
         "../../envs/featgap.yaml"
     resources:
         mem_mb=1000,
         runtime=10,
     params:
-        outputs=lambda wc, output: output_args(output),
+        outputs=output_args,
         options=analysis_options("label_noise"),
         seed=config["seed"],
         real=lambda wc, input: " ".join(f"--real-rows {shlex.quote(p)}" for p in input.real),
@@ -511,7 +494,7 @@ if REFERENCE_LINE["test1_table"] and REFERENCE_LINE["test2_table"] and HEADS and
             mem_mb=500,
             runtime=5,
         params:
-            outputs=lambda wc, output: output_args(output),
+            outputs=output_args,
             min_top1=REFERENCE_LINE["min_test1_top1"],
             heads=lambda wc, input: " ".join(
                 f"--head {shlex.quote(h)} {shlex.quote(a)} {shlex.quote(b)}"

@@ -189,9 +189,9 @@ def reported(folder, caption, category, subcategory=None, **files):
     return {name: one(file) for name, file in files.items()}
 
 
-def output_args(output):
+def output_args(wildcards, output):
     """A rule's named outputs as the step's `--output name=path` arguments, each shell-quoted
-    (a params function: `outputs=lambda wc, output: output_args(output)`)."""
+    (a params function: `outputs=output_args`)."""
     return " ".join(f"--output {shlex.quote(f'{name}={path}')}" for name, path in output.items())
 
 

@@ -34,8 +34,6 @@ rule evaluate:
         "logs/evaluate/{head}.{test}.log",
     benchmark:
         "benchmarks/evaluate/{head}.{test}.tsv"
-    wildcard_constraints:
-        head=HEAD_PATTERN,
     conda:
         "../../envs/featgap.yaml"
     threads: 2
@@ -45,7 +43,7 @@ rule evaluate:
         mem_mb=2000,
         runtime=30,
     params:
-        outputs=lambda wc, output: output_args(output),
+        outputs=output_args,
         # Without real_labels: it reaches only its own test set's job (--real-labels), so that
         # switching ReaL on does not rerun the other test set.
         options=as_json({k: v for k, v in config["evaluate"].items() if k != "real_labels"}),

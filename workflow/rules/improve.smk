@@ -76,7 +76,7 @@ rule improve_train:
         train=as_json(TRAIN),
         num_classes=config["num_classes"],
         seed=config["seed"],
-        outputs=lambda wc, output: output_args(output),
+        outputs=output_args,
         inherit=lambda wc, input: " ".join(f"--inherit-from {shlex.quote(p)}" for p in input.inherit),
     shell:
         "python -m scripts.train.train_head --manifest {input.manifest:q} {params.outputs}"
@@ -129,7 +129,7 @@ rule improve_compare:
         bootstrap=IMPROVE["bootstrap"],
         alpha=IMPROVE["alpha"],
         seed=config["seed"],
-        outputs=lambda wc, output: output_args(output),
+        outputs=output_args,
         reference=lambda wc, input: " ".join(f"--reference-line {shlex.quote(p)}" for p in input.reference),
     shell:
         "python -m scripts.improve.improve_compare --baseline {input.baseline:q} --baseline-name {params.baseline:q}"

@@ -26,15 +26,13 @@ if REAL_FILE and HEADS:
             "logs/analysis/real_labels.{head}.log",
         benchmark:
             "benchmarks/analysis/real_labels.{head}.tsv"
-        wildcard_constraints:
-            head=HEAD_PATTERN,
         conda:
             "../../envs/featgap.yaml"
         resources:
             mem_mb=1000,
             runtime=10,
         params:
-            outputs=lambda wc, output: output_args(output),
+            outputs=output_args,
             options=as_json(config["analysis"]["real_labels"]),
             # The same "confident" as the label_noise cause it calibrates.
             threshold=config["analysis"]["label_noise"]["threshold"],

@@ -39,7 +39,7 @@ rule train_head:
         train=as_json(TRAIN),
         num_classes=config["num_classes"],
         seed=config["seed"],
-        outputs=lambda wc, output: output_args(output),
+        outputs=output_args,
     shell:
         "python -m scripts.train.train_head --manifest {input.manifest:q} {params.outputs}"
         " --name {wildcards.head:q} --options {params.head} --train-options {params.train}"
@@ -78,7 +78,7 @@ rule train_baseline:
         train=as_json(TRAIN),
         num_classes=config["num_classes"],
         seed=config["seed"],
-        outputs=lambda wc, output: output_args(output),
+        outputs=output_args,
     shell:
         "python -m scripts.train.train_baseline --manifest {input.manifest:q} {params.outputs}"
         " --name {wildcards.baseline:q} --options {params.baseline} --train-options {params.train}"
