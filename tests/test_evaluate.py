@@ -96,7 +96,8 @@ def test_mlp_head_and_class_names(planted, tmp_path):
     heads.save_head(tmp_path / "mlp" / "model.pt", ckpt)
     names = tmp_path / "names.txt"
     names.write_text("".join(f"thing {i}\n" for i in range(20)))
-    m = evaluate(head_path=tmp_path / "mlp" / "model.pt", manifest=planted["test1"], outputs=outputs_in(tmp_path / "out", "evaluate"),
+    m = evaluate(head_path=tmp_path / "mlp" / "model.pt", manifest=planted["test1"],
+                 outputs=outputs_in(tmp_path / "out", "evaluate"),
                  num_classes=20, options={"bootstrap": 0, "class_names": str(names)})
     assert m["head"] == "mlp" and m["test"] == "test1" and m["ci95"] == {}
     assert m["per_class"]["name"][3] == "thing 3"
@@ -131,10 +132,12 @@ def test_errors_are_clear(planted, tmp_path, capsys):
     assert exit_info.value.code == 1
     assert "head file not found" in capsys.readouterr().err
     with pytest.raises(FeatgapError, match="head has 20 classes, config num_classes is 30"):
-        evaluate(head_path=planted["head"], manifest=planted["test1"], outputs=outputs_in(tmp_path / "o", "evaluate"), num_classes=30,
+        evaluate(head_path=planted["head"], manifest=planted["test1"], outputs=outputs_in(tmp_path / "o",
+                                                                                          "evaluate"), num_classes=30,
                  options={})
     with pytest.raises(FeatgapError, match="unknown keys"):
-        evaluate(head_path=planted["head"], manifest=planted["test1"], outputs=outputs_in(tmp_path / "o", "evaluate"), num_classes=20,
+        evaluate(head_path=planted["head"], manifest=planted["test1"], outputs=outputs_in(tmp_path / "o",
+                                                                                          "evaluate"), num_classes=20,
                  options={"bootstrapp": 3})
     assert not (tmp_path / "o" / "metrics.json").exists()
 
@@ -144,7 +147,8 @@ def test_class_names_are_escaped_for_matplotlib(planted, tmp_path):
     names = tmp_path / "names.txt"
     odd = ["$\\foo{$", "price $5 - $10", "$x$", "a\\b"] + [f"thing {i}" for i in range(4, 20)]
     names.write_text("".join(f"{n}\n" for n in odd))
-    m = evaluate(head_path=planted["head"], manifest=planted["test2"], outputs=outputs_in(tmp_path / "out", "evaluate"), num_classes=20,
+    m = evaluate(head_path=planted["head"], manifest=planted["test2"], outputs=outputs_in(tmp_path / "out",
+                                                                                          "evaluate"), num_classes=20,
                  options={"bootstrap": 0, "class_names": str(names), "top_confused": 20}, head_name="lin$ear")
     assert m["per_class"]["name"][:4] == odd[:4]
     assert (tmp_path / "out" / "confused_pairs.png").stat().st_size > 1000

@@ -41,7 +41,7 @@ def _meta(seed=0):
 
 def _metrics(root: Path, head: str, test: str, top1: float, names: list[str]) -> Path:
     out = root / "results" / "eval" / head / test
-    metrics = {k: top1 for k in ("top1", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1")}
+    metrics = dict.fromkeys(("top1", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1"), top1)
     metrics.update(top5=min(1.0, top1 + 0.15), nll=1.2, ece=0.05)
     ci = {k: [v - 0.01, v + 0.01] for k, v in metrics.items()}
     plot = _png(out / "confused_pairs.png")
@@ -301,7 +301,7 @@ def test_cli_rejects_unknown_report_keys(artifacts, tmp_path, capsys):
         run_cli(report.main, args)
     assert exit_.value.code == 1 and "colour" in capsys.readouterr().err
     config = {**artifacts["config"], "report": {"primary_head": "nope"}}
-    with pytest.raises(FeatgapError, match="report.primary_head"):
+    with pytest.raises(FeatgapError, match=r"report\.primary_head"):
         _build(artifacts, tmp_path, config=config)
     with pytest.raises(FeatgapError, match="not found"):
         report.render_html({}, tmp_path / "nope.html")
@@ -315,7 +315,7 @@ def test_cli_writes_both_files(artifacts, tmp_path, capsys):
     assert "top-1 accuracy falls" in capsys.readouterr().out
 
 
-def test_report_on_real_analysis_outputs(planted, planted_eval, tmp_path, monkeypatch):  # noqa: F811 - fixtures
+def test_report_on_real_analysis_outputs(planted, planted_eval, tmp_path, monkeypatch):
     """evaluate → gap / imbalance / shift / misclass as the rules run them; the report reads them all."""
     from scripts.analysis import gap, imbalance, mean_shift, misclass, shift
     from scripts.lib.analysis.common import class_counts
@@ -333,9 +333,11 @@ def test_report_on_real_analysis_outputs(planted, planted_eval, tmp_path, monkey
     shift.shift_features(test1=planted["test1"], test2=planted["test2"], outputs=outputs_in("results/analysis/shift", "shift"),
                          options={"domain": {"bootstrap": 50, "folds": 3}})
     mean_shift.mean_shift(model=planted["head"], test1=planted["test1"], test2=planted["test2"],
-                outputs=outputs_in("results/analysis/mean_shift/linear", "mean_shift"), options={"bootstrap": 50}, head_name="linear")
+                outputs=outputs_in("results/analysis/mean_shift/linear", "mean_shift"), options={"bootstrap": 50},
+                    head_name="linear")
     misclass.misclass(predictions=planted_eval["test2"] / "predictions.parquet", manifest=planted["test2"],
-                      outputs=outputs_in("results/analysis/misclass/linear/test2", "misclass"), head_name="linear", test_name="test2")
+                      outputs=outputs_in("results/analysis/misclass/linear/test2", "misclass"), head_name="linear",
+                          test_name="test2")
     eval_dir = Path("results/eval/linear")
     for test in ("test1", "test2"):  # as evaluate writes them under results/eval/{head}/{test}
         (eval_dir / test).mkdir(parents=True)
@@ -368,7 +370,8 @@ def _variant(name, d1, d2, *, improves=False, hurts=False, kind="retrain", p2=No
     """A variant as scripts.improve.improve_compare writes it, its flags and their one-line judgement included."""
     flags = {"improves_test2": improves, "hurts_test2": hurts2, "hurts_test1": hurts,
              "gains_test2_by_losing_test1": improves and hurts}
-    return {"name": name, **flags, "flag": improve_flag(flags), "kind": kind, "changes": {"mixup": 0.2} if kind == "retrain" else {},
+    return {"name": name, **flags, "flag": improve_flag(flags), "kind": kind,
+            "changes": {"mixup": 0.2} if kind == "retrain" else {},
             "test1_top1": 80 + d1, "test2_top1": 70 + d2,
             "delta_test1": {"points": d1, "ci95": [d1 - 0.5, d1 + 0.5], "mcnemar_p": 0.5, "mcnemar_p_holm": 0.5},
             "delta_test2": {"points": d2, "ci95": [d2 - 0.8, d2 + 0.8], "mcnemar_p": 0.01,
@@ -488,7 +491,8 @@ def test_answer_attributes_the_rest_beyond_the_line(artifacts, tmp_path):
     sentence = ctx["headline"].expected_sentence
     assert "expected at 73.00% on test set 2: an expected gap of 7.0 points" in sentence
     assert "The rest, the observed gap minus the expected one, is 3.0 points (95% interval 1.5 to 4.5)" in sentence
-    assert "attribute it first to feature shift of test set 2" in sentence and ": moderate evidence, 3.0 points (1.0 to 5.0)" in sentence
+    assert "attribute it first to feature shift of test set 2" in sentence
+    assert ": moderate evidence, 3.0 points (1.0 to 5.0)" in sentence
     assert "class" not in sentence.split("attribute it first to")[1]  # no evidence: not named for the rest
     assert "the rest minus them: 0.0 points (95% interval -2.5 to 2.5)" in sentence
     assert sentence in md and 'id="expected"' in page

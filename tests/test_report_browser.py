@@ -10,7 +10,6 @@ import re
 import shutil
 import subprocess
 import tempfile
-from pathlib import Path
 
 import pytest
 from test_report import TEMPLATE, artifacts  # noqa: F401 - fixture
@@ -26,7 +25,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 def chromium(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     exe = next(path for path in map(shutil.which, CANDIDATES) if path)
     with tempfile.TemporaryDirectory(prefix="featgap-chromium-") as profile:
-        return subprocess.run([exe, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True,
+        return subprocess.run([exe, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, check=False,
                               text=True, timeout=timeout, env={**os.environ, "HOME": profile})
 
 

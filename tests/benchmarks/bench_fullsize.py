@@ -33,7 +33,8 @@ FULLSIZE_SEPARATION = 0.16
 def generate(data: Path) -> None:
     if (data / "truth.json").exists():
         return
-    from scripts.data.generate_demo import DemoSpec, generate as write
+    from scripts.data.generate_demo import DemoSpec
+    from scripts.data.generate_demo import generate as write
 
     write(data, DemoSpec(classes=1000, dim=1024, train_scale=1.0, train_rows=1_281_167, test1_per_class=50,
                          test2_per_class=10, separation=FULLSIZE_SEPARATION))
