@@ -62,7 +62,7 @@ TRAIN_PER_CLASS, N1, N2 = 60, 50, 10
 
 # Resamples and permutations: enough for stable intervals at 100 classes, few enough for CI.
 # The evidence blocks' intervals keep 200 (mean_shift: its floor of 100 class resamples); the
-# numbers the answer does not read (evaluate's metric intervals, adapt's re-standardisation
+# numbers the answer does not read (evaluate's metric intervals, mean_shift's re-standardisation
 # intervals, gap's concentration null) get fewer.
 OPTIONS = {"evaluate": {"bootstrap": 50, "device": "cpu"},
            "gap": {"permutations": 2000, "bootstrap": 1000, "null_reps": 50, "share_reps": 200},
@@ -148,8 +148,8 @@ def run(name: str, seed: int, out: Path) -> dict:
                                 outputs=outputs("label_noise", "label_noise"), options=OPTIONS["label_noise"],
                                 head_name="head", seed=seed)
         mean_shift.mean_shift(model=head_path, test1=manifests["test1"], test2=manifests["test2"],
-                    outputs=outputs("mean_shift", "shift", "adapt"), options=OPTIONS["mean_shift"], seed=seed,
-                    head_name="head")
+                    outputs=outputs("mean_shift", "mean_shift"), options=OPTIONS["mean_shift"], seed=seed,
+                              head_name="head")
     # overfit: its own evidence function on the head's train and holdout accuracies (see above).
     train_gap = _accuracy(checkpoint, *splits["train"]) - _accuracy(checkpoint, xh, yh)
     test_gap = _accuracy(checkpoint, *splits["test1"]) - _accuracy(checkpoint, *splits["test2"])
@@ -159,7 +159,7 @@ def run(name: str, seed: int, out: Path) -> dict:
                 "evidence": block})
     # The report's named inputs, as the rules register them (workflow/rules/common.smk for_report).
     folders = {"gap": "gap", "imbalance": "imbalance", "difficulty": "difficulty", "label_noise": "label_noise",
-               "adapt": "shift/adapt", "overfit": "overfit"}
+               "mean_shift": "mean_shift", "overfit": "overfit"}
     files = {**{f"metrics:head/{t}": metrics[t] for t in metrics},
              **{f"{kind}:head": analysis / folder / "head" / "summary.json" for kind, folder in folders.items()}}
     hl = headline(collect(files, {"heads": {"head": {}}}))

@@ -74,7 +74,7 @@ def artifacts(tmp_path, monkeypatch):
     files["shift"] = (_summary(root, "shift", "Features shift.", {
         "domain_auc": 0.71, "domain_auc_ci95": [0.68, 0.74], "n_significant": 30, "n_features": 64,
         "top_features": [{"feature": 3, "cohens_d": 0.4, "q": 1e-9}]}, figures=3))
-    files["adapt:linear"] = (_summary(root, "mean_shift/linear", "Re-standardising closes 30%.", {
+    files["mean_shift:linear"] = (_summary(root, "mean_shift/linear", "Re-standardising closes 30%.", {
         "gap_closed_share_own_mean_std": 0.3, "gap_train_standardisation": 0.1, "gap_own_mean_std_test2_only": 0.07},
         evidence=evidence.block("mean_shift", 3.0, [1.0, 5.0], gap_points=10.0, sentence=f"Shift {EVIL}.",
                                 unit="classes resampled")))
@@ -263,7 +263,7 @@ def test_run_metadata_from_benchmarks_and_meta_blocks(artifacts, tmp_path):
 
 def test_input_names_not_paths_say_what_a_file_is(artifacts, tmp_path):
     assert input_name("metrics:mlp/test2") == ("metrics", "mlp/test2")
-    assert input_name("adapt:linear") == ("adapt", "linear") and input_name("shift") == ("shift", "")
+    assert input_name("mean_shift:linear") == ("mean_shift", "linear") and input_name("shift") == ("shift", "")
     for bad in ("metrics:mlp", "selection", ":x", "qc"):
         with pytest.raises(FeatgapError, match="expected KIND"):
             input_name(bad)
@@ -344,7 +344,7 @@ def test_report_on_real_analysis_outputs(planted, planted_eval, tmp_path, monkey
         (eval_dir / test / "metrics.json").write_text((planted_eval[test] / "metrics.json").read_text())
     files = {"gap:linear": "results/analysis/gap/linear/summary.json", "shift": "results/analysis/shift/summary.json",
              "imbalance:linear": "results/analysis/imbalance/linear/summary.json",
-             "adapt:linear": "results/analysis/mean_shift/linear/summary.json",
+             "mean_shift:linear": "results/analysis/mean_shift/linear/summary.json",
              "misclass:linear/test2": "results/analysis/misclass/linear/test2/summary.json",
              **{f"metrics:linear/{t}": str(eval_dir / t / "metrics.json") for t in ("test1", "test2")}}
     ctx = report.build_report(inputs=files, config={"heads": {"linear": {}}, "seed": 0}, template=TEMPLATE,
@@ -359,7 +359,7 @@ def test_report_on_real_analysis_outputs(planted, planted_eval, tmp_path, monkey
         assert own["cause"] == cause and by_cause[cause].level == own["level"]
         assert by_cause[cause].points == own["share_of_gap"]["points"]
     ran = {s.id for s in ctx["sections"] if s.ran}
-    assert {"shift", "adapt", "gap", "imbalance", "misclass"} <= ran
+    assert {"shift", "mean_shift", "gap", "imbalance", "misclass"} <= ran
     gap_section = next(s for s in ctx["sections"] if s.id == "gap")
     assert gap_section.tables and gap_section.tables[0]["title"] == "top_classes"
     page = Path("results/report/index.html").read_text()

@@ -33,13 +33,11 @@ from typing import Any
 from scripts.lib.analysis.evidence import CAUSES, LEVELS, cap
 from scripts.lib.report.collect import Analysis, ReportData
 
-# Where each cause's block comes from (analysis kind) and where its section is in the report.
-HYPOTHESES = {"adapt": "Mean shift: moving test set 2 onto test set 1's mean",
-              "difficulty": "Difficulty: how typical the test images are",
-              "gap": "Per-class drop: concentration in some classes",
-              "label_noise": "Label noise: confident disagreements",
-              "imbalance": "Class imbalance in the training set",
-              "overfit": "Overfitting of the head"}
+# The analyses whose evidence blocks the answer ranks (its report section has the analysis's name),
+# and the cause each measures; the titles are the causes' own (evidence.CAUSES, the one table).
+CAUSE_OF = {"mean_shift": "mean_shift", "difficulty": "difficulty", "gap": "class_concentrated",
+            "label_noise": "label_noise", "imbalance": "imbalance", "overfit": "overfit"}
+HYPOTHESES = {kind: CAUSES[cause] for kind, cause in CAUSE_OF.items()}
 
 
 @dataclass

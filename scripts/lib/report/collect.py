@@ -9,7 +9,7 @@ The workflow owns the layout: each stage registers the files the report reads un
     selection:{head}          hyperparameter selection of a trained head
     metrics:{head}/{test}     evaluate's metrics (heads and baselines)
     improve                   the improve stage's summary (its figure and table listed in it)
-    {analysis}[:{key}]        an analysis's summary.json: gap:linear, shift, adapt:linear,
+    {analysis}[:{key}]        an analysis's summary.json: gap:linear, shift, mean_shift:linear,
                               misclass:linear/test2, ... (key: head, head/test or none)
     benchmarks/{stage}/{job}.tsv   Snakemake benchmark files the benchmarked rules declare (missing skipped)
 
