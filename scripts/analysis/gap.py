@@ -8,8 +8,8 @@ drop), summary, distribution_figure and top_figure.
 Statistics (scripts.lib.stats.clustered; why and how well they work: docs/statistics.md):
   * is there a gap? the stratified permutation test on image-level counts with classes as
     strata (Cochran–Mantel–Haenszel as a cross-check); the paired t across classes (classes as
-    the unit) as a second reading. (A Wilcoxon test on per-class accuracies from 50 vs 10
-    images rejects a true null far too often and is no longer used.)
+    the unit) as a second reading (not a Wilcoxon test on per-class accuracies: from 50 vs 10
+    images it rejects a true null far too often, docs/statistics.md).
   * how large? the macro gap with two intervals: images resampled within class, and classes
     resampled;
   * is it concentrated in a few classes? every concentration number next to its value under

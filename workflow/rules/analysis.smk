@@ -1,5 +1,6 @@
 # Gap analyses: each its own cached rule that reads only what it needs (test features only in
-# shift, mean_shift, misclass and embedding; train LABELS only in class_counts) and writes a
+# shift, mean_shift, difficulty, misclass and embedding; train features only in train_reference,
+# train labels in class_counts) and writes a
 # table, summary.json (verdict + numbers + meta) and PNG figures under results/analysis/.
 # Each rule gets only its own config subsection, so changing one analysis parameter reruns that
 # analysis alone; `analysis.<name>.enabled: false` leaves it out of `all` and so out of the report.
