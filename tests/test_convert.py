@@ -99,13 +99,12 @@ def test_configurable_label_column(tiny_csv, tmp_path):
 def test_plain_chunks_are_whole_lines_of_the_range(tiny_csv, chunk_bytes):
     """Exact-size reads: every chunk ends at a line end inside its range, a line longer than the
     chunk size is one chunk of its own, and the chunks are the range, byte for byte."""
-    from scripts.data.convert import PartConverter
+    from scripts.lib.csvread.chunks import chunks as line_chunks
 
     plan_ = plan(tiny_csv["test2"], 3)
     data = tiny_csv["test2"].read_bytes()
-    converter = PartConverter(plan_, 12)
     for rng in plan_["ranges"]:
-        chunks = list(converter.chunks(rng["start"], rng["end"], chunk_bytes))
+        chunks = list(line_chunks(tiny_csv["test2"], "none", rng["start"], rng["end"], chunk_bytes))
         assert b"".join(c for _, c in chunks) == data[rng["start"] : rng["end"]]
         assert [o for o, _ in chunks] == list(np.cumsum([rng["start"]] + [len(c) for _, c in chunks[:-1]]))
         for _, chunk in chunks[:-1]:

@@ -199,10 +199,11 @@ def test_trailing_blank_lines_are_accepted_but_not_inner_ones(tiny_csv, tmp_path
 
 def test_short_reads_of_a_stream_fill_the_buffer_instead_of_growing_it(tiny_csv, monkeypatch):
     """A gzip stream may return less than asked; a read without a newline is not a line longer than
-    the buffer (the buffer used to double on each such read: 24 GB for a 160 MB .csv.gz)."""
+    the buffer (doubling it on each such read would take 24 GB for a 160 MB .csv.gz)."""
     import contextlib
 
     from scripts.data import convert
+    from scripts.lib.csvread import chunks as line_chunks
 
     class ShortReads:
         def __init__(self, handle):
@@ -220,8 +221,8 @@ def test_short_reads_of_a_stream_fill_the_buffer_instead_of_growing_it(tiny_csv,
             yield ShortReads(handle)
 
     plan_ = convert.plan(tiny_csv["test1"], 1)
-    monkeypatch.setattr(convert, "open_source", short_source)
-    chunks = convert.PartConverter(plan_, 12).chunks(plan_["header_bytes"], None, 4096)
+    monkeypatch.setattr(line_chunks, "open_source", short_source)
+    chunks = line_chunks.chunks(tiny_csv["test1"], plan_["compression"], plan_["header_bytes"], None, 4096)
     first = next(chunks)[1]
     assert 4096 - 400 <= len(first) <= 4096  # lines are ~350 bytes
     data = tiny_csv["test1"].read_bytes()[plan_["header_bytes"]:]

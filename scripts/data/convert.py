@@ -20,15 +20,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import gc
-import math
 import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,16 +36,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from scripts.lib.csvread.chunks import chunks, line_aligned_cuts
+from scripts.lib.csvread.columns import ChunkColumns, chunk_table
 from scripts.lib.csvread.diagnose import (
-    NUMBER_TEXT,
     Layout,
-    Problem,
-    find_problem,
     stray_carriage_return,
     unbalanced_quote,
 )
-from scripts.lib.csvread.source import count_lines, open_source, plan
-from scripts.lib.featio.arrow import arrow_to_numpy, features_to_arrow, numpy_to_arrow
+from scripts.lib.csvread.located import ChunkErrors
+from scripts.lib.csvread.source import plan
+from scripts.lib.featio.arrow import arrow_to_numpy
 from scripts.lib.featio.atomic import atomic_path, remove_dead_temporaries
 from scripts.lib.featio.cli import run_cli
 from scripts.lib.featio.errors import FeatgapError
@@ -61,8 +58,6 @@ if TYPE_CHECKING:
     from scripts.lib.csvread.fastparse import FastChunk, FastLayout
 
 __all__ = ["convert_file", "convert_part", "plan", "write_manifest"]
-FLOAT32_MAX = float(np.finfo(np.float32).max)
-PROBE_BYTES = 1 << 16  # read back from a chunk's planned end to find its last line end
 # Private switch (tests and benchmarks, not a config key): True / False = the fast parser for every
 # part / for none; None = for parts of at least FAST_PARSE_MIN_BYTES. Below that, numba's start-up
 # (~0.6 s per job with its on-disk cache, ~5 s for the first compile on a machine) costs about as
@@ -70,19 +65,6 @@ PROBE_BYTES = 1 << 16  # read back from a chunk's planned end to find its last l
 # 1.1 against 0.75 s for 50 MB).
 FAST_PARSE: bool | None = None
 FAST_PARSE_MIN_BYTES = 256 << 20
-
-
-@dataclass
-class ChunkColumns:
-    """One parsed chunk, ready to check and write."""
-
-    matrix: np.ndarray  # (n, D) float32, row-major
-    labels: np.ndarray  # int64
-    row_ids: np.ndarray | None  # the index column; None: row ids are line positions
-    paths: pa.Array | None  # None: the file has no path column
-    empty_path_row: int | None  # the first row whose path is empty
-    known_finite: bool  # the fast parser's grammar has no NaN, inf or overflow: no need to look
-    pooled: np.ndarray | None = None  # the fast parser's buffer behind `matrix`, returned after writing
 
 
 def fast_layout(plan_: dict, part_bytes: int) -> FastLayout | None:
@@ -128,6 +110,7 @@ class PartConverter:
         self.workers = max(1, pl.thread_pool_size())  # POLARS_MAX_THREADS: the job's threads
         self.matrix_buffer: np.ndarray | None = None
         self.fast_layout: FastLayout | None = None  # chosen per part, in _run
+        self.errors = ChunkErrors(plan_, num_classes, self.read)
 
     def use_fast_parser(self, part_bytes: int) -> None:
         self.fast_layout = fast_layout(self.plan, part_bytes)
@@ -150,126 +133,18 @@ class PartConverter:
 
     def parse_chunk(self, data: bytes, offset: int) -> pl.DataFrame:
         if b'"' in data and (problem := unbalanced_quote(data, self.layout)) is not None:
-            raise self.error_at(offset, problem)
+            raise self.errors.error_at(offset, problem)
         # Two memchr-speed counts, only for files that contain a CR at all (CRLF files).
         if b"\r" in data and data.count(b"\r") != data.count(b"\r\n"):
-            raise self.error_at(offset, stray_carriage_return(data, self.layout))
+            raise self.errors.error_at(offset, stray_carriage_return(data, self.layout))
         try:
             frame = self.read(data)
         except (pl.exceptions.PolarsError, ValueError, OSError) as err:  # diagnose precisely
-            raise self.diagnose(data, offset, str(err).splitlines()[0]) from None
+            raise self.errors.diagnose(data, offset, str(err).splitlines()[0]) from None
         # Fewer fields than the header, or empty values, come back as nulls.
         if frame.null_count().sum_horizontal().item() > 0:
-            raise self.diagnose(data, offset, "empty value")
+            raise self.errors.diagnose(data, offset, "empty value")
         return frame
-
-    def diagnose(self, data: bytes, offset: int, fallback: str) -> FeatgapError:
-        """The first bad line of a chunk, found with the slow, exact rules of csv_diagnose."""
-        problem = find_problem(data, self.layout, self.read)
-        if problem is not None:
-            return self.error_at(offset, problem)
-        first = self.line_number(offset, 0)
-        last = first + data.count(b"\n")
-        return FeatgapError(f"{self.csv}: lines {first}..{last}: could not parse ({fallback})")
-
-    def line_number(self, offset: int, local_line: int) -> int:
-        """1-based line number in the file (header = line 1); counted only when reporting an error."""
-        with open_source(self.csv, self.compression) as handle:
-            return count_lines(handle, 0, offset) + local_line + 1
-
-    def raw_field(self, offset: int, local_line: int, position: int) -> str:
-        """A field's text as written in the file (error messages only)."""
-        with open_source(self.csv, self.compression) as handle:
-            handle.seek(offset)
-            for _ in range(local_line):
-                handle.readline()
-            line = handle.readline().decode("utf-8", errors="replace").rstrip("\r\n")
-        fields = next(csv.reader([line]), [])
-        return fields[position] if position < len(fields) else ""
-
-    def error(self, offset: int, local_line: int, column: str | None, what: str) -> FeatgapError:
-        where = f"line {self.line_number(offset, local_line)}"
-        col = f", column '{column}'" if column is not None else ""
-        return FeatgapError(f"{self.csv}: {where}{col}: {what}")
-
-    def error_at(self, offset: int, problem: Problem) -> FeatgapError:
-        return self.error(offset, problem.line, problem.column, problem.what)
-
-    def check_values(self, chunk: ChunkColumns, offset: int) -> None:
-        names = self.plan["names"]
-        matrix, labels = chunk.matrix, chunk.labels
-        finite = None if chunk.known_finite else np.isfinite(matrix)
-        if finite is not None and not finite.all():
-            row, col = (int(i) for i in np.argwhere(~finite)[0])
-            position = self.plan["features"][col]
-            text = self.raw_field(offset, row, position)
-            overflow = bool(NUMBER_TEXT.fullmatch(text)) and math.isfinite(float(text))
-            what = (f"value {text!r} is outside the float32 range (±{FLOAT32_MAX:.4g})" if overflow
-                    else f"value {text!r}, expected a finite number (no NaN or inf)")
-            raise self.error(offset, row, names[position], what)
-        bad = (labels < 0) | (labels >= self.num_classes)
-        if bad.any():
-            row = int(np.argmax(bad))
-            raise self.error(offset, row, names[self.plan["label"]],
-                             f"label {labels[row]}, expected an integer in 0..{self.num_classes - 1}")
-        if chunk.empty_path_row is not None:
-            raise self.error(offset, chunk.empty_path_row, names[self.plan["path"]],
-                             "empty value, expected an image path")
-
-    def chunks(self, start: int, end: int | None, chunk_bytes: int) -> Iterator[tuple[int, bytes]]:
-        """Yield (offset, bytes) of line-aligned chunks of [start, end) (end None: to the end of
-        a gzip stream)."""
-        if self.compression == "none" and end is not None:
-            yield from self.plain_chunks(start, end, chunk_bytes)
-        else:
-            yield from self.stream_chunks(start, end, chunk_bytes)
-
-    def plain_chunks(self, start: int, end: int, chunk_bytes: int) -> Iterator[tuple[int, bytes]]:
-        """An uncompressed file: find each chunk's last line end first (a small read near its
-        planned end), then read exactly [offset, cut) into a new bytes object, so that the
-        kernel's copy is the only one (a buffer + carry costs a second copy of every byte)."""
-        fd = os.open(self.csv, os.O_RDONLY)
-        try:
-            for offset, cut in _line_aligned_cuts(fd, start, end, chunk_bytes):
-                data = os.pread(fd, cut - offset, offset)
-                if not data:  # the file shrank after planning: check_source_unchanged ran first
-                    break
-                yield offset, data
-        finally:
-            os.close(fd)
-
-    def stream_chunks(self, start: int, end: int | None, chunk_bytes: int) -> Iterator[tuple[int, bytes]]:
-        """Line-aligned chunks of a stream that cannot seek (gzip), read into one buffer."""
-        buf = bytearray(chunk_bytes)
-        offset, carry = start, 0
-        with open_source(self.csv, self.compression) as handle:
-            handle.seek(start)
-            while True:
-                room = len(buf) - carry if end is None else min(len(buf) - carry, end - offset - carry)
-                with memoryview(buf) as view:
-                    got = handle.readinto(view[carry : carry + room]) if room > 0 else 0
-                filled = carry + got
-                at_end = got == 0 or (end is not None and offset + filled >= end)
-                if not at_end and filled < len(buf):  # a short read (a gzip stream): fill the buffer first
-                    carry = filled
-                    continue
-                cut = filled if at_end else buf.rfind(b"\n", 0, filled) + 1
-                if end is None and not at_end:
-                    cut = _after_last_content_line(buf, cut)  # blank lines may be the stream's end
-                if cut == 0:  # a line longer than the buffer: grow it and read on
-                    buf.extend(bytes(len(buf)))
-                    carry = filled
-                    continue
-                with memoryview(buf) as view:
-                    chunk = bytes(view[:cut])  # the one copy polars needs
-                if at_end and end is None:
-                    chunk = chunk.rstrip(b"\r\n")  # trailing blank lines of a stream are not rows
-                if chunk:
-                    yield offset, chunk
-                buf[: filled - cut] = buf[cut:filled]
-                offset, carry = offset + cut, filled - cut
-                if at_end:
-                    break
 
     def parse_any(self, data: bytes | np.ndarray, offset: int) -> FastChunk | pl.DataFrame:
         """The fast parser's result, or polars' frame for a chunk outside its grammar (which
@@ -298,10 +173,10 @@ class PartConverter:
         """(offset, bytes, parse it) per chunk: with the fast parser, a plain file's chunks are
         read by the worker that parses them, into reused buffers; otherwise read here."""
         if fd is not None:
-            for offset, cut in _line_aligned_cuts(fd, start, end, chunk_bytes):
+            for offset, cut in line_aligned_cuts(fd, start, end, chunk_bytes):
                 yield offset, cut - offset, partial(self.read_and_parse, fd, offset, cut - offset)
         else:
-            for offset, data in self.chunks(start, end, chunk_bytes):
+            for offset, data in chunks(self.csv, self.compression, start, end, chunk_bytes):
                 yield offset, len(data), partial(self.parse_any, data, offset)
 
     def parsed_chunks(self, start: int, end: int, chunk_bytes: int) -> Iterator[tuple[int, int, FastChunk | pl.DataFrame]]:
@@ -393,7 +268,7 @@ class PartConverter:
                     for offset, nbytes, parsed in self.parsed_chunks(rng["start"], rng["end"], chunk_mb << 20):
                         chunk = self.columns_of(parsed)
                         n = len(chunk.labels)
-                        self.check_values(chunk, offset)
+                        self.errors.check_values(chunk, offset)
                         writer.write_table(chunk_table(chunk, next_row, schema), row_group_size=row_group_rows)
                         if chunk.pooled is not None:  # written: write_table keeps no reference to it
                             self.matrix_pool.give(chunk.pooled)
@@ -403,60 +278,6 @@ class PartConverter:
             finally:
                 writer.close()
         return rows
-
-
-def chunk_table(chunk: ChunkColumns, first_row: int, schema: pa.Schema) -> pa.Table:
-    """The shard's columns over the chunk's arrays (no copies); row ids are line positions from
-    first_row where the file has no index column."""
-    n = len(chunk.labels)
-    row_ids = chunk.row_ids if chunk.row_ids is not None else np.arange(first_row, first_row + n, dtype=np.int64)
-    paths = chunk.paths if chunk.paths is not None else _empty_strings(n)
-    return pa.Table.from_arrays([numpy_to_arrow(row_ids, np.int64), paths, numpy_to_arrow(chunk.labels, np.int16),
-                                 features_to_arrow(chunk.matrix)], schema=schema)
-
-
-def _line_aligned_cuts(fd: int, start: int, end: int, chunk_bytes: int) -> Iterator[tuple[int, int]]:
-    """[offset, cut) of each chunk of about chunk_bytes that ends at a line end."""
-    offset = start
-    while offset < end:
-        cut = end if offset + chunk_bytes >= end else _line_end_before(fd, offset, offset + chunk_bytes, end)
-        yield offset, cut
-        offset = cut
-
-
-def _line_end_before(fd: int, offset: int, target: int, end: int) -> int:
-    """The position after the last newline in (offset, target], or, for a line longer than
-    target - offset, after the first newline past target (capped at end)."""
-    probe_end = target
-    while probe_end > offset:
-        probe_start = max(offset, probe_end - PROBE_BYTES)
-        found = os.pread(fd, probe_end - probe_start, probe_start).rfind(b"\n")
-        if found >= 0:
-            return probe_start + found + 1
-        probe_end = probe_start
-    position = target
-    while position < end:
-        block = os.pread(fd, min(PROBE_BYTES, end - position), position)
-        found = block.find(b"\n")
-        if found >= 0:
-            return position + found + 1
-        if not block:
-            break
-        position += len(block)
-    return end
-
-
-def _empty_strings(n: int) -> pa.Array:
-    """n empty strings (a file without a path column), built without pa.array: that imports pandas."""
-    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(np.zeros(n + 1, np.int32)), pa.py_buffer(b"")])
-
-
-def _after_last_content_line(buf: bytearray, cut: int) -> int:
-    """Move a cut back over a run of line ends, so that they go to the next chunk."""
-    i = cut
-    while i > 0 and buf[i - 1] in b"\r\n":
-        i -= 1
-    return cut if i == 0 else buf.find(b"\n", i, cut) + 1
 
 
 def convert_part(plan_path: str | Path, part: int, out: str | Path, *, num_classes: int,
