@@ -150,7 +150,7 @@ def runs(slurm_cluster, tmp_path_factory):
         dirs[kind] = tmp_path_factory.mktemp(f"featgap_{kind}")
         (dirs[kind] / "config.yaml").write_text(yaml.safe_dump(CONFIG))
     # Both at once: the cluster run mostly waits (job start-up, status polling), so the local run
-    # fills the idle cores. As the README says: the cluster profile alone (not profiles/default),
+    # fills the idle cores. As docs/workflow.md says: the cluster profile alone (not profiles/default),
     # here with a short first status check, as the tiny jobs finish in seconds.
     slurm = _Run(dirs["slurm"], ["--profile", str(PROFILE), "--workflow-profile", "none",
                                  "--slurm-init-seconds-before-status-checks", "2", *ON_CPU], "slurm.log")

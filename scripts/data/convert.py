@@ -9,7 +9,7 @@ Three sub-steps (one rule each, so a 13 GB file converts in parallel jobs):
             and remove part files of an earlier conversion that the manifest no longer lists.
 
 Threads: polars reads POLARS_MAX_THREADS at import, so the rule sets it to the job's threads.
-Why polars for the rest: its CSV reader is the fastest library here (see README benchmarks). Both
+Why polars for the rest: its CSV reader is the fastest library here (docs/benchmarks.md). Both
 parsers get line-aligned byte chunks, so memory is bounded by `chunk_mb` whatever the file size,
 and give bit-identical values, so a shard does not depend on which one read a chunk. The features
 become one fixed_size_list<float32>[D] column, so a row group is one contiguous float32 matrix.

@@ -13,7 +13,7 @@ On a generated 100k × 1024 × 1000 train split (class-sorted shards, regenerate
             with the real-data config (config/eva02.yaml heads.linear, via the CLI in a child
             process: wall time, peak RSS) vs LogisticRegression(lbfgs, tol 1e-6) with C chosen on
             the same stratified holdout and refit on all train rows, on the same 10k test rows.
-Writes --out (JSON) and the same path with .md (a table for the README).
+Writes --out (JSON) and the same path with .md (a table for docs/benchmarks.md).
 
     .venv/bin/python tests/benchmarks/bench_train.py [--rounds 4] [--speed-threads 1,2] [--skip-accuracy]
 

@@ -67,7 +67,7 @@ TRAIN_MEM_MB = int(min(TRAIN_ROWS * config["dim"] * 4 / 2**20, TRAIN["memory_bud
 # Minutes, at least 10. On the CPU: K candidates × epochs × 4·N·D·width flops at a conservative
 # 30 GFLOP/s (2 cores), doubled for the refit and the holdout passes. On CUDA (train.device: cuda or
 # cuda:N, as profiles/slurm sets when it asks for a GPU): loading at 50 MB/s plus every grid and
-# refit step at 10 ms (an H100 replays one 12-candidate EVA-02 step in 1.3 ms; see README).
+# refit step at 10 ms (an H100 replays one 12-candidate EVA-02 step in 1.3 ms; docs/benchmarks.md).
 TRAIN_ON_CUDA = str(TRAIN["device"]).startswith("cuda")
 HEAD_SECONDS = {
     name: (

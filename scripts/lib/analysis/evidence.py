@@ -9,7 +9,7 @@ if this cause is taken away, with a 95% interval (`unit` says what the interval 
 `level` (strong | moderate | weak | none) follows one rule for every cause (`level_for`), so the
 levels compare; an analysis may lower it (never raise it) with its own test, e.g. a null
 distribution that says the share is what noise alone gives. The report only reads and ranks
-these blocks. Cause ids are a public vocabulary (README, "The answer").
+these blocks. Cause ids are a public vocabulary (docs/workflow.md, "The answer").
 """
 from __future__ import annotations
 
