@@ -17,6 +17,33 @@ from snakemake.utils import validate
 for _section in ("heads", "baselines"):
     if isinstance(config.get(_section), dict):
         config[_section] = {name: spec for name, spec in config[_section].items() if spec is not None}
+
+
+def unknown_config_key(config, schema_path):
+    """The first key the schema does not know, as one line naming the key, where it sits and the
+    nearest known key; None when there is none. Checked before `validate`, whose message for it
+    prints the whole schema (hundreds of lines) below the first line."""
+    import difflib
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load(Path(schema_path).read_text(encoding="utf-8"))
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = [e for e in validator.iter_errors(config) if e.validator == "additionalProperties"]
+    if not errors:
+        return None
+    error = min(errors, key=lambda e: list(map(str, e.absolute_path)))
+    known = sorted(error.schema.get("properties", {}))
+    key = sorted(set(error.instance) - set(known))[0]
+    where = ".".join(map(str, error.absolute_path)) or "the top level"
+    near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"did you mean {near[0]!r}?" if near else f"known keys: {', '.join(known)}"
+    return f"config: unknown key {key!r} in {where}; {hint}"
+
+
+_unknown = unknown_config_key(config, Path(workflow.basedir, "workflow", "schemas", "config.schema.yaml"))
+if _unknown:
+    raise WorkflowError(_unknown)
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 
 # From here on every key with a schema default is set: rule files index config, they never
