@@ -44,13 +44,14 @@ def resolve_device(name: str) -> torch.device:
 def configure_determinism(device: torch.device, threads: int, seed: int) -> None:
     """Same seed → same bytes: fixed CPU threads, deterministic kernels, seeded RNGs.
 
-    On CUDA, cuBLAS is deterministic only with a fixed workspace (CUBLAS_WORKSPACE_CONFIG, read
-    when cuBLAS starts, so it is set before the first matmul); TF32 stays off so that float32
-    evaluation is float32."""
+    The CPU threads are set on CUDA too: a CUDA job's CPU-side work (the temperature fit, the host
+    placement's gathers, statistics) would otherwise take torch's default pool, every core of
+    the node, whatever train.threads (and the job's allocation) says. On CUDA, cuBLAS is
+    deterministic only with a fixed workspace (CUBLAS_WORKSPACE_CONFIG, read when cuBLAS starts,
+    so it is set before the first matmul); TF32 stays off so that float32 evaluation is float32."""
     torch.manual_seed(seed)
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, threads))
-    else:
+    torch.set_num_threads(max(1, threads))
+    if device.type != "cpu":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
