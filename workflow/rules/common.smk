@@ -34,7 +34,7 @@ def unknown_config_key(config, schema_path):
     if not errors:
         return None
     error = min(errors, key=lambda e: list(map(str, e.absolute_path)))
-    known = sorted(error.schema.get("properties", {}))
+    known = sorted(error.schema.get("properties") or {})
     key = sorted(set(error.instance) - set(known))[0]
     where = ".".join(map(str, error.absolute_path)) or "the top level"
     near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
