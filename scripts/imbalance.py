@@ -133,14 +133,15 @@ def imbalance_share(drop: np.ndarray, reduced: np.ndarray, acc1: np.ndarray | No
     """Points of the macro gap that go if the classes with fewer training rows dropped like the
     full classes. With `acc1` and `ldrop` (per-class logit drops): each reduced class keeps its
     test-1 accuracy and loses the full classes' mean logit drop instead of its own (a lower base
-    accuracy alone is no share); without them, on the probability scale: (share of reduced
-    classes) × (their mean drop − the full classes' mean drop)."""
+    accuracy alone is no share), against its observed test-2 accuracy (not the expit of its own
+    noisy logit drop: that is biased by Jensen's inequality at 10 images); without them, on the
+    probability scale: (share of reduced classes) × (their mean drop − the full classes' mean drop)."""
     if reduced.sum() == 0 or (~reduced).sum() == 0:
         return float("nan")
     if acc1 is None or ldrop is None:
         return 100 * float(reduced.mean() * (drop[reduced].mean() - drop[~reduced].mean()))
     base = special.logit(np.clip(acc1[reduced], 1e-3, 1 - 1e-3))
-    own = special.expit(base - ldrop[reduced])
+    own = acc1[reduced] - drop[reduced]  # the observed test-2 accuracy
     like_full = special.expit(base - ldrop[~reduced].mean())
     return 100 * float(np.sum(like_full - own) / len(drop))
 

@@ -225,3 +225,29 @@ def test_imbalance_holds_its_level_under_one_common_logit_drop():
     p_logit, p_prob = _imbalance_null(200)
     assert np.mean(p_logit < 0.05) <= 0.08
     assert np.mean(p_prob < 0.05) > 0.15  # the design really is the one that broke the old test
+
+
+def test_imbalance_share_against_the_true_counterfactual():
+    """The share "if reduced classes dropped like the full ones" against its truth on the same
+    draws (each reduced class's expected test-2 accuracy at the common drop minus at its own):
+    ~0 under one common logit drop (the probability-scale share read +0.26 points there), and
+    within 0.1 points of a planted 1.1-point share."""
+    from scripts import imbalance
+
+    rng = np.random.default_rng(2)
+    classes = 1000
+    reduced = np.arange(classes) < 110
+    for extra in (0.0, 0.5):
+        err, old = [], []
+        for _ in range(200):
+            base = np.where(reduced, special.logit(0.857), special.logit(0.90)) + rng.normal(0, 0.3, classes)
+            drop = 0.65 + extra * reduced
+            k1, k2 = rng.binomial(50, special.expit(base)), rng.binomial(10, special.expit(base - drop))
+            acc1, acc2 = k1 / 50, k2 / 10
+            share = imbalance.imbalance_share(acc1 - acc2, reduced, acc1, imbalance.logit_drop(k1, 50, k2, 10))
+            truth = 100 * np.sum(special.expit(base[reduced] - 0.65) - special.expit(base[reduced] - drop[reduced]))
+            err.append(share - truth / classes)
+            old.append(imbalance.imbalance_share(acc1 - acc2, reduced) - truth / classes)
+        assert abs(np.mean(err)) < 0.06, (extra, np.mean(err))
+        if extra == 0.0:
+            assert np.mean(old) > 0.15  # the old probability-scale share, biased by construction
