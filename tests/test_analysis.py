@@ -107,8 +107,8 @@ def test_imbalance_two_groups_when_counts_tie(tmp_path):
                         options={"permutations": 999})
     n = summary["numbers"]
     assert n["trend_estimable"] is False and n["modal_count_share"] > 0.8
-    assert n["primary_test"].startswith("mean drop")
-    assert n["primary_effect"] == pytest.approx(n["drop_reduced"] - n["drop_full"])
+    assert n["primary_test"].startswith("mean logit drop")
+    assert n["primary_effect"] == pytest.approx(n["logit_drop_reduced"] - n["logit_drop_full"])
     reduced = rows < 1300
     assert n["n_reduced_classes"] == int(reduced.sum())
     if n["primary_p"] >= 0.05:

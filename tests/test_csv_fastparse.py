@@ -342,3 +342,27 @@ def test_kernels_compile_without_a_writable_cache_folder(monkeypatch):
         return x + 1
 
     assert fastparse._jit(add_one)(41) == 42
+
+
+def test_leading_zeros_beyond_pythons_integer_limit_go_to_polars():
+    """> 4,300 leading zeros before a value near a float32 midpoint: the exact redo cannot take it
+    (Python's int-from-text limit), so the chunk goes to polars, which reads it, never a traceback."""
+    data = lines_of(["0" * 4400 + "1.0000000596046448"])
+    chunk = fast(data)
+    expected = polars_matrix(data)
+    assert expected[0, 0] == np.nextafter(np.float32(1), np.float32(2))
+    assert chunk is None or chunk.matrix.view(np.uint32)[0, 0] == expected.view(np.uint32)[0, 0]
+
+
+@pytest.mark.parametrize("text", ["3.4028235e38", "-3.4028235e38", "3.4028234663852886e38"])
+def test_the_overflow_boundary_redo_is_quiet(text):
+    """At float32's largest value the exact redo's neighbour is inf: no numpy RuntimeWarning in the log."""
+    import warnings
+
+    data = lines_of([text])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        chunk = fast(data)
+        assert fastparse.exact_float32(text.encode(), np.float32(text)) in (None, np.float32(text))
+    if chunk is not None:
+        assert chunk.matrix.view(np.uint32)[0, 0] == polars_matrix(data).view(np.uint32)[0, 0]

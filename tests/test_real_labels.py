@@ -65,20 +65,21 @@ def val(tmp_path) -> dict:
 
 
 def test_matching_by_file_name_not_row_order(val):
-    real = load_real(val["real"], 4)
+    real = load_real(val["real"], 4, entries=12)
     assert len(real) == 12 and real.set_of(4) == [1, 3] and real.set_of(0) == []
     np.testing.assert_array_equal(match_paths(PATHS, real, source="val.csv"), np.subtract(NUMBERS, 1))
     s = score(PATHS, np.array(LABEL), np.array(PRED), real, source="val.csv")
     assert s.n_real.tolist() == [len(r) for r in REAL_BY_ROW]
     assert s.pred_in_real.tolist() == [p in r for p, r in zip(PRED, REAL_BY_ROW)]
     # The real file's own loader agrees with the copied file's documented counts.
-    shipped = load_real(Path(__file__).resolve().parents[1] / "resources/real-labels/real.json", 1000)
+    shipped = load_real(Path(__file__).resolve().parents[1] / "resources/real-labels/real.json", 1000,
+                        entries=50000)
     sizes = np.diff(shipped.offsets)
     assert (len(shipped), int((sizes > 1).sum()), int((sizes == 0).sum())) == (50000, 7443, 3163)
 
 
 def test_rescore_counts_by_hand(val):
-    real = load_real(val["real"], 4)
+    real = load_real(val["real"], 4, entries=12)
     block = rescore(paths=PATHS, label=np.array(LABEL), pred=np.array(PRED), real=real, source="val.csv",
                     test="test1", n_resamples=200, seed=0)
     assert (block["n_images"], block["n_with_real"], block["n_no_label"]) == (12, 10, 2)
@@ -96,7 +97,7 @@ def test_real_check_split_enrichment_and_calibration(val):
     out = val["root"] / "check"
     summary = real_check(predictions=val["pred"], real_file=val["real"], outputs=outputs_in(out, "real_labels"),
                          num_classes=4, threshold=0.8, source="data/val.csv", class_names=str(val["names"]),
-                         options={"bootstrap": 100}, head_name="linear")
+                         options={"bootstrap": 100}, head_name="linear", real_entries=12)
     split = summary["error_split"]
     assert (split["errors"], split["in_real"], split["no_label"], split["genuine"]) == (7, 3, 1, 3)
     e = summary["enrichment"]
@@ -124,7 +125,7 @@ def test_real_check_split_enrichment_and_calibration(val):
 
 def test_label_noise_is_bounded_by_real(val, tmp_path):
     real_check(predictions=val["pred"], real_file=val["real"], outputs=outputs_in(tmp_path / "check", "real_labels"),
-               num_classes=4, threshold=0.8, options={"bootstrap": 50})
+               num_classes=4, threshold=0.8, options={"bootstrap": 50}, real_entries=12)
     p2 = tmp_path / "eval" / "linear" / "test2" / "predictions.parquet"
     p2.parent.mkdir(parents=True)
     label2, pred2 = [0, 0, 1, 1, 2, 2], [1, 0, 2, 1, 0, 2]
@@ -157,7 +158,7 @@ def test_evaluate_writes_the_real_block(val, tmp_path):
     write_json(manifest, {"folder": "test1", "rows": 12, "dim": 4, "split": "test1", "source": "data/val.csv"})
     metrics = evaluate(head_path="unused", manifest=manifest, outputs=outputs_in(tmp_path / "out", "evaluate"), num_classes=4,
                        options={"bootstrap": 50}, logits_fn=lambda x: x.astype(np.float64), real_labels=val["real"],
-                       test_name="test1")
+                       real_entries=12, test_name="test1")
     real = metrics["real"]
     assert real["top1"] == pytest.approx(0.6) and real["errors"]["in_real"] == 3 and real["n_with_real"] == 10
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["real"]["top1"] == pytest.approx(0.6)
@@ -168,7 +169,8 @@ def test_evaluate_writes_the_real_block(val, tmp_path):
     with pytest.raises(FeatgapError, match=r"^data/val\.csv: line 7, column 'path': 'val/n01/photo\.jpg' is not an "
                                            r"ImageNet val file name"):
         evaluate(head_path="unused", manifest=manifest, outputs=outputs_in(tmp_path / "out2", "evaluate"), num_classes=4,
-                 options={"bootstrap": 0}, logits_fn=lambda x: x.astype(np.float64), real_labels=val["real"])
+                 options={"bootstrap": 0}, logits_fn=lambda x: x.astype(np.float64), real_labels=val["real"],
+                 real_entries=12)
 
 
 @pytest.mark.parametrize("text, message", [
@@ -187,12 +189,12 @@ def test_malformed_real_file_is_one_line(tmp_path, text, message):
     path = tmp_path / "real.json"
     path.write_text(text)
     with pytest.raises(FeatgapError, match=message) as err:
-        load_real(path, 4)
+        load_real(path, 4, entries=2)
     assert str(err.value).startswith(f"{path}: ") and "\n" not in str(err.value)
 
 
 def test_paths_that_do_not_map_are_one_line(val):
-    real = load_real(val["real"], 4)
+    real = load_real(val["real"], 4, entries=12)
     with pytest.raises(FeatgapError, match=r"^val\.csv: line 3, column 'path': ILSVRC2012_val_00000013 is image 13; "
                                            r"expected 1\.\.12"):
         match_paths(PATHS[:1] + ["val/x/ILSVRC2012_val_00000013.JPEG"] + PATHS[2:], real, source="val.csv")
@@ -203,12 +205,13 @@ def test_paths_that_do_not_map_are_one_line(val):
     with pytest.raises(FeatgapError, match=r"original label is in the ReaL set of only 10\.0%.*do not map onto"):
         score(PATHS, (np.array(LABEL) + 1) % 4, np.array(PRED), real, source="val.csv")
     with pytest.raises(FeatgapError, match="not found"):
-        load_real(val["root"] / "nope.json", 4)
+        load_real(val["root"] / "nope.json", 4, entries=12)
 
 
 def test_cli(val, capsys):
     main(["--predictions", str(val["pred"]), "--real", str(val["real"]), *output_argv(val["root"] / "cli", "real_labels"),
-          "--num-classes", "4", "--threshold", "0.8", "--options", '{"bootstrap": 30}', "--class-names", ""])
+          "--num-classes", "4", "--threshold", "0.8", "--options", '{"bootstrap": 30}', "--class-names", "",
+          "--real-entries", "12"])
     assert "prediction in the ReaL set" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_:
         run_cli(main, ["--predictions", str(val["pred"]), "--real", str(val["root"] / "nope.json"),
@@ -239,7 +242,7 @@ def test_workflow_wires_real_labels(tmp_path):
     write_config(tmp_path, config)
     result = snakemake(tmp_path, "-n", check=False)
     assert result.returncode != 0 and "evaluate.real_labels.file: file not found" in result.stdout + result.stderr
-    config["evaluate"]["real_labels"]["file"] = str(_tiny_real(tmp_path / "real.json"))
+    config["evaluate"]["real_labels"].update(file=str(_tiny_real(tmp_path / "real.json")), entries=240)
     write_config(tmp_path, config)
     snakemake(tmp_path, "results/analysis/label_noise/linear/summary.json")
     m1 = json.loads((tmp_path / "results/eval/linear/test1/metrics.json").read_text())
@@ -267,3 +270,51 @@ def test_enrichment_without_other_errors_in_real_reports_the_difference():
                    "calibration_excess_points": 10.0}
     text = _sentence(split, 4, e, calibration, "test1")
     assert "50% of the time against 0% for the other errors: +50.0 points (95% interval" in text
+
+
+def test_real_file_of_another_length_is_refused(val, tmp_path):
+    """One inserted (or deleted) entry shifts every later set: refused by its length, not accepted."""
+    entries = json.loads(val["real"].read_text())
+    assert len(load_real(val["real"], 4, entries=12)) == 12
+    for name, changed in (("inserted", entries[:5] + [[]] + entries[5:]), ("deleted", entries[:5] + entries[6:])):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(changed))
+        with pytest.raises(FeatgapError, match=rf"^{path}: {len(changed)} entries; expected 12 "
+                                               r"\(one per ImageNet val image, config evaluate\.real_labels\.entries\)"):
+            load_real(path, 4, entries=12)
+
+
+def test_agreement_floor_refuses_a_partly_wrong_mapping(val):
+    """60 % of the original labels in their ReaL sets (real.json: ~87 %) is a mapping wrong for a third
+    of the images: refused (the old floor, 50 %, let it through)."""
+    real = load_real(val["real"], 4, entries=12)
+    label = np.array(LABEL)
+    label[[0, 2]] = 1  # rows 0 and 2: ReaL set [0]; 8 → 6 of the 10 images with a set agree
+    with pytest.raises(FeatgapError, match=r"only 60\.0% of the 10 images with one; expected ≥ 75%"):
+        score(PATHS, label, np.array(PRED), real, source="val.csv")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[[" + "1" * 5000 + "]]", (r"line 1, column 2: an integer of 5000 digits; expected entry 0 \(ILSVRC2012_val_"
+                                r"00000001\.JPEG\) as a list of class indices")),
+    ("[" + "[" * 100_000 + "]" * 100_001, r"line 1, column 2: lists nested too deeply; expected entry 0 "),
+])
+def test_huge_integer_and_deep_nesting_are_one_line(tmp_path, text, message):
+    path = tmp_path / "real.json"
+    path.write_text(text)
+    with pytest.raises(FeatgapError, match=message) as err:
+        load_real(path, 4, entries=1)
+    assert str(err.value).startswith(f"{path}: ") and "\n" not in str(err.value) and err.value.__cause__ is None
+
+
+def test_unicode_digits_are_not_a_val_file_name(val):
+    real = load_real(val["real"], 4, entries=12)
+    arabic = "ILSVRC2012_val_" + "".join(chr(0x660 + int(d)) for d in "00000007") + ".JPEG"
+    with pytest.raises(FeatgapError, match=r"line 2, column 'path': .* is not an ImageNet val file name"):
+        match_paths([f"val/n00/{arabic}"] + PATHS[1:], real, source="val.csv")
+
+
+def test_a_utf8_bom_is_accepted(val, tmp_path):
+    path = tmp_path / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + val["real"].read_bytes())
+    assert load_real(path, 4, entries=12).set_of(4) == [1, 3]

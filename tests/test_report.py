@@ -141,7 +141,7 @@ def test_every_string_from_data_or_config_is_escaped(artifacts, tmp_path):
     for shown in ("Report &lt;script&gt;", "Peer &lt;script&gt;", "tench &lt;script&gt;", "data/train&lt;script&gt;"):
         assert shown in page
     prose = md.split("```yaml")[0]  # the config is shown verbatim in a fenced code block (rendered as text)
-    assert "<script" not in prose and "&lt;script&gt;" in prose and "%3Cscript%3E" in prose
+    assert not re.search(r"(?<!\\)<script", prose) and "\\<script>" in prose and "%3Cscript%3E" in prose
 
 
 def test_page_is_self_contained(artifacts, tmp_path):
@@ -513,3 +513,25 @@ def test_answer_on_the_line_leaves_no_rest_to_attribute(artifacts, tmp_path):
     ctx, _, _ = _build(artifacts, tmp_path, answer=True)
     assert ctx["headline"].expected_sentence == ""
     assert "reference_line" not in json.loads((tmp_path / "results/report/answer.json").read_text())
+
+
+TRICKY = "q < 0.05 & p<0.01, \"quoted\" 'single' café → ✓ &amp; <b>x</b> R&D a|b"
+# What CommonMark reads as a character reference or as the start of a tag / autolink: neither may
+# appear unescaped in report.md's prose (it would show an entity or render markup).
+ENTITY = re.compile(r"(?<!\\)&(?:[A-Za-z][A-Za-z0-9]*|#[0-9]+|#[xX][0-9a-fA-F]+);")
+TAG_START = re.compile(r"(?<!\\)<[A-Za-z/!?]")
+
+
+def test_report_md_shows_text_never_entities(artifacts, tmp_path):
+    """`Fisher q &lt; 0.05` in report.md; both files from strings with <, &, quotes and Unicode."""
+    config = {**artifacts["config"], "report": {**artifacts["config"]["report"], "title": f"Report {TRICKY}"}}
+    _, page, md = _build(artifacts, tmp_path, config=config)
+    prose = md.split("```yaml")[0]
+    # Markdown: the text itself, backslash-escaped only where CommonMark would read markup.
+    assert ("# Report q < 0.05 & p<0.01, \"quoted\" 'single' café → ✓ \\&amp; \\<b>x\\</b> R&D a\\|b"
+            in prose.splitlines())
+    assert not ENTITY.search(prose) and not TAG_START.search(prose)
+    assert "\\<script>alert('x')\\</script>" in prose  # data strings too
+    # HTML: escaped for HTML, so the browser shows the same text.
+    assert ("Report q &lt; 0.05 &amp; p&lt;0.01, &#34;quoted&#34; &#39;single&#39; café → ✓ &amp;amp; "
+            "&lt;b&gt;x&lt;/b&gt; R&amp;D a|b") in page

@@ -281,3 +281,26 @@ def test_profile_trains_on_cuda_with_a_gpu_sized_time_limit(tmp_path):
         assert res["gpu"] == "1" and int(res["runtime"]) <= 30, res
     for res in train_resources(*ON_CPU):  # the CPU estimate for the same grid: hours
         assert int(res["runtime"]) > 120, res
+
+
+def _rules_running(module: str) -> set[str]:
+    """Rules whose shell command runs `python -m <module>` (read from the rule files)."""
+    found = set()
+    for path in sorted((ROOT / "workflow" / "rules").glob("*.smk")):
+        for block in re.split(r"^\s*rule ", path.read_text(encoding="utf-8"), flags=re.M)[1:]:
+            if re.search(rf"python -m {re.escape(module)}\b", block):
+                found.add(block.split(":", 1)[0].strip())
+    return found
+
+
+def test_every_rule_that_trains_on_cuda_asks_for_a_gpu():
+    """the profile sets train.device: cuda for every job, so every rule that runs
+    scripts.train.train_head (train_head and improve_train's retrained variants) must request a GPU, or its
+    jobs land on nodes without one and stop with "no CUDA device is available"."""
+    profile = yaml.safe_load((PROFILE / "config.yaml").read_text(encoding="utf-8"))
+    assert any("device: cuda" in entry for entry in profile["config"])
+    training = _rules_running("scripts.train.train_head")
+    assert {"train_head", "improve_train"} <= training
+    resources = profile["set-resources"]
+    missing = sorted(r for r in training if not (resources.get(r, {}).get("gpu") or resources.get(r, {}).get("gres")))
+    assert not missing, f"rules that train on CUDA without a GPU request in profiles/slurm: {missing}"

@@ -1,4 +1,4 @@
-"""Statistics valid for the 50-vs-10-images-per-class design (issue 12): edge cases of the
+"""Statistics valid for the 50-vs-10-images-per-class design: edge cases of the
 primitives, and the level and power of the tests by simulation (quick versions; the full
 figures are in docs/statistics.md, from tests/benchmarks/bench_stats.py)."""
 from __future__ import annotations
@@ -195,3 +195,59 @@ def test_within_class_effect_matches_statsmodels_ols_hc1():
         assert res["beta"][j] == pytest.approx(fit.params[0], rel=1e-9)
         assert res["se"][j] == pytest.approx(fit.bse[0], rel=1e-9)
     assert res["df"] == n_cls * per - n_cls - 1
+
+
+# ---------------------------------------------------------------- imbalance under a common logit drop
+def _imbalance_null(sims: int, seed: int = 0, classes: int = 1000, reduced_share: float = 0.11):
+    """ImageNet-like: 11 % of the classes have fewer training rows and a lower base accuracy
+    (85.7 % against 90 %, classes scattered around it: classes as clusters), every class loses the
+    same 0.65 on the logit scale (the null: no extra drop for reduced classes); 50 test-1 and 10
+    test-2 images per class. Returns the p-values on the logit and on the probability scale."""
+    from scripts.analysis import imbalance
+
+    rng = np.random.default_rng(seed)
+    reduced = np.arange(classes) < int(reduced_share * classes)
+    p_logit, p_prob = [], []
+    for s in range(sims):
+        base = np.where(reduced, special.logit(0.857), special.logit(0.90)) + rng.normal(0, 0.3, classes)
+        k1 = rng.binomial(50, special.expit(base))
+        k2 = rng.binomial(10, special.expit(base - 0.65))
+        logit = imbalance.logit_drop(k1, 50, k2, 10)
+        prob = k1 / 50 - k2 / 10
+        p_logit.append(imbalance._group_permutation_p(logit[reduced], logit[~reduced], 499, s))
+        p_prob.append(imbalance._group_permutation_p(prob[reduced], prob[~reduced], 499, s))
+    return np.asarray(p_logit), np.asarray(p_prob)
+
+
+def test_imbalance_holds_its_level_under_one_common_logit_drop():
+    """the probability-scale comparison calls a common logit drop significant by
+    construction (lower base accuracy, larger probability drop); the logit-scale one holds 5 %."""
+    p_logit, p_prob = _imbalance_null(200)
+    assert np.mean(p_logit < 0.05) <= 0.08
+    assert np.mean(p_prob < 0.05) > 0.15  # the design really is the one that broke the old test
+
+
+def test_imbalance_share_against_the_true_counterfactual():
+    """The share "if reduced classes dropped like the full ones" against its truth on the same
+    draws (each reduced class's expected test-2 accuracy at the common drop minus at its own):
+    ~0 under one common logit drop (the probability-scale share read +0.26 points there), and
+    within 0.1 points of a planted 1.1-point share."""
+    from scripts.analysis import imbalance
+
+    rng = np.random.default_rng(2)
+    classes = 1000
+    reduced = np.arange(classes) < 110
+    for extra in (0.0, 0.5):
+        err, old = [], []
+        for _ in range(200):
+            base = np.where(reduced, special.logit(0.857), special.logit(0.90)) + rng.normal(0, 0.3, classes)
+            drop = 0.65 + extra * reduced
+            k1, k2 = rng.binomial(50, special.expit(base)), rng.binomial(10, special.expit(base - drop))
+            acc1, acc2 = k1 / 50, k2 / 10
+            share = imbalance.imbalance_share(acc1 - acc2, reduced, acc1, imbalance.logit_drop(k1, 50, k2, 10))
+            truth = 100 * np.sum(special.expit(base[reduced] - 0.65) - special.expit(base[reduced] - drop[reduced]))
+            err.append(share - truth / classes)
+            old.append(imbalance.imbalance_share(acc1 - acc2, reduced) - truth / classes)
+        assert abs(np.mean(err)) < 0.06, (extra, np.mean(err))
+        if extra == 0.0:
+            assert np.mean(old) > 0.15  # the old probability-scale share, biased by construction

@@ -60,3 +60,22 @@ def test_bad_csv_fails_the_convert_job_with_the_line(workdir):
     log = (workdir / "logs/convert/test2.00000.log").read_text()
     assert "line 6" in log and "expected an integer" in log and "Traceback" not in log
     assert not (workdir / "results/parquet/test2/part-00000.parquet").exists()
+
+
+def test_default_config_runs_with_dim_16_one_head_and_no_baselines(tmp_path):
+    """a user who changes only the data's width and the heads never edits the improve
+    stage: pca_whiten is sized relative to dim, the ensemble is built from the heads that exist
+    (left out, with a line in the log and the report, when fewer than two do)."""
+    config = {**TINY_CONFIG, "demo": {**TINY_CONFIG["demo"], "dim": 16}, "dim": 16,
+              "heads": {"linear": TINY_CONFIG["heads"]["linear"], "mlp": None},
+              "baselines": {"sgd": None, "logreg": None},
+              "improve": {"bootstrap": 50}}  # the default variants
+    write_config(tmp_path, config)
+    result = snakemake(tmp_path)
+    assert "improve.variants: ensemble left out" in result.stdout + result.stderr
+    summary = json.loads((tmp_path / "results/improve/summary.json").read_text())
+    variants = {v["name"]: v for v in summary["variants"]}
+    assert variants["pca_whiten"]["changes"] == {"pca_whiten": 12}  # three quarters of 16
+    assert "ensemble" not in variants and "ensemble" in summary["left_out"]
+    assert "ensemble" in summary["verdict"]
+    assert (tmp_path / "results/report/index.html").is_file()

@@ -91,3 +91,22 @@ def test_csv_edited_with_its_mtime_kept_is_converted_again(done):
     os.utime(csv, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     planned = planned_jobs(done, *QC)
     assert planned["plan_convert"] == 1 and planned["convert_part"] == 1 and planned["qc_cross"] == 1
+
+
+@pytest.mark.parametrize("section, typo, where, near", [
+    ({"analysis": {"gap": {"top_kk": 5}}}, "top_kk", "analysis.gap", "top_k"),
+    ({"heads": {"linear": {**TINY_CONFIG["heads"]["linear"], "epoch": 3}}}, "epoch", "heads.linear", "epochs"),
+    ({"seeed": 1}, "seeed", "the top level", "seed"),
+])
+def test_an_unknown_config_key_is_one_short_message(tmp_path, section, typo, where, near):
+    """a typo names the key, where it sits and the nearest known key, before any job,
+    instead of Snakemake printing the whole schema."""
+    config = copy.deepcopy(TINY_CONFIG)
+    for key, value in section.items():
+        config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
+    write_config(tmp_path, config)
+    result = snakemake(tmp_path, "-n", check=False)
+    text = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert f"config: unknown key {typo!r} in {where}; did you mean {near!r}?" in text
+    assert "additionalProperties" not in text and "description" not in text and len(text.splitlines()) < 15

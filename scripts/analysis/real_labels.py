@@ -39,7 +39,7 @@ from scripts.lib.analysis.common import load_class_names, mpl_text, pyplot, save
 from scripts.lib.featio.cli import run_cli
 from scripts.lib.featio.errors import FeatgapError
 from scripts.lib.featio.jsonio import parse_json_arg
-from scripts.lib.options import merge_options
+from scripts.lib.options import merge_options, step_defaults
 
 # The matching and re-scoring evaluate uses too: a library, so no step imports another step.
 from scripts.lib.real_scoring import (  # noqa: F401 (load_real, match_paths, rescore: this step's API as well)
@@ -98,9 +98,10 @@ def enrichment(confident: np.ndarray, in_real: np.ndarray, wrong: np.ndarray, cl
 def real_check(*, predictions: str | Path, real_file: str | Path, outputs: Mapping[str, str | Path], num_classes: int,
                threshold: float, source: str | None = None, class_names: str | None = None,
                options: dict | None = None, head_name: str | None = None, test_name: str = "test1",
-               seed: int = 0) -> dict[str, Any]:
+               seed: int = 0, real_entries: int | None = None) -> dict[str, Any]:
     """Error split with examples and figure, enrichment of confident disagreements for "prediction in
-    the ReaL set", the calibration that scripts.analysis.label_noise uses, and rows.parquet."""
+    the ReaL set", the calibration that scripts.analysis.label_noise uses, and rows.parquet. `real_entries`:
+    the entries real.json must hold (config evaluate.real_labels.entries; None: the schema's default)."""
     started = time.perf_counter()
     opts = merge_options(options, "analysis.real_labels")
     files = output_paths(outputs, OUTPUTS, "real_labels")
@@ -108,7 +109,9 @@ def real_check(*, predictions: str | Path, real_file: str | Path, outputs: Mappi
     frame = pd.read_parquet(predictions, columns=["row", "path", "label", "pred", "confidence"])
     if frame.empty:
         raise FeatgapError(f"{predictions}: no predictions")
-    real = load_real(real_file, num_classes)
+    if real_entries is None:
+        real_entries = step_defaults("evaluate.real_labels")["entries"]
+    real = load_real(real_file, num_classes, entries=int(real_entries))
     names = load_class_names(class_names, num_classes)
     label, pred = frame["label"].to_numpy(np.int64), frame["pred"].to_numpy(np.int64)
     conf = frame["confidence"].to_numpy(np.float64)
@@ -259,11 +262,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--head-name")
     parser.add_argument("--test-name", default="test1")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--real-entries", type=int, default=None,
+                        help="config evaluate.real_labels.entries: the entries real.json must hold")
     args = parser.parse_args(argv)
     summary = real_check(predictions=args.predictions, real_file=args.real, outputs=parse_outputs(args.output),
                          num_classes=args.num_classes, threshold=args.threshold, source=args.source,
                          class_names=args.class_names or None, options=parse_json_arg(args.options, "options"),
-                         head_name=args.head_name, test_name=args.test_name, seed=args.seed)
+                         head_name=args.head_name, test_name=args.test_name, seed=args.seed,
+                         real_entries=args.real_entries)
     print(summary["verdict"])
 
 

@@ -198,13 +198,15 @@ def evaluate(
     logits_fn: Callable[[np.ndarray], np.ndarray] | None = None,
     backbone_saw_train: bool = False,
     real_labels: str | Path | None = None,
+    real_entries: int | None = None,
 ) -> dict[str, Any]:
     """Predictions, metrics, confusions and the confused-pairs plot of one head on one split.
 
     `backbone_saw_train` (config key of the same name): the feature extractor was trained on the
     training split, so the temperature fitted on its holdout calibrates on images the backbone
     has seen; metrics.json states it next to the calibration numbers. `real_labels`: a ReaL
-    real.json whose file names this split's paths are (metrics.json `real` block)."""
+    real.json whose file names this split's paths are (metrics.json `real` block), of `real_entries`
+    entries (config evaluate.real_labels.entries; None: the schema's default)."""
     started = time.perf_counter()
     # The config `evaluate:` section over its schema defaults; `real_labels` is accepted and unused
     # (the rule passes the file as `real_labels`, for its own test set only).
@@ -233,7 +235,8 @@ def evaluate(
     if real_labels:  # checked before any prediction: a bad file fails at once
         from scripts.lib.real_scoring import load_real
 
-        real = load_real(real_labels, num_classes)
+        entries = opts["real_labels"]["entries"] if real_entries is None else real_entries
+        real = load_real(real_labels, num_classes, entries=int(entries))
     pred = predict_split(manifest, logits_fn, num_classes)
 
     with atomic_path(files["predictions"]) as tmp:
@@ -297,13 +300,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="config backbone_saw_train: the backbone was trained on the train split")
     parser.add_argument("--real-labels", default=None,
                         help="ReaL real.json: re-score this split (its paths are ImageNet val file names)")
+    parser.add_argument("--real-entries", type=int, default=None,
+                        help="config evaluate.real_labels.entries: the entries real.json must hold")
     args = parser.parse_args(argv)
     limit_threads(args.threads)
     metrics = evaluate(head_path=args.model, manifest=args.manifest, outputs=parse_outputs(args.output),
                        num_classes=args.num_classes, options=parse_json_arg(args.options, "options"),
                        seed=args.seed, head_name=args.head_name, test_name=args.test_name,
                        backbone_saw_train=args.backbone_saw_train.lower() == "true",
-                       real_labels=args.real_labels or None)
+                       real_labels=args.real_labels or None, real_entries=args.real_entries)
     m = metrics["metrics"]
     print(f"{metrics['head']} on {metrics['test']}: top-1 {m['top1']:.4f}, top-5 {m['top5']:.4f}, "
           f"NLL {m['nll']:.4f}, ECE {m['ece']:.4f} ({metrics['n']} rows)")

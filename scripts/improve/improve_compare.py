@@ -149,8 +149,10 @@ def read_line(path: str | Path) -> dict[str, Any]:
 
 def improve(baseline: str | Path, variants: dict[str, dict], test1: str | Path, test2: str | Path,
             outputs: Mapping[str, str | Path], *, baseline_name: str, bootstrap: int = 1000, alpha: float = 0.05,
-            seed: int = 0, reference_line: str | Path | None = None) -> dict:
-    """Score every variant against the baseline head; write the summary, the variants table and the figure."""
+            seed: int = 0, reference_line: str | Path | None = None, left_out: dict[str, str] | None = None) -> dict:
+    """Score every variant against the baseline head; write the summary, the variants table and the figure.
+    `left_out`: configured variants that do not apply to this data or these heads, with why
+    (workflow/rules/common.smk); the summary and its verdict name them."""
     started = time.perf_counter()
     files = output_paths(outputs, OUTPUTS, "improve")
     if not variants:
@@ -187,7 +189,9 @@ def improve(baseline: str | Path, variants: dict[str, dict], test1: str | Path, 
         "baseline_test1_top1": 100 * float(base["test1"].mean()),
         "baseline_test2_top1": 100 * float(base["test2"].mean()),
         "variants": rows,
-        "verdict": verdict(rows, baseline_name, alpha),
+        "verdict": verdict(rows, baseline_name, alpha) + "".join(
+            f" Left out: {name} ({why})." for name, why in (left_out or {}).items()),
+        "left_out": dict(left_out or {}),
         "figures": [str(files["figure"])],
         "table": str(files["table"]),
         **({"reference_line": {"models": line.get("models"), "slope": line["slope"], "intercept": line["intercept"],
@@ -293,11 +297,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     add_threads_arg(parser)
     parser.add_argument("--reference-line", help="results/analysis/reference_line/summary.json (when configured)")
+    parser.add_argument("--left-out", default="{}", help="JSON: {variant: why} for variants that do not apply")
     args = parser.parse_args(argv)
     limit_threads(args.threads)
     summary = improve(args.baseline, parse_json_arg(args.variants, "variants"), args.test1, args.test2,
                       parse_outputs(args.output), baseline_name=args.baseline_name, bootstrap=args.bootstrap,
-                      alpha=args.alpha, seed=args.seed, reference_line=args.reference_line)
+                      alpha=args.alpha, seed=args.seed, reference_line=args.reference_line,
+                      left_out=parse_json_arg(args.left_out, "left-out"))
     print(summary["verdict"])
 
 

@@ -24,11 +24,14 @@ from scripts.lib.stats import inference
 
 CATEGORIES = ("in_real", "no_label", "genuine")
 # An ImageNet val file name anywhere at the end of a path (any folder, any image extension).
-VAL_NAME = re.compile(r"(?:^|[/\\])(ILSVRC2012_val_(\d{8}))\.(?:JPEG|jpeg|JPG|jpg|PNG|png)$")
+# ASCII digits only: `\d` would map Unicode digits (e.g. Arabic-Indic) onto images too.
+VAL_NAME = re.compile(r"(?:^|[/\\])(ILSVRC2012_val_([0-9]{8}))\.(?:JPEG|jpeg|JPG|jpg|PNG|png)$")
 # Below this share of images whose original label is in their ReaL set, the paths or the class
 # order cannot be those of ImageNet val (real.json: 87 % of the images with a ReaL set; a wrong
-# mapping: about 0.1 %).
-MIN_AGREEMENT = 0.5
+# mapping: about 0.1 %). At 75 %, a mapping wrong for more than ~14 % of the images is refused
+# (0.87 (1 − f) + 0.001 f < 0.75), while a true subset stays far above it (any 500 val images:
+# 87 % ± 1.5 points); 50 % let a mapping wrong for 40 % of the images through.
+MIN_AGREEMENT = 0.75
 FIRST_DATA_LINE = 2  # the CSV's header is line 1; shards and predictions keep the CSV's row order
 
 
@@ -52,15 +55,17 @@ def _position(text: str, index: int) -> tuple[int, int]:
     return line, index - (text.rfind("\n", 0, index) + 1) + 1
 
 
-def load_real(path: str | Path, num_classes: int) -> RealLabels:
-    """Read and check real.json: a JSON list of lists of distinct class indices in 0..C-1.
+def load_real(path: str | Path, num_classes: int, *, entries: int) -> RealLabels:
+    """Read and check real.json: a JSON list of `entries` lists of distinct class indices in 0..C-1
+    (`entries`: config evaluate.real_labels.entries, 50,000 for ImageNet val). The length is checked
+    because one inserted or deleted entry shifts every later set onto the wrong image.
 
     Every problem is one line naming the file, the line and column and what was expected."""
     path = Path(path)
     if not path.is_file():
         raise FeatgapError(f"{path}: ReaL labels file not found (config key evaluate.real_labels.file)")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a UTF-8 BOM is accepted, as on the CSV side
     except UnicodeDecodeError as err:
         raise FeatgapError(f"{path}: byte {err.start}: not UTF-8; expected the ReaL real.json (JSON)") from None
     where = f"{path}: "
@@ -81,6 +86,14 @@ def load_real(path: str | Path, num_classes: int) -> RealLabels:
         except json.JSONDecodeError as err:
             raise FeatgapError(f"{where}line {err.lineno}, column {err.colno}: {err.msg}; expected entry {entry} "
                                f"({name}) as a list of class indices") from None
+        except (ValueError, RecursionError) as err:
+            # json's own limits: an integer of more than 4,300 digits, lists nested past the
+            # recursion limit. Neither names a position: the entry's start stands for it.
+            line, col = _position(text, i)
+            what = ("lists nested too deeply" if isinstance(err, RecursionError) else
+                    f"an integer of {_digits(err)} digits")
+            raise FeatgapError(f"{where}line {line}, column {col}: {what}; expected entry {entry} ({name}) as a "
+                               "list of class indices") from None
         if not isinstance(value, list):
             line, col = _position(text, i)
             raise FeatgapError(f"{where}line {line}, column {col}: entry {entry} ({name}) is {type(value).__name__}; "
@@ -114,7 +127,15 @@ def load_real(path: str | Path, num_classes: int) -> RealLabels:
         raise FeatgapError(f"{where}line {line}, column {col}: text after the JSON list; expected the end of the file")
     if len(offsets) == 1:
         raise FeatgapError(f"{where}line 1, column 1: an empty list; expected one label list per val image")
+    if len(offsets) - 1 != entries:
+        raise FeatgapError(f"{where}{len(offsets) - 1} entries; expected {entries} (one per ImageNet val image, "
+                           "config evaluate.real_labels.entries)")
     return RealLabels(path=str(path), offsets=np.asarray(offsets, np.int64), classes=np.asarray(flat, np.int64))
+
+
+def _digits(err: ValueError) -> str:
+    found = re.search(r"value has (\d+) digits", str(err))
+    return found.group(1) if found else "too many"
 
 
 def match_paths(paths: Sequence[str], real: RealLabels, *, source: str) -> np.ndarray:

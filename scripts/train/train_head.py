@@ -78,6 +78,7 @@ def run_grid(data: TrainSet, cfg: HeadConfig, candidates: list[dict], rows: np.n
     reg = regularisers(cfg, data.class_counts(rows), device, seed)
     runner = StepRunner(grid, opt, smoothing=cfg.label_smoothing, class_weight=weight, device=device,
                         graphs=cuda_graphs, regularisers=reg, autocast=autocast)
+    runners = [runner]  # halving adds one per rung
     steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
     total, warmup = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
     rng = np.random.default_rng([seed, 1 if phase == "grid" else 2])
@@ -130,11 +131,17 @@ def run_grid(data: TrainSet, cfg: HeadConfig, candidates: list[dict], rows: np.n
             # The captured step has the old shapes: a new runner captures the smaller grid.
             runner = StepRunner(grid, opt, smoothing=cfg.label_smoothing, class_weight=weight, device=device,
                                 graphs=cuda_graphs, regularisers=reg, autocast=autocast)
+            runners.append(runner)
     if select:
         grid.restore(best)
+    used = [r for r in runners if r.steps]
     return {"grid": grid, "history": history, "best_acc": best_acc, "best_loss": best_loss,
             "best_epoch": best_epoch, "epochs_run": epoch + 1, "alive": [int(a) for a in alive],
-            "candidate_epochs": candidate_epochs, "rungs": [r for r in rungs if r <= epoch + 1]}
+            "candidate_epochs": candidate_epochs, "rungs": [r for r in rungs if r <= epoch + 1],
+            # Every runner that trained replayed a captured graph (False on the CPU, with
+            # train.cuda_graphs: false, or after a failed capture: graph_capture_error says why).
+            "graphed": bool(used) and all(r.graphed for r in used),
+            "graph_capture_error": next((r.capture_error for r in used if r.capture_error), None)}
 
 
 def regularisers(cfg: HeadConfig, counts: np.ndarray, device: torch.device, seed: int) -> Regularisers:
@@ -268,6 +275,7 @@ def train_head(manifest: str | Path, outputs: Mapping[str, str | Path], *, name:
         refit, n_fit = None, len(data.fit_rows)
     grid_s = time.perf_counter() - t_grid
     history = result["history"]
+    graphed, capture_error = result["graphed"], result["graph_capture_error"]
     if inherited is None and cfg.refit and has_holdout:
         t_refit = time.perf_counter()
         again = run_grid(data, cfg, [candidates[win]], all_rows, epochs=win_epochs, seed=seed,
@@ -275,6 +283,7 @@ def train_head(manifest: str | Path, outputs: Mapping[str, str | Path], *, name:
                          autocast=autocast, input_map=input_map)
         state = again["grid"].extract(0)
         history += again["history"]
+        graphed, capture_error = graphed and again["graphed"], capture_error or again["graph_capture_error"]
         refit = {"rows": len(all_rows), "epochs": win_epochs, "seconds": round(time.perf_counter() - t_refit, 3)}
     hparams = {**{k: v for k, v in asdict(cfg).items() if k not in ("lr", "weight_decay")},
                "lr": candidates[win]["lr"], "weight_decay": candidates[win]["weight_decay"],
@@ -305,6 +314,10 @@ def train_head(manifest: str | Path, outputs: Mapping[str, str | Path], *, name:
         "calibration": calibration,
         "data": data.stats,
         "precision": "float32" if autocast is None else str(autocast).removeprefix("torch."),
+        # Training steps replayed from captured CUDA graphs (train.cuda_graphs); a failed capture
+        # trains eagerly, same model, and says why here.
+        "graphed": graphed,
+        "graph_capture_error": capture_error,
         "halving": {"rungs": result["rungs"], "survivors": [candidates[i]["candidate"] for i in result["alive"]]}
         if cfg.selection == "halving" and scored else None,
         "timing": {"grid_s": round(grid_s, 3), "grid_epochs": result["epochs_run"],

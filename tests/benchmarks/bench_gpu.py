@@ -1,4 +1,5 @@
-"""Benchmark: the heads' training on one CUDA GPU at the full EVA-02 shape. Not a test: no asserts.
+"""Benchmark: the heads' training on one CUDA GPU at the full EVA-02 shape. Not a test: no timed
+asserts; it refuses to report a run whose steps were not replayed from a CUDA graph (`graphed`).
 
 1. Generates a class-sorted train split of 1,281,167 rows × 1024 features × 1000 classes (the
    real per-class counts 732–1300) on the GPU, in memory, and writes it as Parquet shards in the
@@ -39,11 +40,27 @@ from tests.train_helpers import write_split_shards
 FULL_ROWS, DIM, CLASSES = 1_281_167, 1024, 1000
 
 
+def manifest_path(work: Path, *, rows: int, dim: int, classes: int, seed: int = 0) -> Path:
+    """One folder per shape and seed: a run with other --rows/--dim/--classes never reads another's split."""
+    return work / f"train-{rows}x{dim}x{classes}-seed{seed}" / "train.manifest.json"
+
+
+def cached_manifest(work: Path, *, rows: int, dim: int, classes: int, seed: int = 0) -> Path | None:
+    """The split generated earlier for this very shape, else None (its manifest must agree too)."""
+    manifest = manifest_path(work, rows=rows, dim=dim, classes=classes, seed=seed)
+    if not manifest.is_file():
+        return None
+    stated = json.loads(manifest.read_text())
+    return manifest if (stated.get("rows"), stated.get("dim")) == (rows, dim) else None
+
+
 def generate(work: Path, rows: int, dim: int, classes: int, seed: int = 0) -> Path:
-    """Class-sorted shards (20, as config/eva02.yaml converts the real file); returns the manifest."""
-    manifest = work / "train.manifest.json"
-    if manifest.exists():
-        return manifest
+    """Class-sorted shards (20, as config/eva02.yaml converts the real file); returns the manifest.
+    Reused from an earlier run only for the same rows, dim, classes and seed."""
+    cached = cached_manifest(work, rows=rows, dim=dim, classes=classes, seed=seed)
+    if cached is not None:
+        return cached
+    manifest = manifest_path(work, rows=rows, dim=dim, classes=classes, seed=seed)
     rng = np.random.default_rng(seed)
     spec = DemoSpec(classes=classes, dim=dim, train_scale=1.0, train_rows=rows, seed=seed)
     counts = train_counts(spec, rng)
@@ -58,7 +75,7 @@ def generate(work: Path, rows: int, dim: int, classes: int, seed: int = 0) -> Pa
         y = lab[start : start + step]
         x = means[y] + torch.randn(len(y), dim, device="cuda", generator=gen)
         features[start : start + len(y)] = x.cpu().numpy()
-    write_split_shards(work / "train", labels, features, shards=20, row_group_rows=8192)
+    write_split_shards(manifest.parent / "train", labels, features, shards=20, row_group_rows=8192)
     return manifest
 
 
@@ -109,6 +126,10 @@ def run_head(manifest: Path, work: Path, name: str, head: dict, classes: int) ->
 
 def summarise(name: str, head: dict, result: dict, rates: dict, dim: int, classes: int) -> dict:
     sel = result["selection"]
+    if not sel.get("graphed"):
+        # An eager run measures PyTorch's launch overhead, not the replayed step: no figure from it.
+        raise SystemExit(f"bench_gpu: {name} trained without CUDA graph replay "
+                         f"({sel.get('graph_capture_error') or 'graphed is not true in selection.json'})")
     k = len(sel["grid"])
     fit_rows = sel["data"]["fit_rows"]
     epochs = sel["timing"]["grid_epochs"]

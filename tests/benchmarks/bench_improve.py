@@ -1,4 +1,4 @@
-"""Benchmark: the improve stage's cost against training the two heads again (issue 14). Not a test.
+"""Benchmark: the improve stage's cost against training the two heads again. Not a test.
 
 On the demo (config/config.yaml), in the same run on the same machine, alternating, `repeats`
 times: force the two trained heads (train_head: linear, mlp) and the whole improve stage

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import statistics
 import sys
 import time
@@ -35,7 +36,7 @@ from bench_fullsize import FULLSIZE_SEPARATION
 from bench_train import HEAD, child, dataset
 
 from scripts.data.generate_demo import DemoSpec
-from scripts.lib.device import configure_determinism, cpu_has_bf16_matrix_units
+from scripts.lib.device import configure_determinism, cpu_has_bf16_matrix_units, cpu_has_native_bf16
 from scripts.lib.heads import predict_logits
 from scripts.lib.training.config import HeadConfig, parse_config
 from scripts.lib.training.data import load_train
@@ -115,6 +116,7 @@ def main() -> None:
     work = Path(args.work)
     data = dataset(work / "data")
     result = {"threads": args.threads, "cpu_has_amx_bf16": cpu_has_bf16_matrix_units(),
+              "cpu_has_native_bf16": cpu_has_native_bf16(), "cpu": platform.processor() or platform.machine(),
               "epochs": bench_epochs(data["manifest"], args.threads, args.rounds)}
     if not args.skip_select:
         hard = make_dataset(work / "hard", DemoSpec(classes=1000, dim=1024, seed=0, separation=FULLSIZE_SEPARATION),

@@ -1,4 +1,4 @@
-"""Benchmark: successive halving against the full grid (issue 15). Not a test: no asserts.
+"""Benchmark: successive halving against the full grid. Not a test: no asserts.
 
 For the EVA-02 linear head (config/eva02.yaml: 12 candidates × 10 epochs, then refit), on
   * 100k rows like bench_train.py's (1000 classes × 100 rows, 1024 features), made harder, and

@@ -1,4 +1,4 @@
-"""Benchmark: the train stage on the CPU, in one run (issue 3, section 4). Not a test: no asserts.
+"""Benchmark: the train stage on the CPU, in one run. Not a test: no asserts.
 
 On a generated 100k × 1024 × 1000 train split (class-sorted shards, regenerated into --work):
   load      load_train (shards → preprocessed in-memory matrix) in a child process: MB/s, peak RSS;

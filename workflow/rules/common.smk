@@ -8,6 +8,7 @@ import json
 import os
 import posixpath
 import shlex
+import sys
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -17,6 +18,33 @@ from snakemake.utils import validate
 for _section in ("heads", "baselines"):
     if isinstance(config.get(_section), dict):
         config[_section] = {name: spec for name, spec in config[_section].items() if spec is not None}
+
+
+def unknown_config_key(config, schema_path):
+    """The first key the schema does not know, as one line naming the key, where it sits and the
+    nearest known key; None when there is none. Checked before `validate`, whose message for it
+    prints the whole schema (hundreds of lines) below the first line."""
+    import difflib
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load(Path(schema_path).read_text(encoding="utf-8"))
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = [e for e in validator.iter_errors(config) if e.validator == "additionalProperties"]
+    if not errors:
+        return None
+    error = min(errors, key=lambda e: list(map(str, e.absolute_path)))
+    known = sorted(error.schema.get("properties") or {})
+    key = sorted(set(error.instance) - set(known))[0]
+    where = ".".join(map(str, error.absolute_path)) or "the top level"
+    near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"did you mean {near[0]!r}?" if near else f"known keys: {', '.join(known)}"
+    return f"config: unknown key {key!r} in {where}; {hint}"
+
+
+_unknown = unknown_config_key(config, Path(workflow.basedir, "workflow", "schemas", "config.schema.yaml"))
+if _unknown:
+    raise WorkflowError(_unknown)
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 
 # From here on every key with a schema default is set: rule files index config, they never
@@ -98,7 +126,33 @@ if REAL_FILE and not Path(REAL_FILE).exists() and Path(workflow.basedir, REAL_FI
 
 # The improve stage (improve.smk) is on with at least one variant; the report then reads its outputs.
 IMPROVE = config["improve"]
-IMPROVE_VARIANTS = IMPROVE["variants"] if IMPROVE["enabled"] else {}
+
+
+def improve_variants(variants, dim, trained_heads):
+    """The variants as they apply to this data and these heads, and those left out with why, so
+    that changing the feature width or the heads never means editing the improve stage:
+    `pca_whiten` below 1 is a share of `dim` (0.75: 192 of 256 dims, 12 of 16); an ensemble with
+    no `heads` averages every trained head, and is left out when fewer than two are trained."""
+    kept, left_out = {}, {}
+    for name, spec in variants.items():
+        spec = {**spec, "set": dict(spec["set"]), "heads": list(spec["heads"])}
+        width = spec["set"].get("pca_whiten")
+        if isinstance(width, float) and 0 < width < 1:
+            spec["set"]["pca_whiten"] = max(1, round(width * dim))
+        if spec["kind"] == "ensemble" and not spec["heads"]:
+            spec["heads"] = list(trained_heads)
+            if len(trained_heads) < 2:
+                left_out[name] = f"an ensemble of the trained heads needs two, {len(trained_heads)} configured"
+                continue
+        kept[name] = spec
+    return kept, left_out
+
+
+IMPROVE_VARIANTS, IMPROVE_LEFT_OUT = improve_variants(
+    IMPROVE["variants"] if IMPROVE["enabled"] else {}, config["dim"], TRAIN_HEADS
+)
+for _name, _why in IMPROVE_LEFT_OUT.items():
+    print(f"improve.variants: {_name} left out ({_why})", file=sys.stderr)
 
 
 # ---------------------------------------------------------------- the results layout (one place)

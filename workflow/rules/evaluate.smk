@@ -51,7 +51,10 @@ rule evaluate:
         seed=config["seed"],
         # The temperature was fitted on a train holdout: say so when the backbone saw train.
         backbone_saw_train=BACKBONE_SAW_TRAIN,
-        real=lambda wc, input: " ".join(f"--real-labels {shlex.quote(p)}" for p in input.real),
+        real=lambda wc, input: " ".join(
+            f"--real-labels {shlex.quote(p)} --real-entries {config['evaluate']['real_labels']['entries']}"
+            for p in input.real
+        ),
     shell:
         "python -m scripts.evaluate.evaluate --model {input.model:q} --manifest {input.manifest:q} {params.outputs}"
         " --num-classes {params.num_classes} --options {params.options} --seed {params.seed}"

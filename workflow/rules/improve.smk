@@ -126,6 +126,7 @@ rule improve_compare:
             }
         ),
         baseline=IMPROVE_BASELINE,
+        left_out=as_json(IMPROVE_LEFT_OUT),
         bootstrap=IMPROVE["bootstrap"],
         alpha=IMPROVE["alpha"],
         seed=config["seed"],
@@ -135,7 +136,8 @@ rule improve_compare:
         "python -m scripts.improve.improve_compare --baseline {input.baseline:q} --baseline-name {params.baseline:q}"
         " --variants {params.variants} --test1 {input.test1:q} --test2 {input.test2:q}"
         " {params.outputs} --bootstrap {params.bootstrap} --alpha {params.alpha}"
-        " --seed {params.seed} {params.reference} --threads {threads} > {log:q} 2>&1"
+        " --seed {params.seed} {params.reference} --left-out {params.left_out}"
+        " --threads {threads} > {log:q} 2>&1"
 
 
 if IMPROVE_VARIANTS:

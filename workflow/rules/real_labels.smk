@@ -41,11 +41,13 @@ if REAL_FILE and HEADS:
             names=lambda wc, input: " ".join(f"--class-names {shlex.quote(p)}" for p in input.names),
             test=REAL_TEST,
             seed=config["seed"],
+            entries=config["evaluate"]["real_labels"]["entries"],
         shell:
             "python -m scripts.analysis.real_labels --predictions {input.predictions:q} --real {input.real:q}"
             " {params.outputs} --num-classes {params.num_classes} --threshold {params.threshold}"
             " --source {params.source:q} {params.names} --options {params.options}"
-            " --head-name {wildcards.head:q} --test-name {params.test:q} --seed {params.seed} > {log:q} 2>&1"
+            " --head-name {wildcards.head:q} --test-name {params.test:q} --seed {params.seed}"
+            " --real-entries {params.entries} > {log:q} 2>&1"
 
     ALL_TARGETS.extend(f for head in HEADS for f in targets(rules.real_labels, head=head))
     for_report("real_labels", rules.real_labels.output.summary, head=HEADS)

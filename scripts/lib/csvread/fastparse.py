@@ -603,10 +603,16 @@ def _settle_uncertain(buf: np.ndarray, matrix: np.ndarray, uncertain: np.ndarray
 
 def exact_float32(text: bytes, estimate: np.float32) -> np.float32 | None:
     """The float32 nearest to the decimal `text` (ties to even), searched next to `estimate`,
-    which is at most one float32 step off; None if that neighbourhood reaches inf."""
-    target = Fraction(text.decode("ascii"))
+    which is at most one float32 step off; None if that neighbourhood reaches inf or the text is
+    beyond Fraction (more than Python's 4,300 digits in its integer part, e.g. leading zeros)."""
+    try:
+        target = Fraction(text.decode("ascii"))
+    except ValueError:  # the int-from-text limit: polars reads it (the caller hands the chunk over)
+        return None
     estimate = np.float32(estimate)
-    candidates = [np.nextafter(estimate, np.float32(-np.inf)), estimate, np.nextafter(estimate, np.float32(np.inf))]
+    with np.errstate(over="ignore"):  # next to float32's largest value: inf, refused below, not a log warning
+        candidates = [np.nextafter(estimate, np.float32(-np.inf)), estimate,
+                      np.nextafter(estimate, np.float32(np.inf))]
     if not all(np.isfinite(c) for c in candidates):
         return None
 

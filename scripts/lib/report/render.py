@@ -1,14 +1,14 @@
 """Rendering the report's one document (scripts.lib.report.document) with its two Jinja2 templates.
 
-    scripts/report/templates/report.html   autoescaped (HTML); nothing in it is marked safe
-    scripts/report/templates/report.md     Markdown; every value goes through the `md` filter (HTML-escaped,
-                                   pipes escaped, newlines flattened), figure links through `md_url`
+    scripts/report/templates/report.html autoescaped (HTML); nothing in it is marked safe
+    scripts/report/templates/report.md Markdown; every value goes through the `md` filter (backslash before
+                                   what would read as markup, never an HTML entity; pipes escaped,
+                                   newlines flattened), figure links through `md_url`
                                    (percent-encoded), the config through `fenced` (verbatim in a
                                    fenced code block that it cannot close)
 """
 from __future__ import annotations
 
-import html
 import os
 import re
 from pathlib import Path
@@ -21,10 +21,18 @@ from scripts.lib.featio.errors import FeatgapError
 EXTERNAL_ASSET = re.compile(r"<(?:link|script)[^>]+(?:src|href)\s*=\s*[\"']?(?:https?:)?//", re.IGNORECASE)
 
 
+# CommonMark reads markup only here: a backslash before ASCII punctuation (an escape), `&` opening
+# a character reference, `<` opening a tag or autolink, `>` opening a block quote. A backslash
+# there shows the character itself; everywhere else the text stays as it is (`q < 0.05`, `R&D`),
+# so report.md never shows an entity (HTML-escaping it did: `Fisher q &lt; 0.05`).
+MD_MARKUP = re.compile(r"\\(?=[!-/:-@\[-`{-~])|&(?=[A-Za-z][A-Za-z0-9]*;|#[0-9]+;|#[xX][0-9a-fA-F]+;)|<(?=[A-Za-z/!?])|\|")
+
+
 def md(text: Any) -> str:
-    """Escape a data/config string for Markdown: HTML-escaped (so no tag can render), pipes escaped
-    for tables, newlines flattened."""
-    return html.escape(str(text), quote=False).replace("|", "\\|").replace("\n", " ")
+    """Escape a data/config string for Markdown: a backslash before what CommonMark would read as
+    markup (so no tag can render and no entity shows), pipes escaped for tables, newlines flattened."""
+    out = MD_MARKUP.sub(lambda m: "\\" + m.group(0), str(text).replace("\n", " "))
+    return re.sub(r"^(\s*)>", r"\1\\>", out)  # a value that starts a line must not open a block quote
 
 
 def md_url(path: str) -> str:

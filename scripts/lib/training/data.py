@@ -8,7 +8,11 @@ Where the matrix lives is decided *before* anything is allocated (`choose_placem
   of two and keeps it cached). Batches are gathered on the GPU from a permutation uploaded once
   per epoch: no host→device copy and no host synchronisation per step.
 * ``host``: the matrix fits the host memory budget. It is ordinary (pageable) memory; on CUDA
-  each batch is gathered into one of two small pinned buffers and copied asynchronously.
+  each batch is gathered into one of two small pinned buffers and copied asynchronously (no host
+  synchronisation per copy). The copies are issued on the compute stream, so the GPU runs a
+  batch's copy between two steps, not during one: what overlaps the GPU's work is the host's
+  gather of the next batch. Reusing a buffer waits for the copy that last read it (two batches
+  back), so the host runs at most two steps ahead.
 * ``stream``: larger than `memory_budget_mb`. Rows are read in pools; the previous pool is
   released before the next is read, so at most one pool is held.
 
@@ -277,8 +281,10 @@ def _upload(values: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 class _Staging:
-    """Host → CUDA batch transfer through two pinned buffers (copy of one overlaps compute on the
-    other). On the CPU the gathered batch is returned directly."""
+    """Host → CUDA batch transfer through two pinned buffers: the host gathers a batch into one
+    while the GPU works on the previous one. The copy itself is on the current (compute) stream,
+    so it does not overlap the GPU's compute; reusing a buffer waits on the event of its last copy.
+    On the CPU the gathered batch is returned directly."""
 
     def __init__(self, device: torch.device, batch_size: int, dim: int):
         self.device = device

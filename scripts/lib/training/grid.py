@@ -241,6 +241,13 @@ class StepRunner:
         self.use_graph = graphs and self.cuda
         self.graph: torch.cuda.CUDAGraph | None = None
         self.graph_batch = 0
+        self.capture_error: str | None = None  # why the step runs eagerly although graphs were asked for
+        self.steps = 0
+
+    @property
+    def graphed(self) -> bool:
+        """Whether this runner's full-size batches are replayed from a captured CUDA graph."""
+        return self.graph is not None
 
     def reset_sums(self) -> None:
         self.loss_sum.zero_()
@@ -275,6 +282,7 @@ class StepRunner:
         self.correct += hit
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, scale: float) -> None:
+        self.steps += 1
         self.scale.fill_(scale)
         if self.reg.mixup:
             self.mix.fill_(float(self.mix_rng.beta(self.reg.mixup, self.reg.mixup)))
@@ -297,6 +305,9 @@ class StepRunner:
         saved = [t.detach().clone() for t in self._saved()]
         rng_state = torch.cuda.get_rng_state(self.static_x.device)  # dropout's generator (see CandidateGrid)
         graph = torch.cuda.CUDAGraph()
+        # torch.cuda.graph's __exit__ ends the capture before it leaves the side stream: when that
+        # raises, the job would stay on the side stream. Restored below whatever happens.
+        compute = torch.cuda.current_stream()
         try:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
@@ -310,8 +321,11 @@ class StepRunner:
                 self._step(self.static_x, self.static_y)
             self.graph, self.graph_batch = graph, len(x)
         except RuntimeError as err:  # e.g. an op that cannot be captured on this torch: stay eager
-            print(f"featgap: CUDA graph capture failed, training eagerly ({err})", flush=True)
+            self.capture_error = str(err).splitlines()[0] if str(err) else type(err).__name__
+            print(f"featgap: CUDA graph capture failed, training eagerly ({self.capture_error})", flush=True)
             self.use_graph = False
+        finally:
+            torch.cuda.set_stream(compute)
         with torch.no_grad():
             for tensor, value in zip(self._saved(), saved):
                 tensor.copy_(value)
