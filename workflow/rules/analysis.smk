@@ -496,14 +496,14 @@ if REFERENCE_LINE["test1_table"] and REFERENCE_LINE["test2_table"] and HEADS and
             runtime=5,
         params:
             outputs=output_args,
-            min_top1=REFERENCE_LINE["min_test1_top1"],
+            options=as_json({k: v for k, v in REFERENCE_LINE.items() if k not in ("enabled", "test1_table", "test2_table")}),
             heads=lambda wc, input: " ".join(
                 f"--head {shlex.quote(h)} {shlex.quote(a)} {shlex.quote(b)}"
                 for h, a, b in zip(HEADS, input.metrics1, input.metrics2)
             ),
         shell:
             "python -m scripts.analysis.reference_line --test1-table {input.test1_table:q} --test2-table {input.test2_table:q}"
-            " --min-test1-top1 {params.min_top1} {params.heads} {params.outputs} > {log:q} 2>&1"
+            " --options {params.options} {params.heads} {params.outputs} > {log:q} 2>&1"
 
     ALL_TARGETS.extend(rules.reference_line.output)
     for_report("reference_line", rules.reference_line.output.summary)
