@@ -145,7 +145,9 @@ def reference_line(data: ReportData, head: str | None) -> dict[str, Any] | None:
             "residual_sd_points": line.get("residual_sd_points"), "filter": line.get("filter"), "head": head,
             "test1_top1": row.get("test1_top1"), "test2_top1": row.get("test2_top1"),
             "expected_test2_top1": row.get("expected_test2_top1"), "expected_gap": row.get("expected_gap"),
-            "effective_robustness": row.get("effective_robustness"), "ci95": row.get("ci95")}
+            "effective_robustness": row.get("effective_robustness"), "ci95": row.get("ci95"),
+            "prediction_interval": row.get("prediction_interval") or row.get("ci95"),
+            "thresholds": row.get("thresholds") or [], "calibration": line.get("calibration") or []}
 
 
 # ------------------------------------------------------------------ the headline
@@ -265,7 +267,7 @@ def rest_of_gap(reference: dict[str, Any], ranking: list[Evidence]) -> dict[str,
     The analyses' shares are counterfactual points of the *whole* observed gap: they cannot tell the
     expected part from the rest. So a cause is named for the rest only when the rest itself is
     beyond zero, and the part of the rest no cause accounts for is a lower bound, as `unexplained`."""
-    er, ci = reference.get("effective_robustness"), reference.get("ci95") or [None, None]
+    er, ci = reference.get("effective_robustness"), reference.get("prediction_interval") or [None, None]
     points = -er if isinstance(er, (int, float)) else None
     ci95 = [-ci[1], -ci[0]] if None not in ci else [None, None]
     beyond = None if ci95[0] is None else "beyond" if ci95[0] > 0 else "below" if ci95[1] < 0 else "within"
