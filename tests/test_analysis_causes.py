@@ -23,7 +23,7 @@ def test_train_reference_matches_the_matrix(planted, tmp_path):
     np.testing.assert_allclose(ref["std"], x.std(axis=0), rtol=1e-4)
 
 
-def test_difficulty_and_label_noise_write_their_evidence(planted, planted_eval, tmp_path):
+def test_difficulty_and_label_noise_write_their_readings(planted, planted_eval, tmp_path):
     train_reference(planted["train"], planted["spec"].classes, tmp_path / "ref.npz")
     p1, p2 = planted_eval["test1"] / "predictions.parquet", planted_eval["test2"] / "predictions.parquet"
     d = difficulty(reference=tmp_path / "ref.npz", test1=planted["test1"], test2=planted["test2"], predictions1=p1,
@@ -31,11 +31,11 @@ def test_difficulty_and_label_noise_write_their_evidence(planted, planted_eval, 
                    head_name="linear")
     n = label_noise(predictions1=p1, predictions2=p2, outputs=outputs_in(tmp_path / "n", "label_noise"),
                     options={"bootstrap": 50}, head_name="linear")
-    for summary, cause in ((d, "difficulty"), (n, "label_noise")):
-        block = json.loads(json.dumps(summary))["evidence"]
-        assert block["cause"] == cause and block["unit"] == "classes resampled"
-        lo, hi = block["share_of_gap"]["ci95"]
-        assert lo <= block["share_of_gap"]["points"] <= hi
+    for summary, name in ((d, "difficulty"), (n, "confident_disagreements")):
+        block = json.loads(json.dumps(summary))["reading"]
+        assert block["name"] == name and block["unit"] == "classes resampled" and "evidence" not in summary
+        lo, hi = block["ci95"]
+        assert lo <= block["points"] <= hi
     # The fixture's test set 2 is noisier (test2_noise): its images are less typical.
     assert d["numbers"]["median_distance_test2"] > d["numbers"]["median_distance_test1"]
     assert (tmp_path / "n" / "disagreements.csv").is_file() and (tmp_path / "d" / "typicality.png").is_file()

@@ -94,14 +94,14 @@ def test_adaptation_check(planted, tmp_path):
                          outputs=outputs_in(tmp_path, "mean_shift"), options={"bootstrap": 50}, head_name="linear")
     table = pd.read_csv(tmp_path / "adaptation.csv")
     assert set(table["standardisation"]) == {"train", "own_mean", "own_mean_std", "test1_mean"}
-    # One judgement: the mean_shift evidence block, a counterfactual share with a classes-resampled interval.
-    block = summary["evidence"]
-    assert block["cause"] == "mean_shift" and block["unit"] == "classes resampled"
-    lo, hi = block["share_of_gap"]["ci95"]
-    assert lo <= block["share_of_gap"]["points"] <= hi
+    # Its reading: the points re-centring recovers, with a classes-resampled interval (a description).
+    block = summary["reading"]
+    assert block["name"] == "recentring" and block["unit"] == "classes resampled"
+    lo, hi = block["ci95"]
+    assert lo <= block["points"] <= hi
     moved = table[(table["test"] == "test2") & (table["standardisation"] == "test1_mean")]["top1"].item()
     as_is = table[(table["test"] == "test2") & (table["standardisation"] == "train")]["top1"].item()
-    assert block["share_of_gap"]["points"] == pytest.approx(100 * (moved - as_is))
+    assert block["points"] == pytest.approx(100 * (moved - as_is))
     assert 0.5 <= summary["numbers"]["domain_within_class"]["auc_within_class"] <= 1.0
     n = summary["numbers"]
     evaluated = json.loads(json.dumps(n))  # JSON-safe

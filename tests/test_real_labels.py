@@ -137,14 +137,14 @@ def test_label_noise_is_bounded_by_real(val, tmp_path):
                           options={"bootstrap": 50}, head_name="linear", real_rows=tmp_path / "check" / "rows.parquet")
     # Calibration share: test-2 excess 100·(3 − 0.31)/6 minus test-1 excess 100·(3 − 0.42)/12.
     share = 100 * (3 - 0.31) / 6 - 100 * (3 - 0.42) / 12
-    assert plain["evidence"]["share_of_gap"]["points"] == pytest.approx(share)
+    assert plain["reading"]["points"] == pytest.approx(share)
     # ReaL: 2/3 of test 1's confident disagreements are label noise; D2 − D1 = 50 − 25 points.
     bound = 2 / 3 * (50 - 25)
     n = bounded["numbers"]
     assert n["real_bound_points"] == pytest.approx(bound) and n["real_calibration_share_points"] == pytest.approx(share)
-    block = bounded["evidence"]
-    assert block["share_of_gap"]["points"] == pytest.approx(min(share, bound)) and block["real_labels"] is True
-    lo, hi = block["share_of_gap"]["ci95"]
+    block = bounded["reading"]
+    assert block["points"] == pytest.approx(min(share, bound)) and block["real_labels"] is True
+    lo, hi = block["ci95"]
     assert lo <= bound <= hi and "ReaL" in block["sentence"]
 
 
@@ -254,7 +254,7 @@ def test_workflow_wires_real_labels(tmp_path):
     hits = [p in entries[n - 1] for n, p in zip(numbers, pred["pred"]) if entries[n - 1]]
     assert m1["real"]["top1"] == pytest.approx(np.mean(hits))
     noise = json.loads((tmp_path / "results/analysis/label_noise/linear/summary.json").read_text())
-    assert noise["evidence"]["real_labels"] is True and "ReaL" in noise["evidence"]["sentence"]
+    assert noise["reading"]["real_labels"] is True and "ReaL" in noise["reading"]["sentence"]
     check = json.loads((tmp_path / "results/analysis/real_labels/linear/summary.json").read_text())
     assert check["error_split"]["errors"] == int((pred["label"] != pred["pred"]).sum())
 

@@ -61,6 +61,16 @@ def _summary(root: Path, rel: str, verdict: str, numbers: dict, figures: int = 1
     return out / "summary.json"
 
 
+def _decomposition(root: Path, terms: dict, gap: float, residual: tuple) -> Path:
+    """A decomposition summary as scripts/analysis/decomposition.py writes it: terms + residual = gap."""
+    block = {"method": "Shapley attribution over four mechanisms", "unit": "classes resampled",
+             "gap": {"points": gap, "ci95": [gap - 2, gap + 2]}, "expected_gap": None,
+             "terms": [{"id": cid, "title": evidence.CAUSES[cid], "points": pts, "ci95": ci, "level": level,
+                        "sentence": f"{cid} accounts for {pts} points {EVIL}."} for cid, (pts, ci, level) in terms.items()],
+             "residual": {"points": residual[0], "ci95": residual[1]}}
+    return _summary(root, "decomposition/linear", "The gap, term by term.", {}, head="linear", decomposition=block)
+
+
 @pytest.fixture
 def artifacts(tmp_path, monkeypatch):
     """A full set of synthetic artifacts in the real layout (paths relative to tmp_path, as in a run)."""
@@ -76,22 +86,23 @@ def artifacts(tmp_path, monkeypatch):
         "top_features": [{"feature": 3, "cohens_d": 0.4, "q": 1e-9}]}, figures=3))
     files["mean_shift:linear"] = (_summary(root, "mean_shift/linear", "Re-standardising closes 30%.", {
         "gap_closed_share_own_mean_std": 0.3, "gap_train_standardisation": 0.1, "gap_own_mean_std_test2_only": 0.07},
-        evidence=evidence.block("mean_shift", 3.0, [1.0, 5.0], gap_points=10.0, sentence=f"Shift {EVIL}.",
-                                unit="classes resampled")))
+        reading=evidence.reading("recentring", 9.0, [7.0, 11.0], sentence="Re-centring recovers 9 points.",
+                                 unit="classes resampled")))
     files["gap:linear"] = (_summary(root, "gap/linear", f"Largest drop: {names[0]}.", {
         "mean_drop": 0.1, "top_classes": [{"rank": 1, "class": 0, "name": names[0], "drop": 0.3}]}, figures=2,
-        head="linear", gap={"points": 10.0, "ci95": [8.0, 12.0], "significant": True, "p": 1e-4},
-        evidence=evidence.block("class_concentrated", 1.0, [-0.5, 2.5], gap_points=10.0, sentence="Uniform.",
-                                unit="classes resampled")))
+        head="linear", gap={"points": 10.0, "ci95": [8.0, 12.0], "significant": True, "p": 1e-4}))
     files["imbalance:linear"] = (_summary(root, "imbalance/linear", "Imbalance does not explain it.", {
         "alpha": 0.05, "train_rows_min": 732, "train_rows_max": 1300,
-        "spearman_drop": {"rho": 0.02, "p": 0.8}}, head="linear",
-        evidence=evidence.block("imbalance", 0.2, [-1.0, 1.4], gap_points=10.0, sentence="No evidence.",
-                                unit="classes resampled")))
+        "spearman_drop": {"rho": 0.02, "p": 0.8}}, head="linear"))
     files["overfit:linear"] = (_summary(root, "overfit/linear", "Little overfitting.", {
         "train_acc": 0.83, "holdout_acc": 0.81, "test1_acc": 0.80, "test2_acc": 0.70,
         "thresholds": {"overfit_threshold": 0.02, "shift_threshold": 0.02}}, figures=3, head="linear",
-        evidence=evidence.not_estimable("overfit", "Not estimable.")))
+        reading=evidence.not_estimable("overfit", "Not estimable.")))
+    files["decomposition:linear"] = _decomposition(root, {"mean_shift": (3.0, [1.0, 5.0], "moderate"),
+                                                          "difficulty": (4.5, [2.5, 6.5], "moderate"),
+                                                          "class_concentrated": (1.0, [-0.5, 2.5], "none"),
+                                                          "label_noise": (0.5, [-0.4, 1.4], "none")},
+                                                   gap=10.0, residual=(1.0, [-1.0, 3.0]))
     for test in ("test1", "test2"):
         files[f"misclass:linear/{test}"] = (_summary(root, f"misclass/linear/{test}", f"On {test}, few features differ.", {
             "n_significant": 2, "n_features": 64, "share_significant": 2 / 64, "median_var_ratio": 1.1},
@@ -183,41 +194,40 @@ def test_backbone_caveat_stands_next_to_the_holdout_numbers(artifacts, tmp_path)
     assert f"Caveat (backbone_saw_train): {caveat}".split(" <b>")[0] in md
 
 
-def test_headline_ranks_the_causes_from_their_own_blocks(artifacts, tmp_path):
+def test_the_answer_is_the_decomposition_whose_terms_add_up_to_the_gap(artifacts, tmp_path):
     ctx, page, md = _build(artifacts, tmp_path, answer=True)
     ranking = [(e.cause, e.level) for e in ctx["headline"].ranking]
-    assert ranking[0] == ("mean_shift", "moderate")  # 3 of 10 points, interval above 0
-    assert dict(ranking)["imbalance"] == "none" and dict(ranking)["class_concentrated"] == "none"
-    assert dict(ranking)["overfit"] == "none" and not ctx["headline"].ranking[-1].estimable
+    assert ranking == [("difficulty", "moderate"), ("mean_shift", "moderate"), ("class_concentrated", "none"),
+                       ("label_noise", "none")]
     assert "80.00% on test set 1 to 70.00% on test set 2" in ctx["headline"].gap_sentence
-    assert page.index("Why is test set 2 harder?") < page.index('id="summary-table"')
-    assert "Shift &lt;script&gt;" in page and "not estimable" in md
+    assert page.index("Why is test set 2 harder?") < page.index('id="waterfall"') < page.index('id="summary-table"')
+    assert "accounts for 3.0 points" in md and "&lt;script&gt;" in page
+    conclusion = ctx["headline"].conclusion
+    assert conclusion.startswith("Of the gap, test-2 images are less typical of their class accounts for 4.5 points")
+    assert "No evidence for some classes degraded" in conclusion and "caused by" not in page + md
     answer = json.loads(Path(tmp_path / "results/report/answer.json").read_text())
     assert answer["gap"] == {"points": 10.0, "ci95": [8.0, 12.0], "significant": True}
-    assert answer["causes"][0]["id"] == "mean_shift"
+    assert [c["id"] for c in answer["causes"]] == ["difficulty", "mean_shift", "class_concentrated", "label_noise"]
     assert set(answer["causes"][0]) >= {"id", "title", "share_of_gap", "ci95", "evidence", "sentence"}
-    # Unexplained: the gap minus the shares of the causes with evidence (mean_shift only here).
-    assert answer["unexplained"]["points"] == pytest.approx(7.0)
+    assert answer["method"].startswith("Shapley") and answer["unit"] == "classes resampled"
+    # The terms and the method's residual add up to the gap, exactly.
+    assert sum(c["share_of_gap"] for c in answer["causes"]) + answer["unexplained"]["points"] == answer["gap"]["points"]
     assert "reference_line" not in answer  # not configured
+    # The decomposition's section leads the sections; the other analyses are descriptions.
+    assert ctx["sections"][0].id == "decomposition" and ctx["sections"][0].note == conclusion
 
 
-def test_the_report_never_rejudges_an_analysis(artifacts, tmp_path):
-    """Numbers that the old report would have read as strong (AUC 0.99, closes 90%) do not change
-    the analysis's own level: only its evidence block counts."""
-    path = Path("results/analysis/mean_shift/linear/summary.json")
-    summary = json.loads(path.read_text())
-    summary["numbers"]["gap_closed_share_own_mean_std"] = 0.9
-    summary["evidence"] = evidence.block("mean_shift", -0.1, [-1.0, 0.8], gap_points=10.0, sentence="None.",
-                                         unit="classes resampled")
-    write_json(path, summary)
+def test_descriptive_readings_never_enter_the_answer(artifacts, tmp_path):
+    """Other analyses' own counterfactual numbers (re-centring recovers 9 points) are descriptions:
+    only the decomposition's terms are parts of the gap."""
     imb = Path("results/analysis/imbalance/linear/summary.json")
     block = json.loads(imb.read_text())
-    block["evidence"] = evidence.block("imbalance", 6.0, [4.0, 8.0], gap_points=10.0, sentence="Rare classes drop.",
-                                       unit="classes resampled")
+    block["reading"] = evidence.reading("imbalance", 6.0, [4.0, 8.0], sentence="Rare classes drop.",
+                                        unit="classes resampled")
     write_json(imb, block)
     ranking = hypotheses(collect(artifacts["files"], artifacts["config"]))
-    assert (ranking[0].cause, ranking[0].level) == ("imbalance", "strong")
-    assert {e.cause: e.level for e in ranking}["mean_shift"] == "none"
+    assert {e.cause for e in ranking} == {"mean_shift", "difficulty", "class_concentrated", "label_noise"}
+    assert {e.cause: e.points for e in ranking}["mean_shift"] == 3.0
 
 
 def test_no_significant_gap_names_nothing_above_weak(artifacts, tmp_path):
@@ -227,8 +237,8 @@ def test_no_significant_gap_names_nothing_above_weak(artifacts, tmp_path):
     write_json(path, summary)
     ctx, _, _ = _build(artifacts, tmp_path)
     assert all(e.level in ("weak", "none") for e in ctx["headline"].ranking)
-    assert ctx["headline"].conclusion.startswith("The gap is not significant")
-    assert "not significant" in ctx["headline"].gap_sentence
+    assert ctx["headline"].conclusion.startswith("No evidence of a gap")
+    assert "no evidence of a gap" in ctx["headline"].gap_sentence
 
 
 def test_switched_off_analyses_are_omitted_and_missing_ones_say_not_run(artifacts, tmp_path):
@@ -237,7 +247,7 @@ def test_switched_off_analyses_are_omitted_and_missing_ones_say_not_run(artifact
     only_eval = {name: path for name, path in artifacts["files"].items() if name.startswith("metrics:")}
     ctx, page, md = _build(artifacts, tmp_path, files=only_eval)
     assert ctx["sections"] == [] and "Not run" not in page and "Not run" not in md
-    assert ctx["headline"].ranking == [] and "no cause can be judged" in ctx["headline"].conclusion
+    assert ctx["headline"].ranking == [] and "decomposition did not run" in ctx["headline"].conclusion
     declared = {**only_eval, "shift": "results/analysis/none/summary.json", "embedding": "results/x/summary.json"}
     ctx, page, md = _build(artifacts, tmp_path, files=declared)
     assert [(s.id, s.ran) for s in ctx["sections"]] == [("shift", False), ("embedding", False)]
@@ -350,14 +360,8 @@ def test_report_on_real_analysis_outputs(planted, planted_eval, tmp_path, monkey
     ctx = report.build_report(inputs=files, config={"heads": {"linear": {}}, "seed": 0}, template=TEMPLATE,
                               out_html="results/report/index.html", out_md="results/report/report.md",
                               benchmarks="benchmarks")
-    # Every analysis that stands for a cause wrote its own block, which the report shows as it is.
-    by_cause = {e.cause: e for e in ctx["headline"].ranking}
-    assert set(by_cause) == {"mean_shift", "class_concentrated", "imbalance"}
-    for kind, cause in (("gap/linear", "class_concentrated"), ("imbalance/linear", "imbalance"),
-                        ("mean_shift/linear", "mean_shift")):
-        own = json.loads(Path(f"results/analysis/{kind}/summary.json").read_text())["evidence"]
-        assert own["cause"] == cause and by_cause[cause].level == own["level"]
-        assert by_cause[cause].points == own["share_of_gap"]["points"]
+    # Descriptive analyses only (no decomposition here): they are shown, nothing is called a part of the gap.
+    assert ctx["headline"].ranking == []
     ran = {s.id for s in ctx["sections"] if s.ran}
     assert {"shift", "mean_shift", "gap", "imbalance", "misclass"} <= ran
     gap_section = next(s for s in ctx["sections"] if s.id == "gap")
@@ -475,43 +479,49 @@ def test_improve_section_shows_effective_robustness_when_the_line_is_configured(
     assert "effective robustness (points) [95% CI]" not in columns
 
 
-def _with_line(artifacts, er: float, ci: list[float]) -> dict:
+def _with_line(artifacts, er: float, pi: list[float]) -> dict:
     """A reference_line summary (as scripts.analysis.reference_line writes it) for the primary head at 80 → 70 %."""
     row = {"test1_top1": 80.0, "test2_top1": 70.0, "expected_test2_top1": 70.0 - er, "expected_gap": 10.0 + er,
-           "observed_gap": 10.0, "effective_robustness": er, "ci95": ci}
-    line = {"models": 1040, "slope": 1.008, "intercept": -0.366, "residual_sd_points": 0.48, "filter": "≥ 80%"}
+           "observed_gap": 10.0, "effective_robustness": er, "ci95": [er - 0.5, er + 0.5], "prediction_interval": pi,
+           "thresholds": [{"min_test1_top1": 70.0, "models": 1512, "expected_test2_top1": 69.8 - er},
+                          {"min_test1_top1": 80.0, "models": 1040, "expected_test2_top1": 70.0 - er},
+                          {"min_test1_top1": 85.0, "models": 271, "expected_test2_top1": 70.3 - er}]}
+    line = {"models": 1040, "slope": 1.008, "intercept": -0.366, "residual_sd_points": 0.48, "filter": "≥ 80%",
+            "calibration": [{"band": "all", "models": 1040, "flagged": 0.057}]}
     path = _summary(Path("."), "reference_line", "On the line.", {}, line=line, heads={"linear": row})
     return {**artifacts["files"], "reference_line": str(path)}
 
 
-def test_answer_attributes_the_rest_beyond_the_line(artifacts, tmp_path):
-    """Expected gap 7 of the observed 10 points: the first paragraph states it, then attributes the
-    rest (3 points, 1.5 to 4.5) to the causes with evidence, and answer.json says the same."""
+def test_answer_beyond_the_line_attributes_the_gap_to_the_terms(artifacts, tmp_path):
+    """Expected gap 7 of the observed 10 points, the rest beyond the line's prediction interval: the
+    answer starts with the line, then says what each term accounts for; answer.json says the same."""
     ctx, page, md = _build(artifacts, tmp_path, files=_with_line(artifacts, -3.0, [-4.5, -1.5]), answer=True)
     sentence = ctx["headline"].expected_sentence
-    assert "expected at 73.00% on test set 2: an expected gap of 7.0 points" in sentence
-    assert "The rest, the observed gap minus the expected one, is 3.0 points (95% interval 1.5 to 4.5)" in sentence
-    assert "attribute it first to feature shift of test set 2" in sentence
-    assert ": moderate evidence, 3.0 points (1.0 to 5.0)" in sentence
-    assert "class" not in sentence.split("attribute it first to")[1]  # no evidence: not named for the rest
-    assert "the rest minus them: 0.0 points (95% interval -2.5 to 2.5)" in sentence
-    assert sentence in md and 'id="expected"' in page
+    assert sentence.startswith("Every model shows most of such a gap")
+    assert "expected at 73.00% on test set 2 (lines over models above 70% to 85% test-1 top-1 put it at 72.80%" in sentence
+    assert "to 73.30%), an expected gap of 7.0 points" in sentence
+    assert "is 3.0 points (95% prediction interval 1.5 to 4.5): beyond what every model shows" in sentence
+    assert ctx["headline"].conclusion.startswith("Of the gap,")
+    assert page.index('id="expected"') < page.index('class="gap">With the') and md.index(sentence) < md.index("With the")
+    assert "Engstrom et al. 2020" in ctx["headline"].literature_sentence and 'id="literature"' in page
     ref = json.loads((tmp_path / "results/report/answer.json").read_text())["reference_line"]
-    assert ref["expected_gap"] == 7.0 and ref["expected_test2_top1"] == 73.0 and ref["head"] == "linear"
-    assert ref["rest"]["points"] == 3.0 and ref["rest"]["ci95"] == [1.5, 4.5] and ref["rest"]["line"] == "beyond"
-    assert ref["rest"]["causes"] == ["mean_shift"] and ref["rest"]["unexplained"]["points"] == pytest.approx(0.0)
+    assert ref["expected"] == 73.0 and ref["prediction_interval"] == [-4.5, -1.5] and len(ref["thresholds"]) == 3
+    assert ref["rest"] == {"points": 3.0, "ci95": [1.5, 4.5], "line": "beyond"}
 
 
-def test_answer_on_the_line_leaves_no_rest_to_attribute(artifacts, tmp_path):
+def test_answer_within_the_line_describes_where_the_common_gap_falls(artifacts, tmp_path):
     ctx, _, _ = _build(artifacts, tmp_path, files=_with_line(artifacts, -0.4, [-1.2, 0.4]), answer=True)
     sentence = ctx["headline"].expected_sentence
-    assert "an expected gap of 9.6 points" in sentence and "is 0.4 points (95% interval -0.4 to 1.2)" in sentence
-    assert "no evidence of a gap beyond what every model shows, so there is no rest" in sentence
+    assert "an expected gap of 9.6 points" in sentence and "is 0.4 points (95% prediction interval -0.4 to 1.2)" in sentence
+    assert "no evidence that this head loses more than every model does" in sentence
+    conclusion = ctx["headline"].conclusion
+    assert conclusion.startswith("Where the common gap falls (a description of the gap every model shows, not its cause)")
+    assert "accounts for" not in conclusion.split("No evidence")[0]
     ref = json.loads((tmp_path / "results/report/answer.json").read_text())["reference_line"]
-    assert ref["rest"]["line"] == "within" and ref["rest"]["causes"] == [] and ref["rest"]["unexplained"] is None
-    # Not configured: no sentence, no key.
+    assert ref["rest"]["line"] == "within"
+    # Not configured: no sentence, no key, no literature.
     ctx, _, _ = _build(artifacts, tmp_path, answer=True)
-    assert ctx["headline"].expected_sentence == ""
+    assert ctx["headline"].expected_sentence == "" and ctx["headline"].literature_sentence == ""
     assert "reference_line" not in json.loads((tmp_path / "results/report/answer.json").read_text())
 
 

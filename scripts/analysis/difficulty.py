@@ -98,13 +98,13 @@ def difficulty(*, reference: str | Path, test1: str | Path, test2: str | Path, p
                 f" vs {result['median_distance_test1']:.2f}, each set re-centred); test set 1 re-weighted to test set "
                 f"2's typicality loses {result['points']:.1f} of the {gap:.1f} points (95% interval {lo:.1f} to "
                 f"{hi:.1f}, classes resampled)"
-                + ("." if lo > 0 else ": no evidence that less typical test-2 images explain the gap."))
-    block = evidence.block("difficulty", result["points"], result["ci95"], gap_points=gap, sentence=sentence,
-                           unit="classes resampled")
+                + ("." if lo > 0 else ": no evidence that less typical test-2 images account for part of the gap."))
+    block = evidence.reading("difficulty", result["points"], result["ci95"], sentence=sentence,
+                             unit="classes resampled")
     return write_summary(files["summary"], verdict=sentence, figures=[figure], table=files["table"],
                          numbers={**result, "gap_points": gap}, started=started, seed=seed,
                          inputs=[reference, test1, test2, predictions1, predictions2],
-                         extra={"head": head, "evidence": block})
+                         extra={"head": head, "reading": block})
 
 
 def plot_typicality(f1: pd.DataFrame, f2: pd.DataFrame, head: str, path: Path) -> str:

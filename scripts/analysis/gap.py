@@ -168,11 +168,11 @@ def gap(*, metrics1: str | Path, metrics2: str | Path, class_counts: str | Path,
     return write_summary(files["summary"], verdict=verdict, figures=figures, table=files["table"],
                          numbers=numbers, started=started, seed=seed, inputs=[metrics1, metrics2, class_counts],
                          extra={"head": head, "gap": gap_block,
-                                "evidence": concentration_evidence(share, gap_block, frame, alpha)})
+                                "reading": concentration_reading(share, frame, alpha)})
 
 
-def concentration_evidence(share: dict, gap_block: dict, frame: pd.DataFrame, alpha: float) -> dict[str, Any]:
-    """class_concentrated: the points carried by classes whose shrunk drop exceeds the common
+def concentration_reading(share: dict, frame: pd.DataFrame, alpha: float) -> dict[str, Any]:
+    """The points carried by classes whose shrunk drop exceeds the common
     (median) drop, minus what binomial noise under a uniform drop gives. No evidence unless the
     statistic also exceeds its uniform-drop null (p_upper < alpha)."""
     points, ci = 100 * share["share"], [100 * v for v in share["ci95"]]
@@ -183,9 +183,8 @@ def concentration_evidence(share: dict, gap_block: dict, frame: pd.DataFrame, al
                 f"{fmt_p(share['p_upper'])}); "
                 + (f"largest shrunk drops: {top}." if beyond_noise else
                    "no evidence that the drop is more concentrated than binomial noise around a common drop."))
-    return evidence.block("class_concentrated", points, ci, gap_points=gap_block["points"], sentence=sentence,
-                          unit="classes resampled", max_level="strong" if beyond_noise else "none",
-                          null_p=share["p_upper"])
+    return evidence.reading("concentration", points, ci, sentence=sentence, unit="classes resampled",
+                            beyond_noise=bool(beyond_noise), null_p=share["p_upper"])
 
 
 def _verdict(head: str, n: dict[str, Any], top: pd.DataFrame, alpha: float) -> str:

@@ -108,10 +108,10 @@ def imbalance(*, class_counts: str | Path, metrics1: str | Path, metrics2: str |
                          "scale": "primary test on the per-class logit drop (empirical logits)"},
                "verdict_rests_on": ["primary_test", "primary_p", "primary_effect"]}
     verdict = _verdict(head, numbers, results, primary, alpha)
-    block = imbalance_evidence(frame, full, primary, min_group, seed)
+    block = imbalance_reading(frame, full, primary, min_group, seed)
     return write_summary(files["summary"], verdict=verdict, figures=[figure], table=files["table"],
                          numbers=numbers, started=started, seed=seed, inputs=[class_counts, metrics1, metrics2],
-                         extra={"head": head, "evidence": block})
+                         extra={"head": head, "reading": block})
 
 
 def logit_drop(correct1, n1, correct2, n2) -> np.ndarray:
@@ -141,7 +141,7 @@ def imbalance_share(drop: np.ndarray, reduced: np.ndarray, acc1: np.ndarray | No
     return 100 * float(np.sum(like_full - own) / len(drop))
 
 
-def imbalance_evidence(frame: pd.DataFrame, full: pd.Series, primary: dict, min_group: int, seed: int,
+def imbalance_reading(frame: pd.DataFrame, full: pd.Series, primary: dict, min_group: int, seed: int,
                        n_boot: int = 2000) -> dict[str, Any]:
     """Counterfactual share: every class trained on the full number of rows. Interval: classes
     resampled. Not estimable when one group has fewer than `min_group` classes."""
@@ -160,13 +160,12 @@ def imbalance_evidence(frame: pd.DataFrame, full: pd.Series, primary: dict, min_
         draws.append(imbalance_share(drop[idx], reduced[idx], acc1[idx], ldrop[idx]))
     draws = np.asarray(draws)
     ci = inference.bc_interval(draws[np.isfinite(draws)], points)
-    gap = 100 * float(np.mean(drop))
     sentence = (f"If the {int(reduced.sum())} classes with fewer training rows dropped like the full classes, the "
                 f"gap would shrink by {points:.1f} points (95% interval {ci[0]:.1f} to {ci[1]:.1f}, classes "
                 f"resampled; {primary['test']} {fmt_p(primary['p'])})"
-                + ("." if primary["evidence"] != "none" else ": no evidence that class imbalance explains the gap."))
-    return evidence.block("imbalance", points, ci, gap_points=gap, sentence=sentence, unit="classes resampled",
-                          max_level="strong" if primary["evidence"] != "none" else "none")
+                + ("." if primary["evidence"] != "none" else ": no evidence that class imbalance accounts for part of the gap."))
+    return evidence.reading("imbalance", points, ci, sentence=sentence, unit="classes resampled",
+                            supported=primary["evidence"] != "none")
 
 
 def _group_permutation_p(reduced: np.ndarray, full: np.ndarray, n_resamples: int, seed: int) -> float:
@@ -179,7 +178,7 @@ def _group_permutation_p(reduced: np.ndarray, full: np.ndarray, n_resamples: int
 def _primary(spearman_drop: dict, groups: dict, trend_estimable: bool, alpha: float, min_group: int) -> dict:
     """The test the verdict rests on, its p, its effect (positive: fewer rows, larger drop) and
     the evidence level for the report (moderate when significant in the direction that would
-    explain the gap, else none)."""
+    account for part of the gap, else none)."""
     if trend_estimable:
         rho, p = spearman_drop["rho"], spearman_drop["p"]
         effect = -rho if rho is not None and np.isfinite(rho) else None
@@ -221,9 +220,9 @@ def _verdict(head: str, n: dict, results: dict, primary: dict, alpha: float) -> 
     elif _opposite(primary, alpha):
         # A small p in the other direction must not read as a non-result next to "no evidence".
         reading = ("so classes with fewer training rows drop less, the opposite of what imbalance would cause: "
-                   "no evidence that class imbalance explains why test set 2 is harder")
+                   "no evidence that class imbalance accounts for part of why test set 2 is harder")
     else:
-        reading = f"so no evidence (at α = {alpha:g}) that class imbalance explains why test set 2 is harder"
+        reading = f"so no evidence (at α = {alpha:g}) that class imbalance accounts for part of why test set 2 is harder"
     return f"{first}; {reading} for {head}."
 
 

@@ -133,7 +133,7 @@ def label_noise(*, predictions1: str | Path, predictions2: str | Path, outputs: 
                 f"{result['excess_test1']:.1f}: {result['points']:.1f} points of the gap (95% interval {lo:.1f} to "
                 f"{hi:.1f}, classes resampled)"
                 + ("." if lo > 0 or real is not None else
-                   ": no evidence that wrong or ambiguous test-2 labels explain the gap."))
+                   ": no evidence that wrong or ambiguous test-2 labels account for part of the gap."))
     points, ci = result["points"], result["ci95"]
     if real is not None:
         points, ci = real["points"], real["ci95"]
@@ -144,16 +144,16 @@ def label_noise(*, predictions1: str | Path, predictions2: str | Path, outputs: 
                      f"{real['real_bound_points']:.1f} points of label noise; share "
                      + ("bounded by ReaL" if real["bounded_by_real"] else "within the ReaL bound")
                      + f": {points:.1f} points (95% interval {ci[0]:.1f} to {ci[1]:.1f}, classes resampled)"
-                     + ("." if ci[0] > 0 else ": no evidence that wrong or ambiguous test-2 labels explain the gap."))
-    block = evidence.block("label_noise", points, ci, gap_points=gap, sentence=sentence, unit="classes resampled",
-                           real_labels=real is not None)
+                     + ("." if ci[0] > 0 else ": no evidence that wrong or ambiguous test-2 labels account for part of the gap."))
+    block = evidence.reading("confident_disagreements", points, ci, sentence=sentence, unit="classes resampled",
+                             real_labels=real is not None)
     numbers = {**result, **({(k if k.startswith("real_") else f"real_{k}"): v for k, v in real.items()}
                             if real else {}), "gap_points": gap, "examples": examples[["path", "label", "pred", "confidence"]]
                .head(10).to_dict(orient="records")}
     return write_summary(files["summary"], verdict=sentence, figures=[figure], table=files["table"],
                          numbers=numbers, started=started, seed=seed,
                          inputs=[predictions1, predictions2] + ([real_rows] if real_rows else []),
-                         extra={"head": head, "evidence": block})
+                         extra={"head": head, "reading": block})
 
 
 def plot_confidence(p1: pd.DataFrame, p2: pd.DataFrame, threshold: float, head: str, path: Path) -> str:

@@ -1,6 +1,7 @@
 """Mean shift (per head): re-standardise each test set with its own feature mean (and std) in place
 of the training mean/std stored in the head, and report how top-1 moves: does matching the first
-moments close the gap? Its evidence block is the cause `mean_shift`.
+moments close the gap? A description of that one mechanism (its `reading`); the decomposition's
+`mean_shift` term is the part of the gap it accounts for.
 """
 from __future__ import annotations
 
@@ -101,7 +102,7 @@ def mean_shift(*, model: str | Path, test1: str | Path, test2: str | Path, outpu
     reweighted = domain_reweighted_accuracy(data["test1"].features, data["test2"].features, labels["test1"],
                                             labels["test2"], correct[("test1", "train")], seed)
     numbers["domain_within_class"] = reweighted
-    block = mean_shift_evidence(correct, labels, reweighted, int(opts["bootstrap"]), seed)
+    block = recentring_reading(correct, labels, reweighted, int(opts["bootstrap"]), seed)
     ch = numbers["test2_own_mean_std_change"]
     lo, hi = numbers["test2_own_mean_std_change_ci95"]
     closed = numbers["gap_closed_share_own_mean_std"]
@@ -118,7 +119,7 @@ def mean_shift(*, model: str | Path, test1: str | Path, test2: str | Path, outpu
     )
     return write_summary(files["summary"], verdict=verdict, figures=[figure], table=files["table"],
                          numbers=numbers, started=started, seed=seed, inputs=[model, test1, test2],
-                         extra={"head": head_name, "evidence": block})
+                         extra={"head": head_name, "reading": block})
 
 
 def class_centred(x: np.ndarray, labels: np.ndarray, means: dict[int, np.ndarray] | None = None) -> np.ndarray:
@@ -162,9 +163,9 @@ def domain_reweighted_accuracy(x1: np.ndarray, x2: np.ndarray, y1: np.ndarray, y
             "rows_test1": len(i1), "rows_test2": len(z2)}
 
 
-def mean_shift_evidence(correct: dict, labels: dict, reweighted: dict, n_boot: int, seed: int) -> dict[str, Any]:
-    """mean_shift: points of the gap recovered when test set 2 is moved onto test set 1's feature
-    mean (the head unchanged). Interval: classes resampled (paired per-image differences)."""
+def recentring_reading(correct: dict, labels: dict, reweighted: dict, n_boot: int, seed: int) -> dict[str, Any]:
+    """Points recovered when test set 2 is moved onto test set 1's feature mean (the head unchanged).
+    Interval: classes resampled (paired per-image differences)."""
     c1 = correct[("test1", "train")].astype(float)
     before, after = correct[("test2", "train")].astype(float), correct[("test2", "test1_mean")].astype(float)
     points = 100 * float(after.mean() - before.mean())
@@ -175,9 +176,9 @@ def mean_shift_evidence(correct: dict, labels: dict, reweighted: dict, n_boot: i
                 f"(95% interval {ci[0]:.1f} to {ci[1]:.1f}, classes resampled); test set 1 re-weighted by a "
                 f"within-class domain classifier's odds (AUC {reweighted['auc_within_class']:.2f}) loses "
                 f"{reweighted['share_points']:.1f} points")
-    sentence += "." if ci[0] > 0 else ": no evidence that a shift of the feature means explains the gap."
-    return evidence.block("mean_shift", points, ci, gap_points=gap, sentence=sentence, unit="classes resampled",
-                          reweighted_share_points=reweighted["share_points"])
+    sentence += "." if ci[0] > 0 else ": no evidence that a shift of the feature means accounts for part of the gap."
+    return evidence.reading("recentring", points, ci, sentence=sentence, unit="classes resampled",
+                            reweighted_share_points=reweighted["share_points"])
 
 
 def plot_adaptation(table: pd.DataFrame, head_name: str, path: Path) -> str:

@@ -163,7 +163,7 @@ def misclass(*, predictions: str | Path, manifest: str | Path, outputs: Mapping[
         + (f"; k-means finds {len(clusters)} group{'s' if len(clusters) != 1 else ''}, "
            f"the largest ({largest['n_features']} features) with {largest['description']}" if largest else "")
         + f"; within class, misclassified samples have {numbers['median_var_ratio']:.2f}× the variance (median over "
-        "features). Whether this explains the gap is read from the comparison with the other test set."
+        "features). Whether this accounts for part of the gap is read from the comparison with the other test set."
     )
     return write_summary(files["summary"], verdict=verdict, figures=[figure], table=files["table"],
                          numbers=numbers, started=started, seed=seed, inputs=[predictions, manifest],

@@ -72,9 +72,9 @@ def misclass_compare(*, features1: str | Path, features2: str | Path, outputs: M
         + (f"; agreement of the effects between the sets: Spearman ρ = {rho['rho']:+.2f} ({fmt_p(rho['p'])})"
            if similar else "")
         + f"; {n_differ} of {d} features have a different effect on test set 2 (BH q < {alpha}), so "
-        + ("the misclassified images of test set 2 stand out in their own way, which may help explain the gap."
+        + ("the misclassified images of test set 2 stand out in their own way, which may account for part of the gap."
            if n_differ else "no evidence that misclassification on test set 2 has a signature of its own that "
-           "would explain the gap.")
+           "would account for the gap.")
     )
     return write_summary(files["summary"], verdict=verdict, figures=[figure], table=files["table"],
                          numbers=numbers, started=started, seed=seed, inputs=[features1, features2],

@@ -244,11 +244,11 @@ def overfit(*, selection_path: str | Path, history_path: str | Path, metrics1: s
     verdict = (f"For {head}, " + "; ".join(parts)
                + (f". The chosen {' and '.join(edges)} of the grid: the grid may be too narrow." if edges else
                   f". Across the grid the holdout score varies by {spread:.1%}." if spread is not None else "."))
-    block = overfit_evidence(train_gap, test_gap, thr, backbone_saw_train)
+    block = overfit_reading(train_gap, test_gap, thr, backbone_saw_train)
     return write_summary(files["summary"], verdict=verdict, figures=figures, table=files["table"],
                          numbers=numbers, started=started, seed=seed,
                          inputs=[selection_path, history_path, metrics1, metrics2],
-                         extra={"head": head, "grid_table": str(files["grid_table"]), "evidence": block,
+                         extra={"head": head, "grid_table": str(files["grid_table"]), "reading": block,
                                 "caveats": ["train accuracy is the running accuracy of the winner's training epoch",
                                             "with refit, the final head saw the holdout; holdout is the grid-phase score"]
                                 + ([("backbone_saw_train: the backbone was trained on the train split, so train and "
@@ -256,13 +256,13 @@ def overfit(*, selection_path: str | Path, history_path: str | Path, metrics1: s
                                    if backbone_saw_train else [])})
 
 
-def overfit_evidence(train_gap: float | None, test_gap: float, threshold: float,
+def overfit_reading(train_gap: float | None, test_gap: float, threshold: float,
                      backbone_saw_train: bool) -> dict[str, Any]:
     """Overfitting lowers accuracy on every unseen image, test set 1's as much as test set 2's, so
     its counterfactual share of the gap is not identified from train / holdout / test numbers.
     What they do bound: a head that loses `train_gap` on unseen images cannot lose more than that
     on test set 2 *because of* overfitting, so the share is at most min(gap, train − holdout).
-    Reported as that upper bound (interval [0, bound]) and never more than weak evidence; not
+    Reported as that upper bound (interval [0, bound]), a description that is not a part of the gap; not
     estimable when the backbone saw the train split or no train accuracy was recorded."""
     if backbone_saw_train:
         return evidence.not_estimable(
@@ -274,10 +274,10 @@ def overfit_evidence(train_gap: float | None, test_gap: float, threshold: float,
     material = train_gap > threshold
     sentence = (f"The head loses {100 * train_gap:+.1f} points from train to holdout, so overfitting accounts for at "
                 f"most {bound:.1f} of the {100 * test_gap:.1f}-point gap (an upper bound: both test sets are unseen)"
-                + ("." if material else ": the head barely overfits, no evidence that overfitting explains the gap."))
-    return evidence.block("overfit", bound, [0.0, bound], gap_points=100 * test_gap, sentence=sentence,
-                          unit="upper bound from train − holdout (no resampling)", upper_bound=True,
-                          level="weak" if material and bound > 0 else "none")
+                + ("." if material else ": the head barely overfits, no evidence that overfitting accounts for part of the gap."))
+    return evidence.reading("overfit", bound, [0.0, bound], sentence=sentence,
+                            unit="upper bound from train − holdout (no resampling)", upper_bound=True,
+                            material=bool(material and bound > 0))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

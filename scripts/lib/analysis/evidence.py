@@ -1,15 +1,14 @@
-"""The one judgement each analysis makes about the test-set gap: its `evidence` block.
+"""The terms of the gap and the one rule that rates them.
 
-Every analysis that stands for a cause writes, in its summary.json,
+`CAUSES` is the one table of the mechanisms the decomposition splits the gap into (scripts/analysis/
+decomposition.py): their ids are a public vocabulary (answer.json `causes[].id`) and their titles are
+what the report shows. `level_for` is the one rule that rates a term's share of the gap
+(strong | moderate | weak | none); `block` builds a term as the decomposition writes it.
 
-    evidence: {cause, title, share_of_gap: {points, ci95}, level, sentence, unit, estimable}
-
-`share_of_gap` is counterfactual: how many accuracy points of the test-1 → test-2 gap disappear
-if this cause is taken away, with a 95% interval (`unit` says what the interval resamples).
-`level` (strong | moderate | weak | none) follows one rule for every cause (`level_for`), so the
-levels compare; an analysis may lower it (never raise it) with its own test, e.g. a null
-distribution that says the share is what noise alone gives. The report only reads and ranks
-these blocks. Cause ids are a public vocabulary (docs/workflow.md, "The answer").
+Other analyses measure one mechanism on their own (re-centring, typicality, imbalance,
+overfitting): they write a `reading` — their own counterfactual number with its interval and
+sentence — which describes that mechanism and is never a part of the gap: only the decomposition's
+terms add up to it.
 """
 from __future__ import annotations
 
@@ -19,12 +18,10 @@ from typing import Any
 import numpy as np
 
 CAUSES = {
-    "mean_shift": "Feature shift of test set 2 (re-centring removes it)",
+    "mean_shift": "The features of test set 2 moved as a whole",
     "difficulty": "Test-2 images are less typical of their class",
-    "class_concentrated": "The drop concentrates in some classes",
-    "label_noise": "Wrong or ambiguous test-2 labels",
-    "imbalance": "Class imbalance in the training set",
-    "overfit": "Overfitting of the head",
+    "class_concentrated": "Some classes degraded beyond the common drop",
+    "label_noise": "Test-2 labels that disagree with the image",
 }
 LEVELS = ("none", "weak", "moderate", "strong")
 
@@ -69,8 +66,18 @@ def block(cause: str, points: float | None, ci95: list | tuple | None, *, gap_po
             "sentence": sentence, "unit": unit, **extra}
 
 
-def not_estimable(cause: str, sentence: str, **extra: Any) -> dict[str, Any]:
-    return block(cause, None, None, gap_points=None, sentence=sentence, unit="none", level="none", **extra)
+def reading(name: str, points: float | None, ci95: list | tuple | None, *, sentence: str, unit: str,
+            **extra: Any) -> dict[str, Any]:
+    """An analysis's own counterfactual number for one mechanism (points, 95% interval): a
+    description, not a part of the gap (the decomposition's terms are)."""
+    points = _finite(points)
+    ci = [_finite(v) for v in ci95] if ci95 is not None else [None, None]
+    return {"name": name, "points": points, "ci95": ci, "estimable": points is not None, "sentence": sentence,
+            "unit": unit, **extra}
+
+
+def not_estimable(name: str, sentence: str, **extra: Any) -> dict[str, Any]:
+    return reading(name, None, None, sentence=sentence, unit="none", **extra)
 
 
 def class_bootstrap(stat, classes_1: np.ndarray, classes_2: np.ndarray, *, n_boot: int, seed: int,

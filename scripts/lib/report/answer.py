@@ -1,25 +1,21 @@
 """The answer at the top of the report: why is test set 2 harder?
 
-The report does not judge any analysis: each analysis that stands for a cause writes its own
-`evidence` block in summary.json (scripts.lib.analysis.evidence: cause, counterfactual share of the gap with
-a 95% interval, level, sentence). This module only reads those blocks for the primary head,
-ranks them and writes the answer:
+The report judges nothing itself; it reads and words what the analyses wrote for the primary head:
 
-  * the gap and whether it is significant (the gap analysis's own `gap` block); when it is not,
-    the answer says so and names no cause above "weak";
-  * the expected gap from the reference line (accuracy on the line), when it ran, then the rest
-    (observed − expected gap, with its interval: the part beyond what every model shows) and the
-    causes with evidence named for it, only when the rest is beyond zero (`rest_of_gap`);
-  * the causes ranked by level, then by share of the gap;
-  * the unexplained remainder: the gap minus the summed shares of the causes with at least weak
-    evidence. Causes can overlap (one image can be atypical *and* in a dropping class), so the
-    sum can exceed the gap and the remainder is then negative: it is a lower bound of what no
-    cause accounts for, not a decomposition. Its interval combines the gap's and the shares'
-    interval half-widths in quadrature (treated as independent: approximate).
-
-Two statements that are not causes follow the ranking: the ReaL re-scoring of test set 1 (how much
-of its error rate is label noise rather than model error: evaluate's `real` block and the
-real_labels check; label_noise itself is bounded by it) and the improve stage's verdict.
+  * first, when the reference line ran (accuracy on the line), how much of the gap every model of
+    this accuracy shows (the expected gap) and whether this head's gap is beyond it: the rest,
+    observed − expected gap, with the line's 95% prediction interval (scripts/analysis/reference_line.py);
+  * the gap and whether it is significant (the gap analysis's own `gap` block); when it is not, the
+    answer says "no evidence of a gap" and names no term above "weak";
+  * the decomposition (scripts/analysis/decomposition.py): one Shapley attribution of the gap over
+    its mechanisms, whose terms plus the method's residual add up to the gap exactly. Each term has
+    its points, a 95% interval (classes resampled) and a level from the one rule
+    (scripts/lib/analysis/evidence.level_for). When the rest lies within the line, the terms are
+    worded as *where the common gap falls*, not as its cause, and the literature's account of the
+    common part (the selection-frequency matching of ImageNetV2's replication) is named;
+  * two statements that are not parts of the gap: the ReaL re-scoring of test set 1 and the improve
+    stage's verdict. Descriptive analyses (which classes carry the drop, feature tests, imbalance,
+    overfitting) stay in their own sections: nothing of theirs is subtracted from the gap.
 
 Plain text only: escaping happens where it is rendered. `answer_json` is the same answer for
 machines (results/report/answer.json).
@@ -33,18 +29,24 @@ from typing import Any
 from scripts.lib.analysis.evidence import CAUSES, LEVELS, cap
 from scripts.lib.report.collect import Analysis, ReportData
 
-# The analyses whose evidence blocks the answer ranks (its report section has the analysis's name),
-# and the cause each measures; the titles are the causes' own (evidence.CAUSES, the one table).
-CAUSE_OF = {"mean_shift": "mean_shift", "difficulty": "difficulty", "gap": "class_concentrated",
-            "label_noise": "label_noise", "imbalance": "imbalance", "overfit": "overfit"}
-HYPOTHESES = {kind: CAUSES[cause] for kind, cause in CAUSE_OF.items()}
+# The analysis whose terms the answer reports (its report section and key).
+DECOMPOSITION = "decomposition"
+# The literature's account of the part of the ImageNet → ImageNetV2 gap every model shows.
+LITERATURE = ("The literature's account of the part every model shows: ImageNetV2 replicated ImageNet's "
+              "collection, matching the annotators' selection frequency of each image, and the statistical bias "
+              "of that matching accounts for most of the gap every model shows (Engstrom et al. 2020, "
+              "\"Identifying statistical bias in dataset replication\": 11.7 points, 3.6 after correcting it; "
+              "Recht et al. 2019, \"Do ImageNet classifiers generalize to ImageNet?\"; Miller et al. 2021, "
+              "\"Accuracy on the line\").")
 
 
 @dataclass
 class Evidence:
-    cause: str
+    """One term of the decomposition as the answer shows it."""
+
+    cause: str  # the term id (evidence.CAUSES)
     title: str
-    kind: str  # the analysis that wrote the block (its report section id)
+    kind: str  # the analysis that wrote it (its report section id)
     level: str  # strong | moderate | weak | none
     points: float | None
     ci95: tuple[float | None, float | None]
@@ -61,18 +63,6 @@ def _finite(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value) if math.isfinite(value) else None
-
-
-def read_block(analysis: Analysis) -> Evidence | None:
-    raw = analysis.raw.get("evidence")
-    if not isinstance(raw, dict) or raw.get("cause") not in CAUSES:
-        return None
-    share = raw.get("share_of_gap") or {}
-    ci = share.get("ci95") or [None, None]
-    level = raw.get("level") if raw.get("level") in LEVELS else "none"
-    return Evidence(cause=raw["cause"], title=str(raw.get("title") or CAUSES[raw["cause"]]), kind=analysis.kind,
-                    level=level, points=_finite(share.get("points")), ci95=(_finite(ci[0]), _finite(ci[1])),
-                    sentence=str(raw.get("sentence") or analysis.verdict), estimable=bool(raw.get("estimable", True)))
 
 
 def _for_head(data: ReportData, kind: str, head: str | None) -> Analysis | None:
@@ -99,37 +89,45 @@ def gap_block(data: ReportData, head: str | None) -> GapBlock | None:
                     significant=sig if isinstance(sig, bool) else None, p=_finite(raw.get("p")))
 
 
+def decomposition_block(data: ReportData, head: str | None) -> dict[str, Any] | None:
+    analysis = _for_head(data, DECOMPOSITION, head)
+    block = analysis.raw.get("decomposition") if analysis is not None else None
+    return block if isinstance(block, dict) and isinstance(block.get("terms"), list) else None
+
+
 def hypotheses(data: ReportData) -> list[Evidence]:
-    """Every cause's block for the primary head, ranked: level, then share (stable on ties)."""
+    """The decomposition's terms for the primary head, ranked: level, then points (stable on ties).
+    When the gap is not significant, no term is above weak."""
     head = data.primary_head()
+    block = decomposition_block(data, head)
     found: list[Evidence] = []
-    for kind in HYPOTHESES:
-        analysis = _for_head(data, kind, head)
-        block = read_block(analysis) if analysis is not None else None
-        if block is not None:
-            found.append(block)
+    for raw in (block or {}).get("terms", []):
+        if not isinstance(raw, dict) or raw.get("id") not in CAUSES:
+            continue
+        ci = raw.get("ci95") or [None, None]
+        found.append(Evidence(cause=raw["id"], title=str(raw.get("title") or CAUSES[raw["id"]]), kind=DECOMPOSITION,
+                              level=raw.get("level") if raw.get("level") in LEVELS else "none",
+                              points=_finite(raw.get("points")), ci95=(_finite(ci[0]), _finite(ci[1])),
+                              sentence=str(raw.get("sentence") or ""), estimable=_finite(raw.get("points")) is not None))
     gap = gap_block(data, head)
     if gap is not None and gap.significant is False:
         for e in found:
             if LEVELS.index(e.level) > LEVELS.index("weak"):
                 e.level, e.capped = cap(e.level, "weak"), True
-    order = list(HYPOTHESES)
+    order = list(CAUSES)
     return sorted(found, key=lambda e: (-LEVELS.index(e.level), not e.estimable,
-                                        -(e.points if e.points is not None else -math.inf), order.index(e.kind)))
+                                        -(e.points if e.points is not None else -math.inf), order.index(e.cause)))
 
 
-def unexplained(gap: GapBlock | None, ranking: list[Evidence]) -> dict[str, Any] | None:
-    if gap is None or gap.points is None:
+def unexplained(block: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The decomposition's residual: what is left of the gap with every mechanism reverted."""
+    residual = (block or {}).get("residual")
+    if not isinstance(residual, dict):
         return None
-    counted = [e for e in ranking if e.level != "none" and e.points is not None]
-    points = gap.points - sum(e.points for e in counted)  # type: ignore[misc]
-    halves = [(gap.ci95[1] - gap.ci95[0]) / 2] if None not in gap.ci95 else []
-    halves += [(e.ci95[1] - e.ci95[0]) / 2 for e in counted if None not in e.ci95]  # type: ignore[operator]
-    half = math.sqrt(sum(h * h for h in halves)) if halves else None
-    return {"points": points, "ci95": [points - half, points + half] if half is not None else [None, None],
-            "causes_subtracted": [e.cause for e in counted],
-            "method": "gap minus the summed shares of the causes with at least weak evidence (overlapping causes "
-                      "can make it negative); interval: half-widths combined in quadrature"}
+    ci = residual.get("ci95") or [None, None]
+    return {"points": _finite(residual.get("points")), "ci95": [_finite(ci[0]), _finite(ci[1])],
+            "method": "the decomposition's residual: top-1 on test set 1 minus top-1 on test set 2 with every "
+                      "mechanism taken back to test-1 level"}
 
 
 def reference_line(data: ReportData, head: str | None) -> dict[str, Any] | None:
@@ -164,6 +162,9 @@ class Headline:
     real_sentence: str = ""
     improve_sentence: str = ""
     improve: dict[str, Any] | None = None
+    decomposition: dict[str, Any] | None = None
+    figure: str | None = None  # the decomposition's waterfall (a path; embedded by the document)
+    literature_sentence: str = ""
 
 
 def top1(metrics: dict, test: str) -> tuple[float | None, tuple[float, float] | None]:
@@ -232,6 +233,7 @@ def _real_sentence(head: str | None, real: dict[str, Any] | None) -> str:
 def headline(data: ReportData) -> Headline:
     head = data.primary_head()
     ranking = hypotheses(data)
+    block = decomposition_block(data, head)
     metrics = data.metrics.get(head or "", {})
     a, _ = top1(metrics, "test1")
     b, _ = top1(metrics, "test2")
@@ -241,7 +243,7 @@ def headline(data: ReportData) -> Headline:
                         f"test set 2: a gap of {(a - b) * 100:.1f} points")
         if gap is not None and gap.points is not None:
             gap_sentence += (f" (per class {gap.points:.1f}, 95% interval {_interval(gap.ci95)}, classes resampled; "
-                             + ("significant" if gap.significant else "not significant")
+                             + ("significant" if gap.significant else "no evidence of a gap")
                              + (f", stratified permutation p={gap.p:.2g}" if gap.p is not None else "") + ")")
         gap_sentence += "."
     else:
@@ -249,60 +251,56 @@ def headline(data: ReportData) -> Headline:
     reference = reference_line(data, head)
     if reference is not None and None not in (reference.get("expected_test2_top1"),
                                               _finite(reference.get("effective_robustness"))):
-        reference["rest"] = rest_of_gap(reference, ranking)
-    expected = _expected_sentence(reference, ranking) if reference and "rest" in reference else ""
-    rest = unexplained(gap, ranking)
-    conclusion = _conclusion(gap, ranking, rest)
+        reference["rest"] = rest_of_gap(reference)
+    expected = _expected_sentence(reference) if reference and "rest" in reference else ""
+    residual = unexplained(block)
+    conclusion = _conclusion(gap, ranking, residual, block, reference)
     real = real_labels(data, head)
     improve = data.improve if improve_enabled(data) else None
+    figures = (_for_head(data, DECOMPOSITION, head).figures if block is not None else []) or [None]
     return Headline(gap_sentence=gap_sentence, ranking=ranking, conclusion=conclusion, expected_sentence=expected,
-                    gap=gap, unexplained=rest, reference=reference, real=real, real_sentence=_real_sentence(head, real),
-                    improve_sentence=str(improve.get("verdict") or "") if improve else "", improve=improve)
+                    gap=gap, unexplained=residual, reference=reference, real=real,
+                    real_sentence=_real_sentence(head, real),
+                    improve_sentence=str(improve.get("verdict") or "") if improve else "", improve=improve,
+                    decomposition=block, figure=figures[0], literature_sentence=LITERATURE if expected else "")
 
 
-def rest_of_gap(reference: dict[str, Any], ranking: list[Evidence]) -> dict[str, Any]:
-    """The part of the observed gap beyond what every reference model shows (observed − expected gap
-    = −effective robustness, with its interval) and what the analyses attribute to it.
-
-    The analyses' shares are counterfactual points of the *whole* observed gap: they cannot tell the
-    expected part from the rest. So a cause is named for the rest only when the rest itself is
-    beyond zero, and the part of the rest no cause accounts for is a lower bound, as `unexplained`."""
+def rest_of_gap(reference: dict[str, Any]) -> dict[str, Any]:
+    """The part of the observed gap beyond what every reference model shows: observed − expected gap
+    (= −effective robustness) with the line's 95% prediction interval, and where it lies."""
     er, ci = reference.get("effective_robustness"), reference.get("prediction_interval") or [None, None]
     points = -er if isinstance(er, (int, float)) else None
     ci95 = [-ci[1], -ci[0]] if None not in ci else [None, None]
     beyond = None if ci95[0] is None else "beyond" if ci95[0] > 0 else "below" if ci95[1] < 0 else "within"
-    causes = [e for e in ranking if e.level != "none" and e.points is not None] if beyond == "beyond" else []
-    left = unexplained(GapBlock(points=points, ci95=(ci95[0], ci95[1]), significant=None, p=None), causes)
-    return {"points": points, "ci95": ci95, "line": beyond, "causes": [e.cause for e in causes],
-            "unexplained": {k: left[k] for k in ("points", "ci95")} if left and causes else None}
+    return {"points": points, "ci95": ci95, "line": beyond}
 
 
-def _expected_sentence(reference: dict[str, Any], ranking: list[Evidence]) -> str:
-    """The expected gap, then the rest (observed − expected) and what the analyses attribute it to."""
+def _thresholds_text(reference: dict[str, Any]) -> str:
+    rows = [r for r in reference.get("thresholds") or [] if _finite(r.get("expected_test2_top1")) is not None]
+    if len(rows) < 2:
+        return ""
+    values = [r["expected_test2_top1"] for r in rows]
+    cuts = [r["min_test1_top1"] for r in rows]
+    return (f" (lines over models above {min(cuts):g}% to {max(cuts):g}% test-1 top-1 put it at {min(values):.2f}% "
+            f"to {max(values):.2f}%)")
+
+
+def _expected_sentence(reference: dict[str, Any]) -> str:
+    """First sentence of the answer: how much of the gap every model shows, and whether this head's
+    gap is beyond it."""
     rest = reference["rest"]
-    text = (f"Over {reference['models']} reference models on one probit line, a model at "
-            f"{reference['test1_top1']:.2f}% on test set 1 is expected at {reference['expected_test2_top1']:.2f}% on "
-            f"test set 2: an expected gap of {reference['expected_gap']:.1f} points, which every such model shows. "
-            f"The rest, the observed gap minus the expected one, is {rest['points']:.1f} points (95% interval "
-            f"{_interval(rest['ci95'])})")
+    text = (f"Every model shows most of such a gap: over {reference['models']} reference models on one probit line, "
+            f"a model at {reference['test1_top1']:.2f}% on test set 1 is expected at "
+            f"{reference['expected_test2_top1']:.2f}% on test set 2{_thresholds_text(reference)}, an expected gap of "
+            f"{reference['expected_gap']:.1f} points. The rest of this head's gap, the observed gap minus the expected "
+            f"one, is {rest['points']:.1f} points (95% prediction interval {_interval(rest['ci95'])})")
     if rest["line"] == "within":
-        return text + (": no evidence of a gap beyond what every model shows, so there is no rest for the analyses "
-                       "to attribute; the causes below describe where the whole gap falls.")
+        return text + ": no evidence that this head loses more than every model does."
     if rest["line"] == "below":
-        return text + (": this head loses less than the line predicts, so there is no rest to attribute; the causes "
-                       "below describe where the whole gap falls.")
+        return text + ": this head loses less than the line predicts."
     if rest["line"] is None:
-        return text + "; without its interval, no cause is attributed to it."
-    if not rest["causes"]:
-        return text + ": no analysis finds evidence of a cause for it."
-    named = [e for e in ranking if e.cause in rest["causes"]][:3]
-    left = rest["unexplained"] or {}
-    return text + (". The analyses attribute it first to "
-                   + "; then ".join(f"{e.title.lower()}: {e.level} evidence, {e.points:.1f} points "
-                                    f"({_interval(e.ci95)})" for e in named)
-                   + ". These shares are points of the whole observed gap, which no analysis can split into its "
-                   f"expected part and the rest; the rest minus them: {left.get('points', math.nan):.1f} points "
-                   f"(95% interval {_interval(left.get('ci95'))}).")
+        return text + "."
+    return text + ": beyond what every model shows."
 
 
 def improve_ranking(summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -321,39 +319,57 @@ def improve_enabled(data: ReportData) -> bool:
     return "improve" in data.declared
 
 
-def _conclusion(gap: GapBlock | None, ranking: list[Evidence], rest: dict | None) -> str:
-    if not ranking:
-        return "No analysis wrote an evidence block, so no cause can be judged."
+def _term_text(e: Evidence) -> str:
+    return f"{e.title.lower()}: {e.points:.1f} points ({_interval(e.ci95)}, {e.level} evidence)"
+
+
+def _conclusion(gap: GapBlock | None, ranking: list[Evidence], residual: dict | None, block: dict | None,
+                reference: dict | None) -> str:
+    if block is None:
+        return "The decomposition did not run, so the gap is not split into its mechanisms."
     lead = ""
     if gap is not None and gap.significant is False:
-        lead = "The gap is not significant, so no cause is named above weak. "
-    named = [e for e in ranking if e.level in ("strong", "moderate")]
-    if named:
-        parts = [f"{e.title.lower()} ({e.points:.1f} points, {_interval(e.ci95)})" for e in named[:3]]
-        text = "The gap is explained first by " + "; then ".join(parts) + "."
-    elif any(e.level == "weak" for e in ranking):
-        first = next(e for e in ranking if e.level == "weak")
-        text = f"No cause is strongly supported; the best candidate is {first.title.lower()}."
+        lead = "No evidence of a gap (the stratified permutation test), so no term is named above weak. "
+    named = [e for e in ranking if e.level != "none" and e.points is not None]
+    common = (reference or {}).get("rest", {}).get("line") in ("within", "below")
+    if not named:
+        text = "No mechanism accounts for a part of the gap with evidence: every term's interval contains 0."
+    elif common:
+        text = ("Where the common gap falls (a description of the gap every model shows, not its cause): "
+                + "; ".join(_term_text(e) for e in named[:4]) + ".")
     else:
-        text = "No evidence that any of the causes tested explains the gap."
-    if rest is not None and rest["points"] is not None:
-        text += f" Unexplained: {rest['points']:.1f} points (95% interval {_interval(rest['ci95'])})."
+        text = "Of the gap, " + "; ".join(_term_text(e).replace(":", " accounts for", 1) for e in named[:4]) + "."
+    quiet = [e.title.lower() for e in ranking if e.level == "none"]
+    if quiet:
+        text += " No evidence for " + ", ".join(quiet) + "."
+    if residual is not None and residual["points"] is not None:
+        text += (f" The decomposition's residual, what no mechanism accounts for: {residual['points']:.1f} points "
+                 f"(95% interval {_interval(residual['ci95'])}); the terms and the residual add up to the gap.")
     return lead + text
 
 
 def answer_json(hl: Headline) -> dict[str, Any]:
-    """The answer for machines (percent and points)."""
+    """The answer for machines (percent and points): `causes` are the decomposition's terms, which
+    with `unexplained` (its residual) add up to `gap.points` (the decomposition's top-1 gap)."""
+    block = hl.decomposition or {}
     gap = hl.gap
+    dgap = block.get("gap") if isinstance(block.get("gap"), dict) else None
     out: dict[str, Any] = {
-        "gap": {"points": gap.points if gap else None, "ci95": list(gap.ci95) if gap else [None, None],
+        "gap": {"points": dgap["points"] if dgap else (gap.points if gap else None),
+                "ci95": list(dgap.get("ci95") or [None, None]) if dgap else (list(gap.ci95) if gap else [None, None]),
                 "significant": gap.significant if gap else None},
+        "method": block.get("method"),
+        "unit": block.get("unit"),
         "causes": [{"id": e.cause, "title": e.title, "share_of_gap": e.points, "ci95": list(e.ci95),
-                    "evidence": e.level, "sentence": e.sentence, "estimable": e.estimable} for e in hl.ranking],
-        "unexplained": {"points": (hl.unexplained or {}).get("points"),
+                    "evidence": e.level, "sentence": e.sentence} for e in hl.ranking],
+        "unexplained": {"points": (hl.unexplained or {}).get("points", 0.0 if not hl.ranking else None),
                         "ci95": (hl.unexplained or {}).get("ci95", [None, None])},
     }
     if hl.reference is not None:
-        out["reference_line"] = hl.reference
+        ref = hl.reference
+        out["reference_line"] = {**ref, "expected": ref.get("expected_test2_top1"),
+                                 "prediction_interval": ref.get("prediction_interval"),
+                                 "thresholds": ref.get("thresholds"), "rest": ref.get("rest")}
     if hl.real is not None:
         out["real_labels"] = {k: hl.real[k] for k in ("test", "top1", "ci95", "top1_original", "n_with_real", "errors",
                                                      "enrichment", "calibration")}

@@ -187,6 +187,7 @@ def document(data: ReportData, opts: dict, md_dir: Path) -> dict[str, Any]:
         "version": FEATGAP_VERSION,
         "primary": data.primary_head() or "–",
         "headline": head_line,
+        "answer_figure": embed(head_line.figure, md_dir) if head_line.figure else None,
         "share_text": share_text,
         "summary": summary,
         "real_test": next((r["real_test"] for r in summary if r["real_test"]), ""),

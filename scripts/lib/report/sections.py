@@ -1,5 +1,5 @@
-"""The report's sections: one per ranked cause (in the answer's order), the improve stage, then
-the descriptive analyses, each from the analysis's own summary (verdict, numbers, tables, figures)."""
+"""The report's sections: the decomposition of the gap first, the improve stage, then the
+descriptive analyses, each from the analysis's own summary (verdict, numbers, tables, figures)."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scripts.lib.report.answer import HYPOTHESES, Headline, improve_enabled, improve_ranking
+from scripts.lib.report.answer import DECOMPOSITION, Headline, improve_enabled, improve_ranking
 from scripts.lib.report.collect import Analysis, ReportData
 from scripts.lib.report.format import Figure, embed, fmt_value
 
@@ -15,7 +15,15 @@ from scripts.lib.report.format import Figure, embed, fmt_value
 LEADING_COLUMNS = ["rank", "class", "name", "feature", "cluster", "train_rows", "n_features", "acc_test1",
                    "acc_test2", "drop", "category", "path", "label", "label_name", "pred", "pred_name", "real",
                    "real_names", "confidence"]
-SECTION_TITLES = {**HYPOTHESES, "shift": "Feature shift between the test sets (detectable differences)",
+# Every section's title, in one table (an analysis added later is titled by its name until it has one).
+SECTION_TITLES = {DECOMPOSITION: "The gap, term by term (a Shapley decomposition over its mechanisms)",
+                  "gap": "The gap per class: which classes carry the drop",
+                  "mean_shift": "Re-centring test set 2 on test set 1's mean",
+                  "difficulty": "How typical the test images are",
+                  "label_noise": "Labels the head confidently disagrees with",
+                  "imbalance": "Class imbalance in the training set",
+                  "overfit": "Overfitting of the head",
+                  "shift": "Feature shift between the test sets (detectable differences)",
                   "misclass": "Features of the misclassified samples",
                   "misclass_compare": "Misclassification signature: test set 2 vs test set 1",
                   "embedding": "Embedding views", "reference_line": "Accuracy on the line: the expected gap",
@@ -24,7 +32,8 @@ SECTION_TITLES = {**HYPOTHESES, "shift": "Feature shift between the test sets (d
                   "improve": "What improves test set 2?"}
 # Sections after the ranked causes (and the improve stage), in this order; anything else follows
 # alphabetically.
-DESCRIPTIVE = ("reference_line", "real_labels", "gap", "shift", "misclass_compare", "misclass", "embedding")
+DESCRIPTIVE = ("reference_line", "gap", "mean_shift", "difficulty", "label_noise", "real_labels", "imbalance", "overfit",
+               "shift", "misclass_compare", "misclass", "embedding")
 
 
 def scalar_numbers(numbers: dict[str, Any], limit: int) -> list[tuple[str, str]]:
@@ -95,10 +104,10 @@ def pick(items: list[Analysis], *preferred: str) -> Analysis | None:
 
 
 def build_sections(data: ReportData, head_line: Headline, opts: dict, md_dir: Path) -> list[Section]:
-    """The ranked causes' sections first (each analysis's own evidence sentence as the note), then
-    the descriptive analyses, then anything added later."""
+    """The decomposition's section first (the answer's conclusion as its note), the improve stage,
+    then the descriptive analyses, then anything added later."""
     head = data.primary_head() or ""
-    ranked = {e.kind: e for e in head_line.ranking}
+    ranked = {DECOMPOSITION: head_line} if head_line.decomposition is not None else {}
     order = list(ranked) + ["improve"] + [k for k in DESCRIPTIVE if k not in ranked]
     order += sorted(k for k in data.analyses if k not in order)
     sections = []
@@ -111,9 +120,8 @@ def build_sections(data: ReportData, head_line: Headline, opts: dict, md_dir: Pa
         if kind not in ranked and kind not in data.declared:
             continue  # an analysis this config does not run (switched off) is simply absent
         prefer = (f"{head}/test2", head, "") if kind == "misclass" else (head, "")
-        e = ranked.get(kind)
-        section = analysis_section(kind, items, pick(items, *prefer), opts, md_dir, level=e.level if e else "")
-        section.note = e.sentence if e is not None and section.ran else ""
+        section = analysis_section(kind, items, pick(items, *prefer), opts, md_dir)
+        section.note = head_line.conclusion if kind in ranked and section.ran else ""
         sections.append(section)
     return sections
 
