@@ -110,6 +110,7 @@ def build_pictures(
     noisy = [picture(mislabelled_test, r, f"labelled {names.get(int(r.label), r.label)}; "
                                           f"suggested {names.get(int(r.pred), r.pred)}")
              for r in suspects.itertuples()]
+    shown = [p for panel in panels for t in tests for p in panel["pictures"][t]] + noisy
     return {"tests": tests, "titles": {t: TEST_TITLES.get(t, t) for t in tests}, "panels": panels,
             "mislabelled": noisy, "missing": int(missing), "over_budget": int(over_budget), "bytes": int(used),
-            "per_class": per_class, "images": sum(1 for v in thumbs.values() if v["uri"])}
+            "per_class": per_class, "images": sum(1 for p in shown if p["uri"])}
