@@ -63,7 +63,10 @@ def test_test2_from_images_beside_csv_splits_with_pictures_in_the_report(tmp_pat
         "validate": {"expected": {"test1": {"rows": 72, "per_class_min": 6, "per_class_max": 6},
                                  "test2": {"rows": 50, "per_class_min": 4, "per_class_max": 5}}},
         "evaluate": {"bootstrap": 50, "class_names": str(names)},
-        "analysis": {name: {"enabled": False} for name in OFF},
+        # Only what the pictures read (gap's ranking, label_noise's suspects), with few resamples.
+        "analysis": {**{name: {"enabled": False} for name in OFF},
+                     "gap": {"permutations": 99, "bootstrap": 100, "null_reps": 50, "share_reps": 20},
+                     "label_noise": {"bootstrap": 20}},
         "heads": {"linear": TINY_CONFIG["heads"]["linear"]},
         "baselines": {},
         "improve": {"enabled": False},

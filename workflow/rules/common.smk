@@ -395,8 +395,9 @@ def check_inputs_exist():
 def check_extract_model():
     """With an image split, `dim` must equal extract.model's feature width: checked here, before any
     job, by the step itself (`extract check`: the model built on the meta device, no weights; ~3 s
-    for importing torch and timm, paid only by configs with an image split)."""
-    if not IMAGE_SPLITS:
+    for importing torch and timm, paid only by configs with an image split; not again in each cluster
+    job, which parses this file too)."""
+    if not IMAGE_SPLITS or not workflow.is_main_process:
         return
     import subprocess
 
