@@ -80,20 +80,27 @@ def corrupt_jpeg(path: str | os.PathLike, *, keep: int = 200, size: int = 64) ->
 
 
 def plain_timm_features(folder: str | os.PathLike, model, data_config: dict, *, batch_size: int = 64,
-                        workers: int = 0) -> tuple[list[str], list[int], np.ndarray]:
+                        workers: int = 0, device: str = "cpu") -> tuple[list[str], list[int], np.ndarray]:
     """(file names relative to `folder`, timm's targets, pre-logits) in timm's folder order:
-    timm's ImageDataset + a plain DataLoader loop, nothing of featgap's."""
+    timm's ImageDataset + a plain DataLoader loop, nothing of featgap's (on CUDA with bf16
+    autocast and pinned memory, as the extract stage)."""
+    import contextlib
+
     import torch
 
     from scripts.lib.images.tv_compat import import_timm
 
     timm = import_timm()
     dataset = timm.data.ImageDataset(str(folder), transform=timm.data.create_transform(**data_config))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    cuda = torch.device(device).type == "cuda"
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                         pin_memory=cuda)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
     feats = []
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast:
         for images, _ in loader:
-            feats.append(model.forward_head(model.forward_features(images), pre_logits=True).float().numpy())
+            x = images.to(device, non_blocking=True)
+            feats.append(model.forward_head(model.forward_features(x), pre_logits=True).float().cpu().numpy())
     names = [dataset.filename(i) for i in range(len(dataset))]
     targets = [int(t) for _, t in dataset.reader.samples]
     return names, targets, np.concatenate(feats)

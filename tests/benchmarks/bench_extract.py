@@ -74,7 +74,8 @@ def main(argv=None) -> dict:
                 model = timm.create_model(args.model)
             model = model.eval().to(args.device)
             config = timm.data.resolve_model_data_config(model, args={"input_size": (3, args.img_size, args.img_size)})
-            plain_timm_features(folder, model, config, batch_size=args.batch_size, workers=args.workers)
+            plain_timm_features(folder, model, config, batch_size=args.batch_size, workers=args.workers,
+                                device=args.device)
             return time.perf_counter() - t
 
         def ours() -> float:
