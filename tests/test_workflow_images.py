@@ -67,8 +67,8 @@ def test_test2_from_images_beside_csv_splits_with_pictures_in_the_report(tmp_pat
         "analysis": {**{name: {"enabled": False} for name in OFF},
                      "gap": {"permutations": 99, "bootstrap": 100, "null_reps": 50, "share_reps": 20},
                      "label_noise": {"bootstrap": 20}},
-        "heads": {"linear": TINY_CONFIG["heads"]["linear"]},
-        "baselines": {},
+        "heads": {"linear": TINY_CONFIG["heads"]["linear"], "mlp": None},  # null drops a default head
+        "baselines": {"sgd": None, "logreg": None},
         "improve": {"enabled": False},
     }
     write_config(tmp_path, config)
