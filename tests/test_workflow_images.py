@@ -87,6 +87,16 @@ def test_test2_from_images_beside_csv_splits_with_pictures_in_the_report(tmp_pat
     assert re.search(r"(✓ correct|✗ )", page)
     md = (tmp_path / "results/report/report.md").read_text()
     assert "Pictures of the most-dropped classes" in md and "base64" not in md
+    # A corrupt JPEG: the part job stops with one line naming it; with on_bad_image: skip it is counted.
+    bad = images.corrupt_jpeg(root / images.V2_FOLDER / "5" / "0000bad.jpeg")
+    result = snakemake(tmp_path, "results/parquet/test2.manifest.json", check=False)
+    log = (tmp_path / "logs/extract/test2.00000.log").read_text()
+    assert result.returncode != 0 and f"featgap error: {bad}: unreadable image" in log and "Traceback" not in log
+    write_config(tmp_path, {**config, "extract": {**config["extract"], "on_bad_image": "skip"}})
+    snakemake(tmp_path, "results/parquet/test2.manifest.json")
+    manifest = json.loads((tmp_path / "results/parquet/test2.manifest.json").read_text())
+    assert manifest["rows"] == 50 and manifest["images_skipped"] == 1
+    assert manifest["images_skipped_paths"] == [f"{images.V2_FOLDER}/5/0000bad.jpeg"]
     # The dim check comes before any job, in one line.
     write_config(tmp_path, {**config, "dim": 65})
     result = snakemake(tmp_path, "-n", check=False)
