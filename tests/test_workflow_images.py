@@ -102,3 +102,21 @@ def test_test2_from_images_beside_csv_splits_with_pictures_in_the_report(tmp_pat
     result = snakemake(tmp_path, "-n", check=False)
     assert result.returncode != 0
     assert "config key dim: 65, but extract.model test_vit gives 64 features" in result.stdout + result.stderr
+
+
+def test_class_map_train_plans_a_test_split_after_train_and_demo_with_images_is_refused(tmp_path):
+    images.make_v2(tmp_path, classes=2, per_class=1)
+    for split in ("train", "test1"):
+        (tmp_path / f"{split}.csv").write_text(",path,label,0\n")  # only has to exist for a dry run
+    config = {**TINY_CONFIG, "demo": {"enabled": False}, "dim": 64,
+              "data": {"train": str(tmp_path / "train.csv"), "test1": str(tmp_path / "test1.csv"),
+                       "test2": {"images": str(tmp_path / images.V2_FOLDER)}},
+              "extract": {**MODEL, "class_map": "train"}}
+    write_config(tmp_path, config)
+    result = snakemake(tmp_path, "-n", "-p", "results/parquet/test2.plan.json")
+    out = result.stdout + result.stderr
+    assert "plan_convert" in out and "python -m scripts.data.extract plan" in out
+    assert "--class-map-split results/parquet/train.manifest.json" in out
+    write_config(tmp_path, {**config, "demo": {**TINY_CONFIG["demo"], "enabled": True}})
+    result = snakemake(tmp_path, "-n", check=False)
+    assert result.returncode != 0 and "data.test2 is an image folder" in result.stdout + result.stderr
