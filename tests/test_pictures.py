@@ -123,3 +123,14 @@ def test_without_a_root_the_pictures_are_placeholders_and_without_the_step_no_se
     assert result["missing"] == 4 + 1
     page, md = _report(tmp_path, {})
     assert 'id="pictures"' not in page and "Pictures" not in md
+
+
+def test_pictures_give_way_when_the_whole_page_would_pass_its_limit(image_root, tmp_path, monkeypatch):
+    result = _step(image_root, tmp_path, {"test1": image_root, "test2": image_root})
+    full, _ = _report(tmp_path, {"pictures": str(tmp_path / "pictures.json")})
+    limit = len(full.encode()) - 2 * len(result["panels"][0]["pictures"]["test1"][0]["uri"])
+    monkeypatch.setattr(report, "PAGE_LIMIT_BYTES", limit)
+    page, _ = _report(tmp_path, {"pictures": str(tmp_path / "pictures.json")})
+    assert len(page.encode()) <= limit
+    shown = page.count('src="data:image/jpeg;base64,')
+    assert 0 < shown < result["images"] and f"{result['images'] - shown} not shown to keep the page small" in page

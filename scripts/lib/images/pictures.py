@@ -114,3 +114,20 @@ def build_pictures(
     return {"tests": tests, "titles": {t: TEST_TITLES.get(t, t) for t in tests}, "panels": panels,
             "mislabelled": noisy, "missing": int(missing), "over_budget": int(over_budget), "bytes": int(used),
             "per_class": per_class, "images": sum(1 for p in shown if p["uri"])}
+
+
+def drop_thumbnails(pictures: dict[str, Any], nbytes: int) -> int:
+    """Free at least `nbytes` of the page by turning thumbnails into placeholders, the last shown
+    first (mislabelled, then the panels of the least-dropped classes shown); returns the bytes
+    freed. The report calls it when the whole page (figures included) would exceed its limit."""
+    shown = [p for panel in pictures["panels"] for t in pictures["tests"] for p in panel["pictures"][t]]
+    freed = 0
+    for p in reversed(shown + pictures["mislabelled"]):
+        if freed >= nbytes:
+            break
+        if p["uri"]:
+            freed += len(p["uri"])
+            p.update(uri=None, status="over_budget")
+            pictures["over_budget"] += 1
+            pictures["images"] -= 1
+    return freed
