@@ -120,7 +120,9 @@ def test_report_shows_both_test_sets_side_by_side_escaped_and_bounded(image_root
 def test_without_a_root_the_pictures_are_placeholders_and_without_the_step_no_section(image_root, tmp_path):
     result = _step(image_root, tmp_path, {"test2": image_root})  # test set 1's paths do not resolve
     assert all(p["uri"] is None for panel in result["panels"] for p in panel["pictures"]["test1"])
-    assert result["missing"] == 4 + 1
+    assert result["missing"] == 1 and result["no_root"] == ["test1"]
+    page, _ = _report(tmp_path, {"pictures": str(tmp_path / "pictures.json")})
+    assert page.count("no image root") == 4 and "The paths of test set 1 do not resolve: set images.root" in page
     page, md = _report(tmp_path, {})
     assert 'id="pictures"' not in page and "Pictures" not in md
 

@@ -10,8 +10,8 @@ the suggested one. Each picture carries its path, its thumbnail (scripts.lib.ima
 one budget for the whole page), whether the prediction was correct and the predicted class's
 name; everything textual stays data, escaped by the report's templates.
 
-A test set whose images are not resolvable (no root) or a missing file gives placeholders and a
-count, never an error.
+A missing or unreadable file gives a placeholder and a count; a test set whose paths do not
+resolve (a CSV split without images.root) placeholders and a note; never an error.
 """
 from __future__ import annotations
 
@@ -88,10 +88,13 @@ def build_pictures(
     for t in tests:
         paths = [p for tt, p in wanted if tt == t]
         root = roots.get(t)
-        if root is None:  # not resolvable: every picture a placeholder, counted
-            for p in paths:
-                thumbs[t, p] = {"uri": None, "status": "missing"}
-            missing += len(set(paths))
+        # Not resolvable (a CSV split without images.root, or one without a path column: empty
+        # paths): placeholders with a note, not counted as missing files.
+        for p in paths:
+            if root is None or not p:
+                thumbs[t, p] = {"uri": None, "status": "no_root"}
+        paths = [p for p in paths if (t, p) not in thumbs]
+        if root is None or not paths:
             continue
         made = make_thumbnails(Path(root), paths, max_side=max_side, budget_bytes=max(0, budget_bytes - used))
         used += made.bytes
@@ -113,7 +116,8 @@ def build_pictures(
     shown = [p for panel in panels for t in tests for p in panel["pictures"][t]] + noisy
     return {"tests": tests, "titles": {t: TEST_TITLES.get(t, t) for t in tests}, "panels": panels,
             "mislabelled": noisy, "missing": int(missing), "over_budget": int(over_budget), "bytes": int(used),
-            "per_class": per_class, "images": sum(1 for p in shown if p["uri"])}
+            "per_class": per_class, "images": sum(1 for p in shown if p["uri"]),
+            "no_root": [t for t in tests if any(v["status"] == "no_root" for (tt, _), v in thumbs.items() if tt == t)]}
 
 
 def drop_thumbnails(pictures: dict[str, Any], nbytes: int) -> int:
