@@ -28,6 +28,8 @@ from scripts.lib.featio.atomic import atomic_path
 from scripts.lib.featio.cli import run_cli
 from scripts.lib.featio.errors import FeatgapError
 from scripts.lib.featio.jsonio import parse_json_arg, write_json
+from scripts.lib.images.pictures import drop_thumbnails
+from scripts.lib.images.thumbnails import PAGE_LIMIT_BYTES
 from scripts.lib.options import merge_options
 from scripts.lib.report.answer import Headline, answer_json
 from scripts.lib.report.collect import collect
@@ -65,7 +67,12 @@ def build_report(*, inputs: Mapping[str, str | os.PathLike], config: dict[str, A
                            f"(known: {data.heads() + data.baselines()})")
     out_md = Path(out_md)
     ctx = document(data, opts, out_md.parent)
-    page, text = render_html(ctx, template), render_markdown(ctx, md_template)
+    page = render_html(ctx, template)
+    # The page stays one file within PAGE_LIMIT_BYTES: the pictures give way to the figures.
+    if data.pictures and len(page.encode()) > PAGE_LIMIT_BYTES:
+        drop_thumbnails(data.pictures, len(page.encode()) - PAGE_LIMIT_BYTES)
+        page = render_html(ctx, template)
+    text = render_markdown(ctx, md_template)
     with atomic_path(out_html) as tmp:
         tmp.write_text(page, encoding="utf-8")
     with atomic_path(out_md) as tmp:

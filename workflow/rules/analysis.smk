@@ -70,6 +70,7 @@ rule gap:
 if analysis_on("gap"):
     ALL_TARGETS.extend(targets(rules.gap, head=HEADS))
     for_report("gap", rules.gap.output.summary, head=HEADS)
+    for_pictures("classes", rules.gap.output.table)
 
 
 rule shift:
@@ -465,6 +466,8 @@ rule label_noise:
 if analysis_on("label_noise"):
     ALL_TARGETS.extend(targets(rules.label_noise, head=HEADS))
     for_report("label_noise", rules.label_noise.output.summary, head=HEADS)
+    # The report's "most likely mislabelled" pictures: this table's ranked suspects (path, label, pred).
+    for_pictures("mislabelled", rules.label_noise.output.table)
 
 
 # Accuracy on the line: only when a reference table is configured (config/eva02.yaml: timm's results).

@@ -63,6 +63,21 @@ for _section, _key in (
 
 SPLITS = ["train", "test1", "test2"]
 TESTS = ["test1", "test2"]
+# Each split is a CSV of features (convert: plan_convert, convert_part, manifest) or an image folder
+# (`{images: FOLDER}`; extract: plan_extract, extract_part, extract_manifest); both routes end in the
+# same manifest_path(split), so every later rule is the same. Splits can mix.
+IMAGE_SPLITS = [s for s in SPLITS if isinstance(config["data"][s], dict)]
+CSV_SPLITS = [s for s in SPLITS if s not in IMAGE_SPLITS]
+CSV_SPLIT_PATTERN = "|".join(CSV_SPLITS) or "no-csv-splits"
+IMAGE_SPLIT_PATTERN = "|".join(IMAGE_SPLITS) or "no-image-splits"
+EXTRACT = config["extract"]
+# Where the `path` column of each test split resolves, for the report's pictures: an image split's
+# paths are relative to its folder's parent (scripts/lib/images/folders.py), a CSV split's to
+# images.root. No root for either test split: no pictures.
+IMAGE_ROOTS = {
+    t: (str(Path(config["data"][t]["images"]).parent) if t in IMAGE_SPLITS else config["images"]["root"]) for t in TESTS
+}
+IMAGE_ROOTS = {t: root for t, root in IMAGE_ROOTS.items() if root}
 # Each rule file appends what `rule all` must build.
 ALL_TARGETS = []
 
@@ -214,6 +229,24 @@ def for_report(kind, pattern, **wildcards):
         REPORT_INPUTS[name] = str(pattern).format(**dict(zip(wildcards, values)))
 
 
+# The report's pictures (report.smk `pictures`) read tables other stages own, registered beside
+# their rules under a name (`classes`: the most-dropped classes, ranked; `mislabelled`: the test-2
+# images most likely mislabelled), with `{head}` left in the pattern.
+PICTURE_INPUTS = {}
+
+
+def for_pictures(name, pattern):
+    """Register a table the pictures step reads (one name, one file pattern)."""
+    if name in PICTURE_INPUTS:
+        raise WorkflowError(f"pictures input {name!r} registered twice (for_pictures in the rule files)")
+    PICTURE_INPUTS[name] = str(pattern)
+
+
+def picture_input(name, head):
+    """A registered pictures input for `head` as a list: [] when no stage registered it."""
+    return [PICTURE_INPUTS[name].format(head=head)] if name in PICTURE_INPUTS else []
+
+
 # ---------------------------------------------------------------- analyses
 def analysis_on(name):
     """`analysis.<name>.enabled` (schema default true): off leaves the analysis out of `all` and
@@ -276,8 +309,19 @@ os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (workflow.basedir, os.en
 
 
 def part_ids(split):
-    """Shard ids of a split: one per configured byte-range part."""
-    return [f"{i:05d}" for i in range(config["convert"]["parts"][split])]
+    """Shard ids of a split: one per configured part (byte ranges of a CSV, slices of an image list)."""
+    parts = EXTRACT["parts"][split] if split in IMAGE_SPLITS else config["convert"]["parts"][split]
+    return [f"{i:05d}" for i in range(parts)]
+
+
+def folder_stamp(path):
+    """The modification times of an image split's class folders: a param of plan_extract, so that
+    images added to or removed from any class folder replan the split (one stat per class, not per
+    image; an image replaced in place under the same name: `snakemake --forcerun plan_extract`)."""
+    path = Path(path)
+    if not path.is_dir():
+        return "absent"
+    return ",".join(f"{e.name}:{e.stat().st_mtime_ns}" for e in sorted(os.scandir(path), key=lambda e: e.name))
 
 
 _spec = importlib.util.spec_from_file_location("code_inputs", f"{workflow.basedir}/workflow/lib/code_inputs.py")
@@ -326,13 +370,55 @@ def check_head_names():
 
 
 def check_inputs_exist():
-    """Reject missing input CSVs before any job runs, naming the config key."""
+    """Reject missing input CSVs and image folders before any job runs, naming the config key."""
     if config["demo"]["enabled"]:
+        if IMAGE_SPLITS:
+            raise WorkflowError(
+                f"config key demo.enabled: true generates CSVs for every split, but data.{IMAGE_SPLITS[0]} is "
+                "an image folder; set demo.enabled: false"
+            )
         return
     for split in SPLITS:
+        if split in IMAGE_SPLITS:
+            folder = config["data"][split]["images"]
+            if not Path(folder).is_dir():
+                raise WorkflowError(f"config key data.{split}.images: folder not found: {folder}")
+            continue
         path = config["data"][split]
         if not Path(path).is_file():
             raise WorkflowError(f"config key data.{split}: file not found: {path}")
+    root = config["images"]["root"]
+    if root and not Path(root).is_dir():
+        raise WorkflowError(f"config key images.root: folder not found: {root}")
+
+
+def check_extract_model():
+    """With an image split, `dim` must equal extract.model's feature width: checked here, before any
+    job, by the step itself (`extract check`: the model built on the meta device, no weights; ~3 s
+    for importing torch and timm, paid only by configs with an image split; not again in each cluster
+    job, which parses this file too)."""
+    if not IMAGE_SPLITS or not workflow.is_main_process:
+        return
+    import subprocess
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scripts.data.extract",
+            "check",
+            "--dim",
+            str(config["dim"]),
+            "--options",
+            json.dumps(EXTRACT),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        lines = [l for l in result.stderr.splitlines() if l.startswith("featgap error:")]
+        raise WorkflowError((lines or result.stderr.strip().splitlines()[-1:] or ["extract check failed"])[0])
 
 
 def check_real_labels():
@@ -342,5 +428,6 @@ def check_real_labels():
 
 
 check_inputs_exist()
+check_extract_model()
 check_head_names()
 check_real_labels()

@@ -1,4 +1,6 @@
-# Data stage: (demo generation) → CSV byte-range plan → Parquet shards per part → manifest → QC.
+# Data stage: (demo generation) → CSV byte-range plan → Parquet shards per part → manifest → QC;
+# an image split (`data.<split>: {images: FOLDER}`) instead: image-list plan → features per part
+# (extract) → the same manifest. Each route's rules are constrained to its splits.
 # Every path in a shell command is quoted (`:q`): data paths may hold spaces, quotes or `$(…)`.
 
 
@@ -35,6 +37,8 @@ rule plan_convert:
         "results/parquet/{split}.plan.json",
     log:
         "logs/convert/{split}.plan.log",
+    wildcard_constraints:
+        split=CSV_SPLIT_PATTERN,
     conda:
         "../../envs/featgap.yaml"
     params:
@@ -59,6 +63,8 @@ rule convert_part:
         "logs/convert/{split}.{part}.log",
     benchmark:
         "benchmarks/convert/{split}.{part}.tsv"
+    wildcard_constraints:
+        split=CSV_SPLIT_PATTERN,
     conda:
         "../../envs/featgap.yaml"
     threads: 2
@@ -87,6 +93,8 @@ rule manifest:
         manifest_path("{split}"),
     log:
         "logs/convert/{split}.manifest.log",
+    wildcard_constraints:
+        split=CSV_SPLIT_PATTERN,
     conda:
         "../../envs/featgap.yaml"
     resources:
@@ -95,6 +103,112 @@ rule manifest:
         runtime=lambda wc, input: 5 + int(input.size_mb / 100 / 60),
     shell:
         "python -m scripts.data.convert manifest --plan {input.plan:q} --out {output:q} {input.parts:q} > {log:q} 2>&1"
+
+
+# ---------------------------------------------------------------- the image route (extract)
+rule plan_extract:
+    input:
+        # The train split's {folder: label} when extract.class_map is `train` (test splits only).
+        class_map_split=lambda wc: (
+            [manifest_path("train")] if EXTRACT["class_map"] == "train" and wc.split != "train" else []
+        ),
+        code=code("data.extract"),
+    output:
+        "results/parquet/{split}.plan.json",
+    log:
+        "logs/extract/{split}.plan.log",
+    wildcard_constraints:
+        split=IMAGE_SPLIT_PATTERN,
+    conda:
+        "../../envs/featgap.yaml"
+    params:
+        folder=lambda wc: config["data"][wc.split]["images"],
+        parts=lambda wc: EXTRACT["parts"][wc.split],
+        options=as_json(EXTRACT),
+        dim=config["dim"],
+        num_classes=config["num_classes"],
+        class_map=lambda wc, input: (
+            f"--class-map-split {shlex.quote(input.class_map_split[0])}"
+            if input.class_map_split
+            else (
+                f"--class-map {shlex.quote(EXTRACT['class_map'])}"
+                if EXTRACT["class_map"] not in (None, "train")
+                else ""
+            )
+        ),
+        # Images added to or removed from a class folder replan the split.
+        source=lambda wc: folder_stamp(config["data"][wc.split]["images"]),
+    shell:
+        "python -m scripts.data.extract plan --folder {params.folder:q} --out {output:q} --parts {params.parts}"
+        " --options {params.options} --dim {params.dim} --num-classes {params.num_classes} {params.class_map}"
+        " > {log:q} 2>&1"
+
+
+rule extract_part:
+    input:
+        plan="results/parquet/{split}.plan.json",
+        code=code("data.extract"),
+    output:
+        "results/parquet/{split}/part-{part}.parquet",
+    log:
+        "logs/extract/{split}.{part}.log",
+    benchmark:
+        "benchmarks/extract/{split}.{part}.tsv"
+    wildcard_constraints:
+        split=IMAGE_SPLIT_PATTERN,
+    conda:
+        "../../envs/featgap.yaml"
+    threads: EXTRACT["threads"]
+    resources:
+        # The model, a few batches of decoded images per worker and the shard's row groups.
+        mem_mb=3000 + 500 * EXTRACT["workers"],
+        runtime=60,
+    params:
+        options=as_json(EXTRACT),
+        seed=config["seed"],
+    shell:
+        "python -m scripts.data.extract part --plan {input.plan:q} --part {wildcards.part} --out {output:q}"
+        " --options {params.options} --seed {params.seed} --threads {threads} > {log:q} 2>&1"
+
+
+rule extract_manifest:
+    input:
+        plan="results/parquet/{split}.plan.json",
+        parts=lambda wc: expand("results/parquet/{{split}}/part-{part}.parquet", part=part_ids(wc.split)),
+        code=code("data.extract"),
+    output:
+        manifest_path("{split}"),
+    log:
+        "logs/extract/{split}.manifest.log",
+    wildcard_constraints:
+        split=IMAGE_SPLIT_PATTERN,
+    conda:
+        "../../envs/featgap.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=lambda wc, input: 5 + int(input.size_mb / 100 / 60),
+    params:
+        options=as_json(EXTRACT),
+    shell:
+        "python -m scripts.data.extract manifest --plan {input.plan:q} --out {output:q} --options {params.options}"
+        " {input.parts:q} > {log:q} 2>&1"
+
+
+# Optional: each image split as a CSV in the seed files' schema.
+rule extract_csv:
+    input:
+        manifest=manifest_path("{split}"),
+        code=code("data.extract"),
+    output:
+        "results/extract/{split}.csv",
+    log:
+        "logs/extract/{split}.csv.log",
+    wildcard_constraints:
+        split=IMAGE_SPLIT_PATTERN,
+    conda:
+        "../../envs/featgap.yaml"
+    shell:
+        "python -m scripts.data.extract csv --manifest {input.manifest:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule validate_split:
@@ -153,7 +267,10 @@ rule qc_cross:
 ALL_TARGETS.extend(expand(qc_path("{split}"), split=SPLITS) + [qc_path("cross")])
 for_report("manifest", manifest_path("{split}"), split=SPLITS)
 for_report("qc", qc_path("{split}"), split=SPLITS + ["cross"])
+if EXTRACT["csv"]:
+    ALL_TARGETS.extend(expand(rules.extract_csv.output[0], split=IMAGE_SPLITS))
 for _split in SPLITS:
-    benchmarked(rules.convert_part, split=_split, part=part_ids(_split))
+    benchmarked(rules.convert_part, on=_split in CSV_SPLITS, split=_split, part=part_ids(_split))
+    benchmarked(rules.extract_part, on=_split in IMAGE_SPLITS, split=_split, part=part_ids(_split))
 benchmarked(rules.validate_split, split=SPLITS)
 benchmarked(rules.qc_cross)

@@ -16,6 +16,43 @@ if _undeclared:
     raise WorkflowError(f"rules {_undeclared} have a benchmark: but no benchmarked(...) beside them (common.smk)")
 
 
+# The pictures (on when a test split's paths resolve: images.root, or an image split) of the
+# primary head: report.primary_head, else the first head, as the report chooses it.
+PICTURES_HEAD = config["report"]["primary_head"] or next(iter(HEADS), None)
+if IMAGE_ROOTS and PICTURES_HEAD and "classes" in PICTURE_INPUTS:
+
+    rule pictures:
+        input:
+            test1=eval_file(PICTURES_HEAD, "test1", "predictions.parquet"),
+            test2=eval_file(PICTURES_HEAD, "test2", "predictions.parquet"),
+            classes=PICTURE_INPUTS["classes"].format(head=PICTURES_HEAD),
+            mislabelled=picture_input("mislabelled", PICTURES_HEAD),
+            code=code("report.pictures"),
+        output:
+            pictures="results/report/pictures.json",
+        log:
+            "logs/report.pictures.log",
+        conda:
+            "../../envs/featgap.yaml"
+        resources:
+            mem_mb=1000,
+            runtime=10,
+        params:
+            outputs=output_args,
+            options=as_json({k: v for k, v in config["images"].items() if k != "root"}),
+            roots=" ".join(f"--root {shlex.quote(f'{t}={root}')}" for t, root in IMAGE_ROOTS.items()),
+            mislabelled=lambda wc, input: (
+                f"--mislabelled {shlex.quote(input.mislabelled[0])}" if input.mislabelled else ""
+            ),
+            head=PICTURES_HEAD,
+        shell:
+            "python -m scripts.report.pictures --predictions test1={input.test1:q} --predictions test2={input.test2:q}"
+            " {params.roots} --classes {input.classes:q} {params.mislabelled} --options {params.options}"
+            " --head-name {params.head:q} {params.outputs} > {log:q} 2>&1"
+
+    for_report("pictures", rules.pictures.output.pictures)
+
+
 rule report:
     input:
         **REPORT_INPUTS,

@@ -9,6 +9,7 @@ The workflow owns the layout: each stage registers the files the report reads un
     selection:{head}          hyperparameter selection of a trained head
     metrics:{head}/{test}     evaluate's metrics (heads and baselines)
     improve                   the improve stage's summary (its figure and table listed in it)
+    pictures                  the pictures of the most-dropped classes (scripts/report/pictures.py)
     {analysis}[:{key}]        an analysis's summary.json: gap:linear, shift, mean_shift:linear,
                               misclass:linear/test2, ... (key: head, head/test or none)
     benchmarks/{stage}/{job}.tsv   Snakemake benchmark files the benchmarked rules declare (missing skipped)
@@ -74,6 +75,7 @@ class ReportData:
     declared: set[str] = field(default_factory=set)  # input kinds the rule passed (what this config runs)
     sources: dict[str, str] = field(default_factory=dict)  # input name ("kind:key") -> path read
     improve: dict[str, Any] | None = None  # results/improve/summary.json
+    pictures: dict[str, Any] | None = None  # results/report/pictures.json (thumbnails as data URIs)
 
     # ------------------------------------------------------------ model lists
     def baselines(self) -> list[str]:
@@ -160,6 +162,10 @@ def collect(inputs: Mapping[str, str | os.PathLike], config: dict[str, Any],
                 if need not in content:
                     raise FeatgapError(f"{path}: no '{need}' key (was it written by scripts.improve.improve_compare?)")
             data.improve = content
+        elif kind == "pictures":
+            if "panels" not in content:
+                raise FeatgapError(f"{path}: no 'panels' key (was it written by scripts.report.pictures?)")
+            data.pictures = content
         else:
             for need in ("verdict", "figures"):
                 if need not in content:

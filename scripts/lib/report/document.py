@@ -198,4 +198,5 @@ def document(data: ReportData, opts: dict, md_dir: Path) -> dict[str, Any]:
         "run": run_metadata(data),
         "config_yaml": yaml.safe_dump(data.config, sort_keys=False, allow_unicode=True),
         "missing": data.missing,
+        "pictures": data.pictures,
     }
