@@ -499,7 +499,9 @@ if REFERENCE_LINE["test1_table"] and REFERENCE_LINE["test2_table"] and HEADS and
             runtime=5,
         params:
             outputs=output_args,
-            options=as_json({k: v for k, v in REFERENCE_LINE.items() if k not in ("enabled", "test1_table", "test2_table")}),
+            options=as_json(
+                {k: v for k, v in REFERENCE_LINE.items() if k not in ("enabled", "test1_table", "test2_table")}
+            ),
             heads=lambda wc, input: " ".join(
                 f"--head {shlex.quote(h)} {shlex.quote(a)} {shlex.quote(b)}"
                 for h, a, b in zip(HEADS, input.metrics1, input.metrics2)
