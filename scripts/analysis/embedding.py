@@ -11,8 +11,6 @@ Writes the outputs table, summary, pca_figure, tsne_figure.
 """
 from __future__ import annotations
 
-import argparse
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,14 +20,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from scripts.lib.analysis.common import pyplot, save_figure, write_summary, write_table
-from scripts.lib.featio.cli import run_cli
+from scripts.lib.analysis.step import analysis_cli, begin
 from scripts.lib.featio.errors import FeatgapError
-from scripts.lib.featio.jsonio import parse_json_arg
 from scripts.lib.featio.reader import read_split
-from scripts.lib.options import merge_options
 from scripts.lib.stats import inference
-from scripts.lib.step_outputs import add_output_args, output_paths, parse_outputs
-from scripts.lib.threads import add_threads_arg, limit_threads
 
 OUTPUTS = {"table": ".csv", "summary": ".json", "pca_figure": ".png", "tsne_figure": ".png"}
 SET_COLORS = {"test1": "#4f81bd", "test2": "#c0504d"}
@@ -90,14 +84,12 @@ def plot_views(coords: np.ndarray, frame: pd.DataFrame, title: str, axis: str, p
 
 def embedding(*, test1: str | Path, test2: str | Path, predictions1: str | Path, predictions2: str | Path,
               outputs: Mapping[str, str | Path], options: dict | None = None, seed: int = 0,
-              head_name: str | None = None, threads: int = 1) -> dict[str, Any]:
+              head_name: str, threads: int = 1) -> dict[str, Any]:
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
 
-    started = time.perf_counter()
-    opts = merge_options(options, "analysis.embedding")
-    files = output_paths(outputs, OUTPUTS, "embedding")
-    head = head_name or opts["head"] or Path(predictions1).parent.parent.name
+    started, opts, files = begin("embedding", options, outputs, OUTPUTS)
+    head = head_name
     sets = {"test1": sample_set(test1, predictions1, int(opts["per_set"]), seed),
             "test2": sample_set(test2, predictions2, int(opts["per_set"]), seed + 1)}
     x = np.concatenate([s["x"] for s in sets.values()]).astype(np.float64)
@@ -156,24 +148,15 @@ def embedding(*, test1: str | Path, test2: str | Path, predictions1: str | Path,
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="PCA and t-SNE of a stratified sample of both test sets.")
-    parser.add_argument("--test1", required=True)
-    parser.add_argument("--test2", required=True)
-    parser.add_argument("--predictions1", required=True)
-    parser.add_argument("--predictions2", required=True)
-    add_output_args(parser, OUTPUTS)
-    parser.add_argument("--options", default="{}")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--head-name")
-    add_threads_arg(parser)
-    args = parser.parse_args(argv)
-    limit_threads(args.threads)
-    summary = embedding(test1=args.test1, test2=args.test2, predictions1=args.predictions1,
-                        predictions2=args.predictions2, outputs=parse_outputs(args.output),
-                        options=parse_json_arg(args.options, "options"), seed=args.seed, head_name=args.head_name,
-                        threads=args.threads)
-    print(summary["verdict"])
+    analysis_cli(
+        embedding,
+        description="PCA and t-SNE of a stratified sample of both test sets.",
+        declared=OUTPUTS,
+        inputs={"test1": "test1 manifest", "test2": "test2 manifest", "predictions1": "test-1 predictions.parquet",
+                "predictions2": "test-2 predictions.parquet"},
+        argv=argv,
+    )
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    main()

@@ -10,8 +10,6 @@ histograms of the most shifted features, the domain classifier's ROC curve.
 """
 from __future__ import annotations
 
-import argparse
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,14 +19,10 @@ import pandas as pd
 from tqdm import tqdm
 
 from scripts.lib.analysis.common import pyplot, save_figure, write_summary, write_table
-from scripts.lib.featio.cli import run_cli
+from scripts.lib.analysis.step import analysis_cli, begin
 from scripts.lib.featio.errors import FeatgapError
-from scripts.lib.featio.jsonio import parse_json_arg
 from scripts.lib.featio.reader import read_split
-from scripts.lib.options import merge_options
 from scripts.lib.stats import inference
-from scripts.lib.step_outputs import add_output_args, output_paths, parse_outputs
-from scripts.lib.threads import add_threads_arg, limit_threads
 
 OUTPUTS = {"table": ".csv", "summary": ".json", "volcano_figure": ".png", "top_features_figure": ".png",
                    "roc_figure": ".png"}
@@ -162,10 +156,8 @@ def plot_roc(domain: dict, path: Path) -> str:
 # ---------------------------------------------------------------- step: features
 def shift_features(*, test1: str | Path, test2: str | Path, outputs: Mapping[str, str | Path], options: dict | None = None,
                    seed: int = 0) -> dict[str, Any]:
-    started = time.perf_counter()
-    opts = merge_options(options, "analysis.shift")
+    started, opts, files = begin("shift", options, outputs, OUTPUTS)
     alpha = float(opts["alpha"])
-    files = output_paths(outputs, OUTPUTS, "shift features")
     s1 = read_split(test1, features=True, columns=("label",))
     s2 = read_split(test2, features=True, columns=("label",))
     x1, x2 = s1.features, s2.features
@@ -225,19 +217,15 @@ def shift_features(*, test1: str | Path, test2: str | Path, outputs: Mapping[str
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Feature shift between the test sets: per-feature tests, domain classifier.")
-    parser.add_argument("--test1", required=True, help="test1 manifest")
-    parser.add_argument("--test2", required=True, help="test2 manifest")
-    add_output_args(parser, OUTPUTS)
-    parser.add_argument("--options", default="{}")
-    parser.add_argument("--seed", type=int, default=0)
-    add_threads_arg(parser)
-    args = parser.parse_args(argv)
-    limit_threads(args.threads)
-    summary = shift_features(test1=args.test1, test2=args.test2, outputs=parse_outputs(args.output),
-                             options=parse_json_arg(args.options, "options"), seed=args.seed)
-    print(summary["verdict"])
+    analysis_cli(
+        shift_features,
+        description="Feature shift between the test sets: per-feature tests, domain classifier.",
+        declared=OUTPUTS,
+        inputs={"test1": "test1 manifest", "test2": "test2 manifest"},
+        per_head=False,
+        argv=argv,
+    )
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    main()

@@ -13,6 +13,7 @@ every analysis, so they are written once here:
 from __future__ import annotations
 
 import argparse
+import inspect
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -71,6 +72,8 @@ def analysis_cli(fn: Callable[..., dict[str, Any]], *, description: str, declare
             kwargs["head_name"] = args.head_name
         if per_test:
             kwargs["test_name"] = args.test_name
+        if "threads" in inspect.signature(fn).parameters:  # a step that sizes its own pools (t-SNE)
+            kwargs["threads"] = args.threads
         summary = fn(**kwargs, outputs=parse_outputs(args.output), options=parse_json_arg(args.options, "options"),
                      seed=args.seed)
         print(summary["verdict"])
