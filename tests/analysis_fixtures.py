@@ -97,7 +97,8 @@ def planted_eval(planted, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("eval")
     paths = {}
     for test in ("test1", "test2"):
-        evaluate(head_path=planted["head"], manifest=planted[test], outputs=outputs_in(out / test, "evaluate"),
+        evaluate(head_name="linear",
+                 head_path=planted["head"], manifest=planted[test], outputs=outputs_in(out / test, "evaluate"),
                  num_classes=planted["spec"].classes, options={"bootstrap": 100}, seed=0)
         paths[test] = out / test
     return paths

@@ -162,7 +162,7 @@ def _fake_training_outputs(root):
 
 def test_overfit(planted_eval, tmp_path):
     _fake_training_outputs(tmp_path)
-    summary = overfit(selection_path=tmp_path / "selection.json", history_path=tmp_path / "history.csv",
+    summary = overfit(selection=tmp_path / "selection.json", history=tmp_path / "history.csv",
                       metrics1=planted_eval["test1"] / "metrics.json", metrics2=planted_eval["test2"] / "metrics.json",
                       outputs=outputs_in(tmp_path / "out", "overfit"), head_name="linear")
     _summary_contract(summary, tmp_path / "out")
@@ -179,7 +179,7 @@ def test_overfit(planted_eval, tmp_path):
 def test_overfit_with_a_backbone_that_saw_train(planted_eval, tmp_path):
     """EVA-02 was fine-tuned on ImageNet train: train/holdout must not be read against the test sets."""
     _fake_training_outputs(tmp_path)
-    summary = overfit(selection_path=tmp_path / "selection.json", history_path=tmp_path / "history.csv",
+    summary = overfit(selection=tmp_path / "selection.json", history=tmp_path / "history.csv",
                       metrics1=planted_eval["test1"] / "metrics.json", metrics2=planted_eval["test2"] / "metrics.json",
                       outputs=outputs_in(tmp_path / "out", "overfit"), head_name="linear",
                       backbone_saw_train=True)

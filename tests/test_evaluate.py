@@ -78,7 +78,8 @@ def test_confusions_sparse_and_complete(planted_eval):
 
 
 def test_seeded_and_repeatable(planted, planted_eval, tmp_path):
-    evaluate(head_path=planted["head"], manifest=planted["test2"], outputs=outputs_in(tmp_path, "evaluate"), num_classes=20,
+    evaluate(head_name="linear",
+             head_path=planted["head"], manifest=planted["test2"], outputs=outputs_in(tmp_path, "evaluate"), num_classes=20,
              options={"bootstrap": 100}, seed=0)
     a = json.loads((tmp_path / "metrics.json").read_text())
     b = json.loads((planted_eval["test2"] / "metrics.json").read_text())
@@ -96,7 +97,7 @@ def test_mlp_head_and_class_names(planted, tmp_path):
     heads.save_head(tmp_path / "mlp" / "model.pt", ckpt)
     names = tmp_path / "names.txt"
     names.write_text("".join(f"thing {i}\n" for i in range(20)))
-    m = evaluate(head_path=tmp_path / "mlp" / "model.pt", manifest=planted["test1"],
+    m = evaluate(head_name="mlp", head_path=tmp_path / "mlp" / "model.pt", manifest=planted["test1"],
                  outputs=outputs_in(tmp_path / "out", "evaluate"),
                  num_classes=20, options={"bootstrap": 0, "class_names": str(names)})
     assert m["head"] == "mlp" and m["test"] == "test1" and m["ci95"] == {}
@@ -128,15 +129,15 @@ def test_shipped_imagenet_names():
 def test_errors_are_clear(planted, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run_cli(main, ["--model", str(tmp_path / "missing.pt"), "--manifest", str(planted["test1"]),
-                       *output_argv(tmp_path / "o", "evaluate"), "--num-classes", "20"])
+                       *output_argv(tmp_path / "o", "evaluate"), "--num-classes", "20", "--head-name", "linear"])
     assert exit_info.value.code == 1
     assert "head file not found" in capsys.readouterr().err
     with pytest.raises(FeatgapError, match="head has 20 classes, config num_classes is 30"):
-        evaluate(head_path=planted["head"], manifest=planted["test1"], outputs=outputs_in(tmp_path / "o",
+        evaluate(head_name="linear", head_path=planted["head"], manifest=planted["test1"], outputs=outputs_in(tmp_path / "o",
                                                                                           "evaluate"), num_classes=30,
                  options={})
     with pytest.raises(FeatgapError, match="unknown keys"):
-        evaluate(head_path=planted["head"], manifest=planted["test1"], outputs=outputs_in(tmp_path / "o",
+        evaluate(head_name="linear", head_path=planted["head"], manifest=planted["test1"], outputs=outputs_in(tmp_path / "o",
                                                                                           "evaluate"), num_classes=20,
                  options={"bootstrapp": 3})
     assert not (tmp_path / "o" / "metrics.json").exists()
@@ -166,6 +167,7 @@ def test_intervals_resample_within_class_and_ece_is_debiased(planted, planted_ev
 
 
 def test_backbone_flag_is_stated(planted, tmp_path):
-    m = evaluate(head_path=planted["head"], manifest=planted["test2"], outputs=outputs_in(tmp_path, "evaluate"), num_classes=20,
+    m = evaluate(head_name="linear",
+                 head_path=planted["head"], manifest=planted["test2"], outputs=outputs_in(tmp_path, "evaluate"), num_classes=20,
                  options={"bootstrap": 0}, backbone_saw_train=True)
     assert m["backbone_saw_train"] is True and "backbone was trained on" in m["calibration_caveat"]

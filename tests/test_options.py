@@ -104,7 +104,7 @@ def test_an_analysis_follows_its_schema_default(planted_eval, tmp_path, monkeypa
     _fake_training_outputs(tmp_path)
 
     def verdict(out: str) -> str:
-        return overfit(selection_path=tmp_path / "selection.json", history_path=tmp_path / "history.csv",
+        return overfit(selection=tmp_path / "selection.json", history=tmp_path / "history.csv",
                        metrics1=planted_eval["test1"] / "metrics.json", metrics2=planted_eval["test2"] / "metrics.json",
                        outputs=outputs_in(tmp_path / out, "overfit"), head_name="linear")["verdict"]
 

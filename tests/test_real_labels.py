@@ -124,7 +124,8 @@ def test_real_check_split_enrichment_and_calibration(val):
 
 
 def test_label_noise_is_bounded_by_real(val, tmp_path):
-    real_check(predictions=val["pred"], real_file=val["real"], outputs=outputs_in(tmp_path / "check", "real_labels"),
+    real_check(head_name="linear",
+               predictions=val["pred"], real_file=val["real"], outputs=outputs_in(tmp_path / "check", "real_labels"),
                num_classes=4, threshold=0.8, options={"bootstrap": 50}, real_entries=12)
     p2 = tmp_path / "eval" / "linear" / "test2" / "predictions.parquet"
     p2.parent.mkdir(parents=True)
@@ -156,7 +157,8 @@ def test_evaluate_writes_the_real_block(val, tmp_path):
                 features=features)
     manifest = tmp_path / "shards" / "test1.manifest.json"
     write_json(manifest, {"folder": "test1", "rows": 12, "dim": 4, "split": "test1", "source": "data/val.csv"})
-    metrics = evaluate(head_path="unused", manifest=manifest, outputs=outputs_in(tmp_path / "out", "evaluate"), num_classes=4,
+    metrics = evaluate(head_name="linear",
+                       head_path="unused", manifest=manifest, outputs=outputs_in(tmp_path / "out", "evaluate"), num_classes=4,
                        options={"bootstrap": 50}, logits_fn=lambda x: x.astype(np.float64), real_labels=val["real"],
                        real_entries=12, test_name="test1")
     real = metrics["real"]
@@ -168,7 +170,8 @@ def test_evaluate_writes_the_real_block(val, tmp_path):
                 features=features)
     with pytest.raises(FeatgapError, match=r"^data/val\.csv: line 7, column 'path': 'val/n01/photo\.jpg' is not an "
                                            r"ImageNet val file name"):
-        evaluate(head_path="unused", manifest=manifest, outputs=outputs_in(tmp_path / "out2", "evaluate"), num_classes=4,
+        evaluate(head_name="linear",
+                 head_path="unused", manifest=manifest, outputs=outputs_in(tmp_path / "out2", "evaluate"), num_classes=4,
                  options={"bootstrap": 0}, logits_fn=lambda x: x.astype(np.float64), real_labels=val["real"],
                  real_entries=12)
 
@@ -211,11 +214,12 @@ def test_paths_that_do_not_map_are_one_line(val):
 def test_cli(val, capsys):
     main(["--predictions", str(val["pred"]), "--real", str(val["real"]), *output_argv(val["root"] / "cli", "real_labels"),
           "--num-classes", "4", "--threshold", "0.8", "--options", '{"bootstrap": 30}', "--class-names", "",
-          "--real-entries", "12"])
+          "--real-entries", "12", "--head-name", "linear"])
     assert "prediction in the ReaL set" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_:
         run_cli(main, ["--predictions", str(val["pred"]), "--real", str(val["root"] / "nope.json"),
-                       *output_argv(val["root"] / "cli2", "real_labels"), "--num-classes", "4", "--threshold", "0.8"])
+                       *output_argv(val["root"] / "cli2", "real_labels"), "--num-classes", "4", "--threshold", "0.8",
+                       "--head-name", "linear"])
     assert exit_.value.code == 1 and "nope.json: ReaL labels file not found" in capsys.readouterr().err
 
 

@@ -19,7 +19,6 @@ Writes accuracy.csv, grid.csv, summary.json, accuracy.png, grid.png, curves.png.
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,11 +28,9 @@ import pandas as pd
 
 from scripts.lib.analysis import evidence
 from scripts.lib.analysis.common import mpl_text, pyplot, save_figure, write_summary, write_table
-from scripts.lib.featio.cli import run_cli
+from scripts.lib.analysis.step import analysis_cli, begin
 from scripts.lib.featio.errors import FeatgapError
-from scripts.lib.featio.jsonio import parse_json_arg, read_json
-from scripts.lib.options import merge_options
-from scripts.lib.step_outputs import add_output_args, output_paths, parse_outputs
+from scripts.lib.featio.jsonio import read_json
 
 OUTPUTS = {"table": ".csv", "grid_table": ".csv", "summary": ".json",
            "accuracy_figure": ".png", "grid_figure": ".png", "curves_figure": ".png"}
@@ -180,13 +177,12 @@ def plot_curves(history: pd.DataFrame, win: int, head: str, path: Path) -> str:
     return save_figure(fig, path)
 
 
-def overfit(*, selection_path: str | Path, history_path: str | Path, metrics1: str | Path, metrics2: str | Path,
-            outputs: Mapping[str, str | Path], options: dict | None = None, head_name: str | None = None,
+def overfit(*, selection: str | Path, history: str | Path, metrics1: str | Path, metrics2: str | Path,
+            outputs: Mapping[str, str | Path], options: dict | None = None, head_name: str,
             seed: int = 0, backbone_saw_train: bool = False) -> dict[str, Any]:
-    started = time.perf_counter()
-    opts = merge_options(options, "analysis.overfit")
-    files = output_paths(outputs, OUTPUTS, "overfit")
-    head = head_name or Path(selection_path).parent.name
+    started, opts, files = begin("overfit", options, outputs, OUTPUTS)
+    head = head_name
+    selection_path, history_path = selection, history
     selection = read_json(selection_path)
     history = read_history(history_path)
     m1, m2 = read_json(metrics1), read_json(metrics2)
@@ -280,23 +276,22 @@ def overfit_reading(train_gap: float | None, test_gap: float, threshold: float,
                             material=bool(material and bound > 0))
 
 
+def _backbone_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backbone-saw-train", type=lambda text: text.lower() == "true", default=False,
+                        help="config backbone_saw_train (true | false): the backbone was trained on the train split")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train / holdout / test accuracy and the regularisation grid.")
-    parser.add_argument("--selection", required=True, help="results/heads/{head}/selection.json")
-    parser.add_argument("--history", required=True, help="results/heads/{head}/history.csv")
-    parser.add_argument("--metrics1", required=True)
-    parser.add_argument("--metrics2", required=True)
-    add_output_args(parser, OUTPUTS)
-    parser.add_argument("--options", default="{}")
-    parser.add_argument("--head-name")
-    parser.add_argument("--backbone-saw-train", default="false", choices=["true", "false", "True", "False"],
-                        help="config backbone_saw_train: the backbone was trained on the train split")
-    args = parser.parse_args(argv)
-    summary = overfit(selection_path=args.selection, history_path=args.history, metrics1=args.metrics1,
-                      metrics2=args.metrics2, outputs=parse_outputs(args.output), options=parse_json_arg(args.options, "options"),
-                      head_name=args.head_name, backbone_saw_train=args.backbone_saw_train.lower() == "true")
-    print(summary["verdict"])
+    analysis_cli(
+        overfit,
+        description="Train / holdout / test accuracy and the regularisation grid.",
+        declared=OUTPUTS,
+        inputs={"selection": "results/heads/{head}/selection.json", "history": "results/heads/{head}/history.csv",
+                "metrics1": "test-1 metrics.json", "metrics2": "test-2 metrics.json"},
+        extra=_backbone_arg,
+        argv=argv,
+    )
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    main()

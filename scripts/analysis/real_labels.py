@@ -97,7 +97,7 @@ def enrichment(confident: np.ndarray, in_real: np.ndarray, wrong: np.ndarray, cl
 
 def real_check(*, predictions: str | Path, real_file: str | Path, outputs: Mapping[str, str | Path], num_classes: int,
                threshold: float, source: str | None = None, class_names: str | None = None,
-               options: dict | None = None, head_name: str | None = None, test_name: str = "test1",
+               options: dict | None = None, head_name: str, test_name: str = "test1",
                seed: int = 0, real_entries: int | None = None) -> dict[str, Any]:
     """Error split with examples and figure, enrichment of confident disagreements for "prediction in
     the ReaL set", the calibration that scripts.analysis.label_noise uses, and rows.parquet. `real_entries`:
@@ -105,7 +105,7 @@ def real_check(*, predictions: str | Path, real_file: str | Path, outputs: Mappi
     started = time.perf_counter()
     opts = merge_options(options, "analysis.real_labels")
     files = output_paths(outputs, OUTPUTS, "real_labels")
-    head = head_name or Path(predictions).parent.parent.name
+    head = head_name
     frame = pd.read_parquet(predictions, columns=["row", "path", "label", "pred", "confidence"])
     if frame.empty:
         raise FeatgapError(f"{predictions}: no predictions")
@@ -259,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--source", default=None, help="the test CSV (named in messages)")
     parser.add_argument("--class-names", default=None)
     parser.add_argument("--options", default="{}")
-    parser.add_argument("--head-name")
+    parser.add_argument("--head-name", required=True)
     parser.add_argument("--test-name", default="test1")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--real-entries", type=int, default=None,

@@ -193,7 +193,7 @@ def evaluate(
     num_classes: int,
     options: dict[str, Any],
     seed: int = 0,
-    head_name: str | None = None,
+    head_name: str,
     test_name: str | None = None,
     logits_fn: Callable[[np.ndarray], np.ndarray] | None = None,
     backbone_saw_train: bool = False,
@@ -212,7 +212,6 @@ def evaluate(
     # (the rule passes the file as `real_labels`, for its own test set only).
     opts = merge_options(options, "evaluate")
     files = output_paths(outputs, OUTPUTS, "evaluate")
-    head_name = head_name or Path(head_path).parent.name
     test_name = test_name or Path(manifest).name.removesuffix(".manifest.json")
     # The one device parser (scripts.lib.device): `cuda` resolves to an explicit `cuda:N`.
     from scripts.lib.device import resolve_device
@@ -293,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--num-classes", type=int, required=True)
     parser.add_argument("--options", default="{}", help="JSON: the config `evaluate:` section")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--head-name")
+    parser.add_argument("--head-name", required=True, help="the head or baseline the model is")
     parser.add_argument("--test-name")
     add_threads_arg(parser)
     parser.add_argument("--backbone-saw-train", default="false", choices=["true", "false", "True", "False"],
