@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 
 CAUSES = {
-    "mean_shift": "Feature shift of test set 2 (re-centring removes it)",
+    "mean_shift": "The features of test set 2 moved as a whole",
     "difficulty": "Test-2 images are less typical of their class",
-    "class_concentrated": "The drop concentrates in some classes",
-    "label_noise": "Wrong or ambiguous test-2 labels",
+    "class_concentrated": "Some classes degraded beyond the common drop",
+    "label_noise": "Test-2 labels that disagree with the image",
     "imbalance": "Class imbalance in the training set",
     "overfit": "Overfitting of the head",
 }

@@ -43,9 +43,13 @@ class Decomposition:
     gap: float  # points
     terms: dict[str, float]  # points, sum(terms) + residual == gap
     residual: float
-    ci95: dict[str, tuple[float, float]]  # terms and residual; unit: class
+    ci95: dict[str, tuple[float, float]]  # terms, residual and gap; unit: class
     label_issue_share: tuple[float, float]  # calibrated CL issue rates (test 1, test 2 reverted)
     reverts: Reverts
+    top1: tuple[float, float]  # percent, test set 1 and test set 2 as they are
+    flagged: np.ndarray  # (n2,) bool: confident-learning label issue of test set 2
+    suggested: np.ndarray  # (n2,) int: cleanlab's guess of the image's class (the label if not flagged)
+    label_quality: np.ndarray  # (n2,) the head's probability of the given label, other mechanisms reverted
 
 
 def _flags(x1, y1, x2, y2, train_means, logits: Logits, passes: int = 2):
@@ -69,7 +73,7 @@ def _flags(x1, y1, x2, y2, train_means, logits: Logits, passes: int = 2):
         ranked = np.flatnonzero(flag2)[np.argsort(self_confidence[flag2])]
         excluded2 = np.zeros(len(y2), bool)
         excluded2[ranked[:excess]] = True
-    return flag2, source2, excluded2, (issues1, issues2)
+    return flag2, source2, excluded2, (issues1, issues2), self_confidence
 
 
 def _per_class_v(rev: Reverts, x2, y2, flag2, source2, logits: Logits, classes: int) -> dict:
@@ -107,7 +111,7 @@ def decompose(x1: np.ndarray, y1: np.ndarray, x2: np.ndarray, y2: np.ndarray, tr
         seen1 = np.bincount(y1, minlength=classes)
         m1 = np.stack([x1[y1 == c].mean(0) if seen1[c] else np.zeros(x1.shape[1]) for c in range(classes)])
         train_means = np.where(np.isnan(train_means), m1, train_means)
-    flag2, source2, excluded2, (issues1, issues2) = _flags(x1, y1, x2, y2, train_means, logits)
+    flag2, source2, excluded2, (issues1, issues2), quality = _flags(x1, y1, x2, y2, train_means, logits)
     data = RevertData(x1, y1, x2, y2, flag2, source2, excluded2, train_means)
     classes = data.classes
     count = lambda v, y: np.bincount(y, weights=np.asarray(v, float), minlength=classes)
@@ -116,7 +120,7 @@ def decompose(x1: np.ndarray, y1: np.ndarray, x2: np.ndarray, y2: np.ndarray, tr
     rng = np.random.default_rng([seed, 22])
     weights = [np.ones(classes)] + list(rng.multinomial(classes, np.full(classes, 1 / classes), size=bootstrap))
     shapley_w = shapley_weights(CAUSES)
-    draws: dict[str, list[float]] = {k: [] for k in (*CAUSES, "residual")}
+    draws: dict[str, list[float]] = {k: [] for k in (*CAUSES, "residual", "gap")}
     for b, wb in enumerate(tqdm(weights, desc="decomposition: class resamples", unit="resample",
                                 mininterval=5, disable=not progress)):
         rev = fit(data, wb)
@@ -126,11 +130,13 @@ def decompose(x1: np.ndarray, y1: np.ndarray, x2: np.ndarray, y2: np.ndarray, tr
         for c in CAUSES:
             draws[c].append(-100 * sum(w * v[s] for s, w in shapley_w[c].items()))
         draws["residual"].append(100 * (acc1 - v[frozenset()]))
+        draws["gap"].append(100 * (acc1 - v[frozenset(CAUSES)]))
         if b == 0:
-            gap = 100 * (acc1 - v[frozenset(CAUSES)])
+            gap, acc1_full = 100 * (acc1 - v[frozenset(CAUSES)]), acc1
     ci = {k: (float(np.percentile(d[1:], 2.5)), float(np.percentile(d[1:], 97.5))) for k, d in draws.items()}
     return Decomposition(gap=float(gap), terms={c: float(draws[c][0]) for c in CAUSES},
                          residual=float(draws["residual"][0]), ci95=ci,
                          label_issue_share=(float(issues1.sum() / len(y1)), float(issues2.sum() / len(y2))),
-                         reverts=rev0)
+                         reverts=rev0, top1=(float(100 * acc1_full), float(100 * acc1_full - gap)),
+                         flagged=flag2, suggested=source2, label_quality=quality)
 
