@@ -187,13 +187,24 @@ def split_paths(split: str, wnid: str, label: int, n: int, counter: list[int], s
     ]
 
 
-def draw_split(model: FeatureModel, split: str, per_class: int,
+def draw_split(model: FeatureModel, split: str, counts: int | np.ndarray,
                present: tuple[str, ...] | frozenset[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """A balanced split in memory (features, labels), the same draws as `write_split` writes."""
+    """A split in memory (features, labels): `counts` images per class (one number: balanced), the
+    same draws as `write_split` writes with these counts."""
     spec = model.spec
+    counts = np.broadcast_to(np.asarray(counts, dtype=np.int64), (spec.classes,))
     rng = np.random.default_rng([spec.seed, {"train": 2, "test1": 3, "test2": 4}[split]])
-    x = np.concatenate([model.sample(label, per_class, rng, split, present) for label in range(spec.classes)])
-    return x, np.repeat(np.arange(spec.classes), per_class)
+    x = np.concatenate([model.sample(label, int(counts[label]), rng, split, present)
+                        for label in range(spec.classes)])
+    return x, np.repeat(np.arange(spec.classes), counts)
+
+
+def demo_counts(spec: DemoSpec) -> dict[str, np.ndarray]:
+    """Rows per class of each split, as `generate` draws them (the class names come first)."""
+    rng = np.random.default_rng([spec.seed, 0])
+    wnids(spec.classes, rng)
+    return {"train": train_counts(spec, rng), "test1": np.full(spec.classes, spec.test1_per_class),
+            "test2": np.full(spec.classes, spec.test2_per_class)}
 
 
 def write_split(path: Path, split: str, counts: np.ndarray, model: FeatureModel, names: list[str],
@@ -222,14 +233,9 @@ def generate(out_dir: str | Path, spec: DemoSpec) -> dict:
     """Write train.csv, test1.csv, test2.csv and truth.json into `out_dir`; return the truth."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng([spec.seed, 0])
     model = FeatureModel(spec)
-    names = wnids(spec.classes, rng)
-    counts = {
-        "train": train_counts(spec, rng),
-        "test1": np.full(spec.classes, spec.test1_per_class),
-        "test2": np.full(spec.classes, spec.test2_per_class),
-    }
+    names = wnids(spec.classes, np.random.default_rng([spec.seed, 0]))
+    counts = demo_counts(spec)
     rows = {split: write_split(out / f"{split}.csv", split, counts[split], model, names) for split in counts}
     described = asdict(spec)
     if not spec.twins:
