@@ -36,6 +36,7 @@ SCENARIOS = {
     "none": {},
     "mean_shift": {"shift_size": 0.9},
     "difficulty": {"test2_noise": 1.2},
+    "class_drift": {"drift_classes": 15, "drift": 0.7},
     "hard_classes": {"hard_classes": 15, "hard_noise": 2.0},
     "label_noise": {"label_noise": 0.1},
     "shift+difficulty": {"shift_size": 0.9, "test2_noise": 1.2},
