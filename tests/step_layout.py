@@ -29,6 +29,8 @@ LAYOUT: dict[str, dict[str, str]] = {
     "difficulty": {"table": "typicality.csv", "summary": "summary.json", "figure": "typicality.png"},
     "embedding": {"table": "coords.csv", "summary": "summary.json", "pca_figure": "pca.png", "tsne_figure": "tsne.png"},
     "label_noise": {"table": "disagreements.csv", "summary": "summary.json", "figure": "confidence.png"},
+    "decomposition": {"table": "terms.csv", "summary": "summary.json", "figure": "waterfall.png",
+                      "label_issues": "label_issues.csv"},
     "reference_line": {"table": "line.csv", "summary": "summary.json", "figure": "line.png"},
     "real_labels": {"table": "errors.csv", "rows": "rows.parquet", "summary": "summary.json",
                     "figure": "real_errors.png"},

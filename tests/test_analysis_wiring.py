@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 READS_TESTS = {"evaluate", "shift", "mean_shift", "misclass", "embedding", "class_counts", "validate_split",
                "qc_cross",  # labels and paths only: cross-split QC (classes, leakage), an input of evaluate
                "difficulty",  # typicality of test images against the train class means
+               "decomposition",  # reverts test-2 features mechanism by mechanism and re-applies the head
                "improve_compare",  # the improve stage scores its variants on the test splits
                "report"}  # report: the manifests' row counts (metadata) only, never the shards
 

@@ -425,7 +425,8 @@ rule difficulty:
 if analysis_on("difficulty"):
     ALL_TARGETS.extend(targets(rules.difficulty, head=HEADS))
     for_report("difficulty", rules.difficulty.output.summary, head=HEADS)
-benchmarked(rules.train_reference, on=analysis_on("difficulty"))  # difficulty's input only
+# difficulty's and decomposition's input only
+benchmarked(rules.train_reference, on=analysis_on("difficulty") or analysis_on("decomposition"))
 
 
 # label_noise reads only the two predictions tables (a re-scoring with other labels can feed it).
@@ -466,13 +467,14 @@ rule label_noise:
 if analysis_on("label_noise"):
     ALL_TARGETS.extend(targets(rules.label_noise, head=HEADS))
     for_report("label_noise", rules.label_noise.output.summary, head=HEADS)
-    # The report's "most likely mislabelled" pictures: this table's ranked suspects (path, label, pred).
-    for_pictures("mislabelled", rules.label_noise.output.table)
 
 
 # Accuracy on the line: only when a reference table is configured (config/eva02.yaml: timm's results).
 REFERENCE_LINE = ANALYSIS["reference_line"]
-if REFERENCE_LINE["test1_table"] and REFERENCE_LINE["test2_table"] and HEADS and analysis_on("reference_line"):
+LINE_ON = bool(
+    REFERENCE_LINE["test1_table"] and REFERENCE_LINE["test2_table"] and HEADS and analysis_on("reference_line")
+)
+if LINE_ON:
 
     rule reference_line:
         input:
@@ -513,5 +515,62 @@ if REFERENCE_LINE["test1_table"] and REFERENCE_LINE["test2_table"] and HEADS and
     ALL_TARGETS.extend(rules.reference_line.output)
     for_report("reference_line", rules.reference_line.output.summary)
 
+
+# The decomposition reads the line's summary only to mark the expected gap on its waterfall.
+LINE_SUMMARY = [rules.reference_line.output.summary] if LINE_ON else []
+
+
+rule decomposition:
+    input:
+        model=head_file("{head}", "model.pt"),
+        test1=manifest_path("test1"),
+        test2=manifest_path("test2"),
+        train_reference=analysis_dir("train_reference.npz"),
+        reference_line=LINE_SUMMARY,
+        code=code("analysis.decomposition"),
+    output:
+        **reported(
+            analysis_dir("decomposition", "{head}"),
+            "decomposition",
+            "0. Decomposition of the gap",
+            "{head}",
+            table="terms.csv",
+            summary="summary.json",
+            figure="waterfall.png",
+            label_issues="label_issues.csv",
+        ),
+    log:
+        "logs/analysis/decomposition.{head}.log",
+    benchmark:
+        "benchmarks/analysis/decomposition.{head}.tsv"
+    conda:
+        "../../envs/featgap.yaml"
+    threads: 2
+    resources:
+        # Both test splits (50k + 10k rows x 1024 float32: 250 MB), float64 copies of test set 2 and
+        # its reverted versions (~0.1 GB each), one D x D pooled scatter per set; see docs/statistics.md.
+        mem_mb=4000,
+        runtime=60,
+    params:
+        outputs=output_args,
+        options=analysis_options("decomposition"),
+        seed=config["seed"],
+        line=lambda wc, input: " ".join(f"--reference-line {shlex.quote(p)}" for p in input.reference_line),
+    shell:
+        "python -m scripts.analysis.decomposition --model {input.model:q} --head-name {wildcards.head:q}"
+        " --test1 {input.test1:q} --test2 {input.test2:q} --train-reference {input.train_reference:q}"
+        " {params.line} {params.outputs} --options {params.options} --seed {params.seed}"
+        " --threads {threads} > {log:q} 2>&1"
+
+
+if analysis_on("decomposition"):
+    ALL_TARGETS.extend(targets(rules.decomposition, head=HEADS))
+    for_report("decomposition", rules.decomposition.output.summary, head=HEADS)
+    # The report's "most likely mislabelled" pictures: the test-2 images the answer's label_noise
+    # term counts as most likely mislabelled (path, label, suggested class).
+    for_pictures("mislabelled", rules.decomposition.output.label_issues)
+elif analysis_on("label_noise"):
+    for_pictures("mislabelled", rules.label_noise.output.table)  # its most confident disagreements
+benchmarked(rules.decomposition, on=analysis_on("decomposition"), head=HEADS)
 
 ALL_TARGETS.extend(rules.class_counts.output)

@@ -10,6 +10,8 @@ if config["demo"]["enabled"]:
         input:
             code=code("data.generate_demo"),
         output:
+            # Test set 2's twins (every subset of the planted causes removed): the decomposition's check.
+            **({"twins": f"{config['demo']['out_dir']}/twins/twins.json"} if config["demo"]["twins"] else {}),
             train=config["data"]["train"],
             test1=config["data"]["test1"],
             test2=config["data"]["test2"],

@@ -36,7 +36,11 @@ def _predictions(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def _suspects(path: str | os.PathLike) -> pd.DataFrame:
+    """Ranked suspects: path, label and the class suggested instead (`suggested`, the decomposition's
+    label_issues.csv, or `pred`, label_noise's table)."""
     frame = pd.read_csv(path)
+    if "pred" not in frame.columns and "suggested" in frame.columns:
+        frame = frame.rename(columns={"suggested": "pred"})
     missing = {"path", "label", "pred"} - set(frame.columns)
     if missing:
         raise FeatgapError(f"{path}: no column {sorted(missing)[0]!r} (expected a table of ranked suspects with "
