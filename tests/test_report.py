@@ -214,7 +214,8 @@ def test_the_answer_is_the_decomposition_whose_terms_add_up_to_the_gap(artifacts
     assert sum(c["share_of_gap"] for c in answer["causes"]) + answer["unexplained"]["points"] == answer["gap"]["points"]
     assert "reference_line" not in answer  # not configured
     # The decomposition's section leads the sections; the other analyses are descriptions.
-    assert ctx["sections"][0].id == "decomposition" and ctx["sections"][0].note == conclusion
+    assert ctx["sections"][0].id == "decomposition" and ctx["sections"][0].note.startswith(conclusion)
+    assert "Method: Shapley attribution" in ctx["sections"][0].note
 
 
 def test_descriptive_readings_never_enter_the_answer(artifacts, tmp_path):

@@ -121,7 +121,8 @@ def build_sections(data: ReportData, head_line: Headline, opts: dict, md_dir: Pa
             continue  # an analysis this config does not run (switched off) is simply absent
         prefer = (f"{head}/test2", head, "") if kind == "misclass" else (head, "")
         section = analysis_section(kind, items, pick(items, *prefer), opts, md_dir)
-        section.note = head_line.conclusion if kind in ranked and section.ran else ""
+        if kind in ranked and section.ran:  # the answer's conclusion, then how the terms are computed
+            section.note = f"{head_line.conclusion} Method: {(head_line.decomposition or {}).get('method', '')}"
         sections.append(section)
     return sections
 
