@@ -11,8 +11,9 @@ import pytest
 
 from scripts.analysis.decomposition import decomposition
 from scripts.data.generate_demo import DemoSpec, FeatureModel, draw_split, generate, planted_causes, twin_name
-from scripts.lib.decomposition.decompose import CAUSES, decompose
+from scripts.lib.decomposition.decompose import CAUSES, decompose, drift_explained
 from scripts.lib.decomposition.eb import npmle_posterior_mean
+from scripts.lib.decomposition.reverts import RevertData, fit
 from scripts.lib.decomposition.shapley import shapley, shares_of_removals
 from scripts.lib.heads import load_head, predict_logits
 from scripts.train.train_head import train_head
@@ -46,6 +47,28 @@ def test_npmle_keeps_separated_effects_and_shrinks_noise():
     post = npmle_posterior_mean(z, np.ones(100))
     assert np.abs(post[:90]).mean() < 0.3 * np.abs(z[:90]).mean()
     assert post[90:].mean() > 3.0
+
+
+def test_drift_explained_tells_a_drifted_class_from_a_wrong_label():
+    """Class 0 drifts 70 % of the way to class 1 (all its test-2 images); class 2 has one image of
+    class 3 filed under its label. Flag every drifted image as class 1 and the filed image as class 3:
+    the drifted ones are drift, the wrong label is not."""
+    rng = np.random.default_rng(0)
+    classes, dim = 8, 16
+    means = 3.0 * rng.normal(size=(classes, dim))
+    draw = lambda lab: means[lab] + rng.normal(size=(len(lab), dim))
+    y1, y2 = np.repeat(np.arange(classes), 50), np.repeat(np.arange(classes), 10)
+    x1, x2 = draw(y1), draw(y2)
+    x2[y2 == 0] += 0.7 * (means[1] - means[0])
+    wrong = np.flatnonzero(y2 == 2)[0]
+    x2[wrong] = draw(np.array([3]))[0]
+    flagged = (y2 == 0).copy()
+    flagged[wrong] = True
+    suggested = np.where(y2 == 0, 1, y2)
+    suggested[wrong] = 3
+    data = RevertData(x1, y1, x2, y2, flagged, suggested, np.zeros(len(y2), bool), means)
+    drift = drift_explained(data, fit(data), x2, y2, flagged, suggested)
+    assert drift[y2 == 0].all() and not drift[wrong] and not drift[~flagged].any()
 
 
 def test_twins_are_the_same_draws_with_causes_removed():
