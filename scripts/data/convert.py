@@ -46,12 +46,12 @@ from scripts.lib.csvread.diagnose import (
 from scripts.lib.csvread.located import ChunkErrors
 from scripts.lib.csvread.source import plan
 from scripts.lib.featio.arrow import arrow_to_numpy
-from scripts.lib.featio.atomic import atomic_path, remove_dead_temporaries
+from scripts.lib.featio.atomic import atomic_path
 from scripts.lib.featio.cli import run_cli
 from scripts.lib.featio.errors import FeatgapError
 from scripts.lib.featio.jsonio import parse_json_arg, read_json, write_json
-from scripts.lib.featio.provenance import meta_block
-from scripts.lib.featio.shards import SHARD_GLOB, open_shard, shard_record, shard_schema
+from scripts.lib.featio.manifest import write_split_manifest
+from scripts.lib.featio.shards import open_shard, shard_record, shard_schema
 from scripts.lib.fingerprint import fingerprint
 
 if TYPE_CHECKING:
@@ -306,34 +306,9 @@ def write_manifest(plan_path: str | Path, shards: Sequence[str | Path], out: str
         rows += entry["rows"]
     if rows == 0:
         raise FeatgapError(f"{plan_['csv']}: no data rows were converted")
-    # The shards' folder as the rule passed them (one per split); recorded relative to the manifest,
-    # which is how every reader finds it (featio.split_folder).
-    folders = {shard.parent for shard in shards}
-    if len(folders) != 1:
-        raise FeatgapError(f"{out}: the shards of one split must share a folder, got {sorted(map(str, folders))}")
-    folder = folders.pop()
-    listed = {entry["file"] for entry in entries}
-    stale = sorted(p for p in folder.glob(SHARD_GLOB) if p.name not in listed) if folder.is_dir() else []
-    manifest = {
-        "source": plan_["csv"],
-        "source_fingerprint": plan_["fingerprint"],
-        "folder": os.path.relpath(folder, Path(out).parent),
-        "rows": rows,
-        "dim": plan_["dim"],
-        "classes_seen": len(labels_seen),
-        "label_min": min(labels_seen),
-        "label_max": max(labels_seen),
-        "shards": entries,
-        "meta": meta_block(started=started, input_fingerprints=[plan_["fingerprint"]]),
-    }
-    write_json(out, manifest)
-    for path in stale:  # after the manifest exists: readers never see a folder without one
-        path.unlink()
-        print(f"removed {path}: not a part of this conversion")
-    if folder.is_dir():
-        for path in remove_dead_temporaries(folder):
-            print(f"removed {path}: left by a killed job")
-    return manifest
+    return write_split_manifest(out, shards=shards, entries=entries, labels_seen=labels_seen, dim=plan_["dim"],
+                                source=plan_["csv"], source_fingerprint=plan_["fingerprint"], started=started,
+                                made_by="conversion")
 
 
 def checked_shard(shard: Path, plan_: dict) -> tuple[dict, set[int]]:

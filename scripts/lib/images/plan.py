@@ -21,11 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from scripts.lib.featio.arrow import arrow_to_numpy
-from scripts.lib.featio.atomic import remove_dead_temporaries
 from scripts.lib.featio.errors import FeatgapError
-from scripts.lib.featio.jsonio import read_json, write_json
-from scripts.lib.featio.provenance import meta_block
-from scripts.lib.featio.shards import SHARD_GLOB, open_shard, shard_record
+from scripts.lib.featio.jsonio import read_json
+from scripts.lib.featio.manifest import shared_folder, write_split_manifest
+from scripts.lib.featio.shards import open_shard, shard_record
 from scripts.lib.images.extraction import PartResult, extract_part
 from scripts.lib.images.folders import list_images, part_bounds
 from scripts.lib.images.model import ModelSpec
@@ -80,10 +79,7 @@ def write_image_manifest(plan_path: str | os.PathLike, shards: Sequence[str | os
     shards = sorted(map(Path, shards))
     if len(shards) != len(plan["parts"]):
         raise FeatgapError(f"{plan_path}: {len(plan['parts'])} parts planned, {len(shards)} shards given")
-    folders = {s.parent for s in shards}
-    if len(folders) != 1:
-        raise FeatgapError(f"{out}: the shards of one split must share a folder, got {sorted(map(str, folders))}")
-    folder = folders.pop()
+    shared_folder(shards, out)  # before any shard is read
     entries, labels, dims, row_ids = [], set(), set(), []
     for shard in shards:
         entries.append(shard_record(shard))
@@ -99,30 +95,12 @@ def write_image_manifest(plan_path: str | os.PathLike, shards: Sequence[str | os
         raise FeatgapError(f"{out}: the shards differ in dim ({sorted(dims)})")
     present = np.concatenate(row_ids)
     skipped = np.setdiff1d(np.arange(len(plan["paths"])), present)
-    listed = {e["file"] for e in entries}
-    stale = sorted(p for p in folder.glob(SHARD_GLOB) if p.name not in listed)
-    manifest = {
-        "source": plan["folder"],
-        "source_fingerprint": plan["fingerprint"],
-        "folder": os.path.relpath(folder, Path(out).parent),
-        "rows": rows,
-        "dim": dims.pop(),
-        "classes_seen": len(labels),
-        "label_min": min(labels),
-        "label_max": max(labels),
-        "images_listed": len(plan["paths"]),
-        "images_skipped": len(skipped),  # unreadable, with extract.on_bad_image: skip
-        "images_skipped_paths": [plan["paths"][i] for i in skipped[:SKIPPED_LISTED]],
-        "path_root": plan["path_root"],
-        "model": {"name": model.name, "checkpoint": model.checkpoint, "pretrained": model.pretrained,
-                  "img_size": model.img_size},
-        "shards": entries,
-        "meta": meta_block(started=started, input_fingerprints=[plan["fingerprint"]]),
-    }
-    write_json(out, manifest)
-    for path in stale:  # after the manifest exists: readers never see a folder without one
-        path.unlink()
-        print(f"removed {path}: not a part of this extraction")
-    for path in remove_dead_temporaries(folder):
-        print(f"removed {path}: left by a killed job")
-    return manifest
+    extra = {"images_listed": len(plan["paths"]),
+             "images_skipped": len(skipped),  # unreadable, with extract.on_bad_image: skip
+             "images_skipped_paths": [plan["paths"][i] for i in skipped[:SKIPPED_LISTED]],
+             "path_root": plan["path_root"],
+             "model": {"name": model.name, "checkpoint": model.checkpoint, "pretrained": model.pretrained,
+                       "img_size": model.img_size}}
+    return write_split_manifest(out, shards=shards, entries=entries, labels_seen=labels, dim=dims.pop(),
+                                source=plan["folder"], source_fingerprint=plan["fingerprint"], started=started,
+                                made_by="extraction", extra=extra)
